@@ -1,0 +1,7 @@
+//! `adblock`: AdGuard DNS filter syntax (to be completed).
+
+use crate::rule::RuleSink;
+
+pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
+    let _ = (text, sink);
+}
