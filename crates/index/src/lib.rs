@@ -21,3 +21,17 @@ pub mod rule;
 
 pub use format::parse;
 pub use rule::{LineCounts, LineRejection, ListFormat, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope};
+
+mod digest;
+mod pattern;
+pub mod policy;
+mod snapshot;
+mod suffix;
+
+pub use digest::name_digest;
+pub use policy::{BlockResponse, ListAction, ListId, ListPolicy, Profile, ProfileConfig, ProfileId};
+pub use snapshot::{
+    Hit, IndexError, ListInfo, Matched, REJECTED_EXAMPLES, RejectedLine, Snapshot, SnapshotBuilder, UNMATCHED_PROFILE,
+    Verdict,
+};
+pub use suffix::MAX_LISTS;

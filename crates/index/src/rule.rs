@@ -69,10 +69,11 @@ impl std::str::FromStr for ListFormat {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.as_str() == s)
-            .ok_or_else(|| format!("unknown list format `{s}` (expected one of hosts, domains, wildcard, adblock, dnsmasq, rpz, sha256)"))
+        Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| {
+            format!(
+                "unknown list format `{s}` (expected one of hosts, domains, wildcard, adblock, dnsmasq, rpz, sha256)"
+            )
+        })
     }
 }
 

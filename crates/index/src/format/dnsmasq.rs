@@ -14,11 +14,19 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
             return;
         }
         let Some((key, value)) = content.split_once('=') else {
-            sink.reject(line, raw, LineRejection::Syntax("expected `address=`, `local=` or `server=`"));
+            sink.reject(
+                line,
+                raw,
+                LineRejection::Syntax("expected `address=`, `local=` or `server=`"),
+            );
             return;
         };
         if !matches!(key.trim(), "address" | "local" | "server") {
-            sink.reject(line, raw, LineRejection::Syntax("expected `address=`, `local=` or `server=`"));
+            sink.reject(
+                line,
+                raw,
+                LineRejection::Syntax("expected `address=`, `local=` or `server=`"),
+            );
             return;
         }
         // `/a.com/b.com/0.0.0.0`: every field between the first and the last
@@ -33,7 +41,11 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
         };
         let domains: Vec<&str> = domains.split('/').collect();
         if domains.iter().any(|d| d.is_empty() || d.contains('#')) {
-            sink.reject(line, raw, LineRejection::Syntax("empty or wildcard domain between slashes"));
+            sink.reject(
+                line,
+                raw,
+                LineRejection::Syntax("empty or wildcard domain between slashes"),
+            );
             return;
         }
         for domain in domains {

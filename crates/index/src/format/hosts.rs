@@ -63,7 +63,11 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
             // in one published list), and as a rule it would block a whole
             // top-level domain.
             if !name.trim_end_matches('.').contains('.') {
-                sink.reject(line, raw, LineRejection::Syntax("single-label name (would block a whole TLD)"));
+                sink.reject(
+                    line,
+                    raw,
+                    LineRejection::Syntax("single-label name (would block a whole TLD)"),
+                );
                 return;
             }
             emit_name(sink, line, raw, name, Scope::Subtree);

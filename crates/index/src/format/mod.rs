@@ -29,11 +29,7 @@ pub fn parse(format: ListFormat, text: &[u8], sink: &mut dyn RuleSink) {
 /// Calls `f` with each line's 1-based number and text, without its line end.
 ///
 /// Lines that are not UTF-8 are rejected into `sink` and not passed on.
-pub(crate) fn for_each_line(
-    text: &[u8],
-    sink: &mut dyn RuleSink,
-    mut f: impl FnMut(u32, &str, &mut dyn RuleSink),
-) {
+pub(crate) fn for_each_line(text: &[u8], sink: &mut dyn RuleSink, mut f: impl FnMut(u32, &str, &mut dyn RuleSink)) {
     let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
     for (index, raw) in text.split(|&b| b == b'\n').enumerate() {
         // Line numbers past u32::MAX would need a 4 GiB list of empty lines;
@@ -139,13 +135,7 @@ pub(crate) fn strip_hash_comment(line: &str) -> &str {
 }
 
 /// Emits one name rule, or rejects the line with the name's reason.
-pub(crate) fn emit_name(
-    sink: &mut dyn RuleSink,
-    line: u32,
-    text: &str,
-    raw_name: &str,
-    scope: crate::rule::Scope,
-) {
+pub(crate) fn emit_name(sink: &mut dyn RuleSink, line: u32, text: &str, raw_name: &str, scope: crate::rule::Scope) {
     match crate::name::normalize(raw_name) {
         Ok(name) => sink.rule(Rule {
             line,

@@ -32,7 +32,11 @@ pub(super) fn parse_wildcard(text: &[u8], sink: &mut dyn RuleSink) {
         }
         let name = token.strip_prefix("*.").unwrap_or(token);
         if name.contains('*') {
-            sink.reject(line, raw, LineRejection::Syntax("`*` allowed only as a leading `*.` label"));
+            sink.reject(
+                line,
+                raw,
+                LineRejection::Syntax("`*` allowed only as a leading `*.` label"),
+            );
             return;
         }
         emit_name(sink, line, raw, name, Scope::Subtree);
@@ -49,7 +53,11 @@ pub(super) fn parse_sha256(text: &[u8], sink: &mut dyn RuleSink) {
         }
         let mut digest = [0u8; 32];
         if token.len() != 64 || hex::decode_to_slice(token, &mut digest).is_err() {
-            sink.reject(line, raw, LineRejection::Syntax("expected 64 hex digits (a SHA-256 digest)"));
+            sink.reject(
+                line,
+                raw,
+                LineRejection::Syntax("expected 64 hex digits (a SHA-256 digest)"),
+            );
             return;
         }
         sink.rule(Rule {
@@ -82,8 +90,10 @@ mod tests {
 
     #[test]
     fn domains_with_bom_crlf_comments() {
-        let (names, rejected) =
-            names(ListFormat::Domains, "\u{feff}# header\r\nA.com\r\n\r\nb.com # why\n1.2.3.4\nx y\n");
+        let (names, rejected) = names(
+            ListFormat::Domains,
+            "\u{feff}# header\r\nA.com\r\n\r\nb.com # why\n1.2.3.4\nx y\n",
+        );
         assert_eq!(names, ["a.com", "b.com"]);
         assert_eq!(rejected, 2);
     }
@@ -99,7 +109,11 @@ mod tests {
     fn sha256_lines() {
         let mut sink = CollectingSink::default();
         let digest = "a".repeat(64);
-        parse(ListFormat::Sha256, format!("# c\n{digest}\nnothex\n").as_bytes(), &mut sink);
+        parse(
+            ListFormat::Sha256,
+            format!("# c\n{digest}\nnothex\n").as_bytes(),
+            &mut sink,
+        );
         assert_eq!(sink.rules.len(), 1);
         assert_eq!(sink.rejected.len(), 1);
         assert_eq!(sink.rejected[0].0, 3);

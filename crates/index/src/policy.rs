@@ -1,0 +1,141 @@
+//! Policy settings the snapshot enforces: lists and profiles, as configured.
+//!
+//! These types deserialize straight from the `[[list]]` and `[[profile]]`
+//! tables of the configuration (the list's source keys belong to the sync
+//! crate, which embeds [`ListPolicy`]).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// What a list's rules do by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListAction {
+    /// Rules block (exceptions inside the list, like adblock `@@`, still allow).
+    #[default]
+    Block,
+    /// Every rule allows: an allowlist. Allowlists apply to every profile.
+    Allow,
+}
+
+/// The policy part of one `[[list]]`: identity and how its rules count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPolicy {
+    /// Unique list name, used in EDE text, metrics and `explain`.
+    pub name: String,
+    /// Category a profile blocks by name. A block list without a category
+    /// applies to every profile.
+    pub category: Option<String>,
+    /// The file format.
+    pub format: crate::rule::ListFormat,
+    /// Block or allow.
+    pub action: ListAction,
+    /// Enforced for every client whatever its profile or allowlists say (the
+    /// national CSAM list).
+    pub mandatory: bool,
+}
+
+/// How a profile answers a blocked query.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockResponse {
+    /// NXDOMAIN with an SOA (the default).
+    #[default]
+    Nxdomain,
+    /// NOERROR with no answer and an SOA.
+    Nodata,
+    /// `0.0.0.0` for A and `::` for AAAA; NODATA for other types.
+    Null,
+    /// The profile's sinkhole addresses (an information page).
+    Sinkhole,
+    /// REFUSED.
+    Refused,
+}
+
+/// One `[[profile]]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Unique profile name.
+    pub name: String,
+    /// Client networks; a client gets the profile whose prefix matches longest.
+    pub clients: Vec<IpNet>,
+    /// Categories blocked for these clients.
+    #[serde(default)]
+    pub block: Vec<String>,
+    /// How blocked queries are answered.
+    #[serde(default)]
+    pub block_response: BlockResponse,
+    /// TTL of block answers and of the SOA that negative block answers carry.
+    #[serde(default = "default_block_ttl")]
+    pub block_ttl: u32,
+    /// The IPv4 address for `block_response = "sinkhole"`.
+    #[serde(default)]
+    pub sinkhole_ipv4: Option<Ipv4Addr>,
+    /// The IPv6 address for `block_response = "sinkhole"`.
+    #[serde(default)]
+    pub sinkhole_ipv6: Option<Ipv6Addr>,
+}
+
+/// The default `block_ttl`: short enough that an unblocked name recovers
+/// quickly, long enough that clients do not re-ask at once.
+pub const DEFAULT_BLOCK_TTL: u32 = 60;
+
+fn default_block_ttl() -> u32 {
+    DEFAULT_BLOCK_TTL
+}
+
+/// Identifies a profile inside one snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProfileId(pub(crate) u16);
+
+/// Identifies a list inside one snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListId(pub u16);
+
+/// A fixed bitset of list ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ListSet([u64; crate::suffix::MAX_LISTS / 64]);
+
+impl ListSet {
+    pub(crate) fn empty() -> Self {
+        Self([0; crate::suffix::MAX_LISTS / 64])
+    }
+
+    pub(crate) fn insert(&mut self, list: u16) {
+        if let Some(word) = self.0.get_mut(usize::from(list / 64)) {
+            *word |= 1 << (list % 64);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn contains(&self, list: u16) -> bool {
+        self.0
+            .get(usize::from(list / 64))
+            .is_some_and(|word| word & (1 << (list % 64)) != 0)
+    }
+}
+
+/// A profile as the snapshot holds it.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// The configured name (`unmatched` for the implicit fallback profile).
+    pub name: String,
+    /// Its client networks.
+    pub clients: Vec<IpNet>,
+    /// The blocked categories.
+    pub categories: Vec<String>,
+    /// How blocks are answered.
+    pub block_response: BlockResponse,
+    /// Block answer TTL.
+    pub block_ttl: u32,
+    /// Sinkhole IPv4 address.
+    pub sinkhole_ipv4: Option<Ipv4Addr>,
+    /// Sinkhole IPv6 address.
+    pub sinkhole_ipv6: Option<Ipv6Addr>,
+    pub(crate) enabled: ListSet,
+    pub(crate) uses_digests: bool,
+    pub(crate) uses_patterns: bool,
+}

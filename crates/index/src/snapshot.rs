@@ -1,0 +1,723 @@
+//! The immutable [`Snapshot`] and the [`SnapshotBuilder`] that makes one.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::PrefixMap;
+use regex::Regex;
+
+use crate::digest::DigestIndex;
+use crate::pattern::{PatternSet, PendingPattern};
+use crate::policy::{BlockResponse, ListAction, ListId, ListPolicy, ListSet, Profile, ProfileConfig, ProfileId};
+use crate::rule::{LineCounts, LineRejection, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, SkipReason};
+use crate::suffix::{ChainHasher, MAX_LISTS, SuffixIndex, SuffixIndexBuilder, Tag};
+
+/// How many rejected lines a list keeps as examples for reports.
+pub const REJECTED_EXAMPLES: usize = 10;
+
+/// The name of the implicit profile for clients no profile covers.
+pub const UNMATCHED_PROFILE: &str = "unmatched";
+
+/// Errors building a snapshot. Each names the list or profile at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    /// More lists than a snapshot can index.
+    #[error("too many lists: at most {max} are supported")]
+    TooManyLists {
+        /// The limit.
+        max: usize,
+    },
+    /// Two lists share a name.
+    #[error("list `{name}` is defined twice")]
+    DuplicateList {
+        /// The repeated name.
+        name: String,
+    },
+    /// A list had rule lines but none of them was valid.
+    #[error("list `{name}`: none of its {rejected} rule lines is valid (first: line {first_line}: {first_reason})")]
+    NothingValid {
+        /// The list.
+        name: String,
+        /// How many lines were rejected.
+        rejected: u64,
+        /// The first rejected line's number.
+        first_line: u32,
+        /// Why it was rejected.
+        first_reason: String,
+    },
+    /// Two profiles share a name.
+    #[error("profile `{name}` is defined twice")]
+    DuplicateProfile {
+        /// The repeated name.
+        name: String,
+    },
+    /// Two profiles claim the same client network.
+    #[error("client network {network} is in both profile `{first}` and profile `{second}`")]
+    DuplicateClientNetwork {
+        /// The network.
+        network: IpNet,
+        /// The profile that listed it first.
+        first: String,
+        /// The profile that listed it again.
+        second: String,
+    },
+    /// A sinkhole profile without a sinkhole address.
+    #[error("profile `{profile}`: block_response = \"sinkhole\" needs sinkhole_ipv4 or sinkhole_ipv6")]
+    SinkholeWithoutAddress {
+        /// The profile.
+        profile: String,
+    },
+}
+
+/// A rejected line kept for reports.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedLine {
+    /// 1-based line number.
+    pub line: u32,
+    /// The line as it was (lossily decoded if it was not UTF-8).
+    pub text: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// What one list contributed to a snapshot.
+#[derive(Clone, Debug)]
+pub struct ListInfo {
+    /// The list's policy settings.
+    pub policy: ListPolicy,
+    /// Line counts.
+    pub counts: LineCounts,
+    /// The first [`REJECTED_EXAMPLES`] rejected lines.
+    pub rejected_examples: Vec<RejectedLine>,
+    /// Rules in the suffix index.
+    pub name_rules: u64,
+    /// Pattern rules.
+    pub pattern_rules: u64,
+    /// Hashed-name rules.
+    pub digest_rules: u64,
+    /// Answer-IP rules.
+    pub answer_ip_rules: u64,
+}
+
+/// How a hit matched the query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matched {
+    /// A name rule on the query's last `labels` labels.
+    Name {
+        /// Labels of the matching suffix.
+        labels: u8,
+        /// The rule's scope.
+        scope: Scope,
+    },
+    /// A pattern rule on the whole name.
+    Pattern,
+    /// A hashed rule on the query's last `labels` labels.
+    Digest {
+        /// Labels of the matching parent name.
+        labels: u8,
+    },
+    /// An answer-IP rule covering the address with a `prefix_len` prefix.
+    AnswerIp {
+        /// The rule's prefix length.
+        prefix_len: u8,
+    },
+}
+
+/// The rule that decided a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The list the rule is in.
+    pub list: ListId,
+    /// The rule's line in that list.
+    pub line: u32,
+    /// The rule's effective action (after the list's own action applied).
+    pub action: RuleAction,
+    /// How it matched.
+    pub matched: Matched,
+    /// The chain hash of the matched name, for local-data lookup.
+    key: u64,
+}
+
+/// What happens to a query name for a profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No rule matched: resolve normally.
+    Pass,
+    /// An allow rule matched (and no mandatory block): resolve normally.
+    Allow(Hit),
+    /// A block rule matched. The hit's action says how (block, NODATA,
+    /// drop, local data).
+    Block(Hit),
+}
+
+/// Precedence tiers, strongest first (see ARCHITECTURE.md, "Precedence").
+#[derive(Debug, Default)]
+struct Tiers {
+    mandatory: Option<(usize, Hit)>,
+    important_allow: Option<(usize, Hit)>,
+    important_block: Option<(usize, Hit)>,
+    allow: Option<(usize, Hit)>,
+    block: Option<(usize, Hit)>,
+}
+
+impl Tiers {
+    /// Offers a hit at a specificity; the most specific hit per tier wins,
+    /// and the first offered (lowest list, then line) wins a tie.
+    fn offer(&mut self, mandatory: bool, specificity: usize, hit: Hit) {
+        let slot = if mandatory {
+            &mut self.mandatory
+        } else {
+            match hit.action {
+                RuleAction::AllowImportant => &mut self.important_allow,
+                RuleAction::BlockImportant => &mut self.important_block,
+                RuleAction::Allow => &mut self.allow,
+                _ => &mut self.block,
+            }
+        };
+        if slot.is_none_or(|(current, _)| specificity > current) {
+            *slot = Some((specificity, hit));
+        }
+    }
+
+    fn verdict(self) -> Verdict {
+        if let Some((_, hit)) = self.mandatory {
+            if !hit.action.is_allow() {
+                return Verdict::Block(hit);
+            }
+        }
+        if let Some((_, hit)) = self.important_allow {
+            return Verdict::Allow(hit);
+        }
+        if let Some((_, hit)) = self.important_block {
+            return Verdict::Block(hit);
+        }
+        if let Some((_, hit)) = self.allow {
+            return Verdict::Allow(hit);
+        }
+        if let Some((_, hit)) = self.block {
+            return Verdict::Block(hit);
+        }
+        Verdict::Pass
+    }
+}
+
+type AnswerIpRules = Vec<(u32, Tag)>;
+
+/// Everything a query decision needs, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    lists: Vec<ListInfo>,
+    names: SuffixIndex,
+    digests: DigestIndex,
+    patterns: PatternSet,
+    answer_v4: PrefixMap<Ipv4Net, AnswerIpRules>,
+    answer_v6: PrefixMap<Ipv6Net, AnswerIpRules>,
+    answer_ip_rules: usize,
+    local_data: HashMap<(u16, u64), Vec<LocalData>>,
+    profiles: Vec<Profile>,
+    clients_v4: PrefixMap<Ipv4Net, ProfileId>,
+    clients_v6: PrefixMap<Ipv6Net, ProfileId>,
+    warnings: Vec<String>,
+}
+
+impl Snapshot {
+    /// A snapshot with no lists and only the fallback profile.
+    pub fn empty() -> Self {
+        // An empty builder has no lists or profiles, so none of the build's
+        // checks can fail; the fallback below is never taken.
+        SnapshotBuilder::new().build().unwrap_or_else(|_| unreachable_empty())
+    }
+
+    /// The lists, in configuration order (a [`ListId`] indexes this).
+    pub fn lists(&self) -> &[ListInfo] {
+        &self.lists
+    }
+
+    /// One list.
+    pub fn list(&self, id: ListId) -> Option<&ListInfo> {
+        self.lists.get(usize::from(id.0))
+    }
+
+    /// The profiles; the last is the implicit [`UNMATCHED_PROFILE`].
+    pub fn profiles(&self) -> &[Profile] {
+        &self.profiles
+    }
+
+    /// One profile. Ids come from [`Snapshot::profile_for`] on the same
+    /// snapshot, so the fallback only guards misuse across snapshots.
+    pub fn profile(&self, id: ProfileId) -> &Profile {
+        self.profiles
+            .get(usize::from(id.0))
+            .or_else(|| self.profiles.last())
+            .unwrap_or_else(|| unreachable_no_profile())
+    }
+
+    /// Non-fatal findings of the build (e.g. a category no list provides).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The profile for a client address: the longest matching `clients`
+    /// prefix, or the implicit fallback profile.
+    pub fn profile_for(&self, client: IpAddr) -> ProfileId {
+        let found = match client {
+            IpAddr::V4(v4) => self.clients_v4.get_lpm(&Ipv4Net::from(v4)).map(|(_, id)| *id),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => self.clients_v4.get_lpm(&Ipv4Net::from(v4)).map(|(_, id)| *id),
+                None => self.clients_v6.get_lpm(&Ipv6Net::from(v6)).map(|(_, id)| *id),
+            },
+        };
+        found.unwrap_or(ProfileId(
+            u16::try_from(self.profiles.len().saturating_sub(1)).unwrap_or(0),
+        ))
+    }
+
+    /// Decides a normalized query name (lower case, no trailing dot) for a
+    /// profile. Never allocates, never fails.
+    pub fn decide(&self, name: &str, profile: ProfileId) -> Verdict {
+        let profile = self.profile(profile);
+        let total = crate::name::label_count(name);
+        let mut tiers = Tiers::default();
+        self.names.for_each_suffix_match(name, |depth, key, line, tag| {
+            if !profile.enabled.contains(tag.list()) || !tag.applies_at(depth, total) {
+                return;
+            }
+            let hit = Hit {
+                list: ListId(tag.list()),
+                line,
+                action: tag.action(),
+                matched: Matched::Name {
+                    labels: saturate_u8(depth),
+                    scope: tag.scope(),
+                },
+                key,
+            };
+            tiers.offer(self.is_mandatory(tag.list()), depth, hit);
+        });
+        if profile.uses_patterns {
+            self.patterns.for_each_match(name, |line, tag| {
+                if profile.enabled.contains(tag.list()) {
+                    let hit = Hit {
+                        list: ListId(tag.list()),
+                        line,
+                        action: tag.action(),
+                        matched: Matched::Pattern,
+                        key: 0,
+                    };
+                    tiers.offer(self.is_mandatory(tag.list()), total, hit);
+                }
+            });
+        }
+        if profile.uses_digests {
+            self.digests.for_each_suffix_match(name, |depth, line, tag| {
+                if profile.enabled.contains(tag.list()) {
+                    let hit = Hit {
+                        list: ListId(tag.list()),
+                        line,
+                        action: tag.action(),
+                        matched: Matched::Digest {
+                            labels: saturate_u8(depth),
+                        },
+                        key: 0,
+                    };
+                    tiers.offer(self.is_mandatory(tag.list()), depth, hit);
+                }
+            });
+        }
+        tiers.verdict()
+    }
+
+    /// Decides an address found in an answer against the answer-IP rules
+    /// (RPZ `rpz-ip`) enabled for the profile.
+    pub fn decide_answer_ip(&self, address: IpAddr, profile: ProfileId) -> Verdict {
+        if self.answer_ip_rules == 0 {
+            return Verdict::Pass;
+        }
+        let profile = self.profile(profile);
+        let mut tiers = Tiers::default();
+        let mut offer = |prefix_len: u8, rules: &AnswerIpRules| {
+            for &(line, tag) in rules {
+                if profile.enabled.contains(tag.list()) {
+                    let hit = Hit {
+                        list: ListId(tag.list()),
+                        line,
+                        action: tag.action(),
+                        matched: Matched::AnswerIp { prefix_len },
+                        key: 0,
+                    };
+                    tiers.offer(self.is_mandatory(tag.list()), usize::from(prefix_len), hit);
+                }
+            }
+        };
+        match address {
+            IpAddr::V4(v4) => {
+                for (net, rules) in self.answer_v4.cover(&Ipv4Net::from(v4)) {
+                    offer(net.prefix_len(), rules);
+                }
+            }
+            IpAddr::V6(v6) => {
+                for (net, rules) in self.answer_v6.cover(&Ipv6Net::from(v6)) {
+                    offer(net.prefix_len(), rules);
+                }
+            }
+        }
+        tiers.verdict()
+    }
+
+    /// The local data of a [`RuleAction::Rewrite`] hit: every record the
+    /// list gives for the matched trigger.
+    pub fn local_data(&self, hit: &Hit) -> &[LocalData] {
+        self.local_data.get(&(hit.list.0, hit.key)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The RFC 8914 EDE info code for a block: 16 (Censored) for a mandatory
+    /// list, 17 (Filtered) for a list a profile blocks by category, 15
+    /// (Blocked) otherwise.
+    pub fn ede_code(&self, hit: &Hit) -> u16 {
+        match self.list(hit.list) {
+            Some(list) if list.policy.mandatory => 16,
+            Some(list) if list.policy.category.is_some() => 17,
+            _ => 15,
+        }
+    }
+
+    /// Total rules in the snapshot.
+    pub fn rule_count(&self) -> usize {
+        self.names.len() + self.patterns.len() + self.digests.len() + self.answer_ip_rules
+    }
+
+    /// Distinct names in the suffix index.
+    pub fn distinct_names(&self) -> usize {
+        self.names.distinct_names()
+    }
+
+    /// Heap bytes of the index structures (not counting list metadata).
+    pub fn index_bytes(&self) -> usize {
+        self.names.heap_bytes() + self.digests.heap_bytes()
+    }
+
+    fn is_mandatory(&self, list: u16) -> bool {
+        self.lists.get(usize::from(list)).is_some_and(|l| l.policy.mandatory)
+    }
+}
+
+fn saturate_u8(value: usize) -> u8 {
+    u8::try_from(value).unwrap_or(u8::MAX)
+}
+
+#[cold]
+fn unreachable_empty() -> Snapshot {
+    // Kept out of line: `SnapshotBuilder::build` on an empty builder has no
+    // error path (see the variants of IndexError), so this is dead code that
+    // exists only to avoid an `unwrap`.
+    std::process::abort()
+}
+
+#[cold]
+fn unreachable_no_profile() -> &'static Profile {
+    // Every snapshot holds at least the fallback profile (see `build`).
+    std::process::abort()
+}
+
+/// Builds a [`Snapshot`] from lists and profiles, off the hot path.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    hasher: ChainHasher,
+    names: SuffixIndexBuilder,
+    digests: DigestIndex,
+    patterns: Vec<PendingPattern>,
+    answer_v4: PrefixMap<Ipv4Net, AnswerIpRules>,
+    answer_v6: PrefixMap<Ipv6Net, AnswerIpRules>,
+    answer_ip_rules: usize,
+    local_data: HashMap<(u16, u64), Vec<LocalData>>,
+    lists: Vec<ListInfo>,
+    profiles: Vec<ProfileConfig>,
+}
+
+impl Default for SnapshotBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SnapshotBuilder {
+    /// An empty builder with a fresh hash seed.
+    pub fn new() -> Self {
+        Self {
+            hasher: ChainHasher::random(),
+            names: SuffixIndexBuilder::default(),
+            digests: DigestIndex::default(),
+            patterns: Vec::new(),
+            answer_v4: PrefixMap::new(),
+            answer_v6: PrefixMap::new(),
+            answer_ip_rules: 0,
+            local_data: HashMap::new(),
+            lists: Vec::new(),
+            profiles: Vec::new(),
+        }
+    }
+
+    /// Parses one list and adds its rules. Fails when the list cannot be
+    /// added; rejected lines are reported in the returned info, not errors,
+    /// unless no line at all was valid.
+    pub fn add_list(&mut self, policy: ListPolicy, text: &[u8]) -> Result<&ListInfo, IndexError> {
+        if self.lists.len() >= MAX_LISTS {
+            return Err(IndexError::TooManyLists { max: MAX_LISTS });
+        }
+        if self.lists.iter().any(|l| l.policy.name == policy.name) {
+            return Err(IndexError::DuplicateList { name: policy.name });
+        }
+        // The check above keeps the index below MAX_LISTS (1024).
+        let list = u16::try_from(self.lists.len()).unwrap_or(u16::MAX);
+        let mut sink = BuilderSink {
+            builder: self,
+            list,
+            list_action: policy.action,
+            info: ListInfo {
+                policy: policy.clone(),
+                counts: LineCounts::default(),
+                rejected_examples: Vec::new(),
+                name_rules: 0,
+                pattern_rules: 0,
+                digest_rules: 0,
+                answer_ip_rules: 0,
+            },
+            last_line: None,
+        };
+        crate::format::parse(policy.format, text, &mut sink);
+        let info = sink.info;
+        if info.counts.accepted == 0 && info.counts.rejected > 0 {
+            let first = info.rejected_examples.first();
+            return Err(IndexError::NothingValid {
+                name: policy.name,
+                rejected: info.counts.rejected,
+                first_line: first.map_or(0, |r| r.line),
+                first_reason: first.map_or_else(String::new, |r| r.reason.clone()),
+            });
+        }
+        self.lists.push(info);
+        Ok(self.lists.last().unwrap_or_else(|| unreachable_list()))
+    }
+
+    /// Adds a profile.
+    pub fn add_profile(&mut self, profile: ProfileConfig) {
+        self.profiles.push(profile);
+    }
+
+    /// Builds the snapshot: sorts the index, compiles patterns, resolves
+    /// each profile's enabled lists and the client map.
+    pub fn build(self) -> Result<Snapshot, IndexError> {
+        let mut profiles = Vec::with_capacity(self.profiles.len() + 1);
+        let mut clients_v4: PrefixMap<Ipv4Net, ProfileId> = PrefixMap::new();
+        let mut clients_v6: PrefixMap<Ipv6Net, ProfileId> = PrefixMap::new();
+        let mut warnings = Vec::new();
+        let has_patterns = !self.patterns.is_empty();
+        let has_digests = !self.digests.is_empty();
+        for config in self.profiles.iter().chain(std::iter::once(&fallback_profile())) {
+            if profiles.iter().any(|p: &Profile| p.name == config.name) {
+                return Err(IndexError::DuplicateProfile {
+                    name: config.name.clone(),
+                });
+            }
+            if config.block_response == BlockResponse::Sinkhole
+                && config.sinkhole_ipv4.is_none()
+                && config.sinkhole_ipv6.is_none()
+            {
+                return Err(IndexError::SinkholeWithoutAddress {
+                    profile: config.name.clone(),
+                });
+            }
+            let id = ProfileId(u16::try_from(profiles.len()).unwrap_or(u16::MAX));
+            for network in &config.clients {
+                let previous = match network.trunc() {
+                    IpNet::V4(v4) => clients_v4.insert(v4, id),
+                    IpNet::V6(v6) => clients_v6.insert(v6, id),
+                };
+                if let Some(previous) = previous {
+                    let first = profiles
+                        .get(usize::from(previous.0))
+                        .map_or_else(String::new, |p: &Profile| p.name.clone());
+                    return Err(IndexError::DuplicateClientNetwork {
+                        network: *network,
+                        first,
+                        second: config.name.clone(),
+                    });
+                }
+            }
+            for category in &config.block {
+                if !self.lists.iter().any(|l| l.policy.category.as_ref() == Some(category)) {
+                    warnings.push(format!(
+                        "profile `{}` blocks category `{category}`, which no list provides",
+                        config.name
+                    ));
+                }
+            }
+            let mut enabled = ListSet::empty();
+            for (index, list) in self.lists.iter().enumerate() {
+                let policy = &list.policy;
+                let on = policy.mandatory
+                    || policy.action == ListAction::Allow
+                    || policy.category.as_ref().is_none_or(|c| config.block.contains(c));
+                if on {
+                    enabled.insert(u16::try_from(index).unwrap_or(u16::MAX));
+                }
+            }
+            let uses = |pred: &dyn Fn(&ListInfo) -> bool| {
+                self.lists
+                    .iter()
+                    .enumerate()
+                    .any(|(i, l)| pred(l) && enabled.contains(u16::try_from(i).unwrap_or(u16::MAX)))
+            };
+            let uses_patterns = has_patterns && uses(&|l| l.pattern_rules > 0);
+            let uses_digests = has_digests && uses(&|l| l.digest_rules > 0);
+            profiles.push(Profile {
+                name: config.name.clone(),
+                clients: config.clients.clone(),
+                categories: config.block.clone(),
+                block_response: config.block_response,
+                block_ttl: config.block_ttl,
+                sinkhole_ipv4: config.sinkhole_ipv4,
+                sinkhole_ipv6: config.sinkhole_ipv6,
+                enabled,
+                uses_digests,
+                uses_patterns,
+            });
+        }
+        let mut digests = self.digests;
+        digests.finish();
+        Ok(Snapshot {
+            lists: self.lists,
+            names: self.names.build(self.hasher),
+            digests,
+            patterns: PatternSet::build(self.patterns),
+            answer_v4: self.answer_v4,
+            answer_v6: self.answer_v6,
+            answer_ip_rules: self.answer_ip_rules,
+            local_data: self.local_data,
+            profiles,
+            clients_v4,
+            clients_v6,
+            warnings,
+        })
+    }
+}
+
+#[cold]
+fn unreachable_list() -> &'static ListInfo {
+    // `add_list` pushes right before reading the last element.
+    std::process::abort()
+}
+
+/// The implicit profile for clients outside every configured profile: only
+/// mandatory, allow and category-less lists apply.
+fn fallback_profile() -> ProfileConfig {
+    ProfileConfig {
+        name: UNMATCHED_PROFILE.to_owned(),
+        clients: Vec::new(),
+        block: Vec::new(),
+        block_response: BlockResponse::Nxdomain,
+        block_ttl: crate::policy::DEFAULT_BLOCK_TTL,
+        sinkhole_ipv4: None,
+        sinkhole_ipv6: None,
+    }
+}
+
+/// Feeds one list's rules into the builder.
+struct BuilderSink<'b> {
+    builder: &'b mut SnapshotBuilder,
+    list: u16,
+    list_action: ListAction,
+    info: ListInfo,
+    last_line: Option<u32>,
+}
+
+impl BuilderSink<'_> {
+    /// Applies the list's own action: in an allowlist every rule allows.
+    fn effective_action(&self, action: RuleAction) -> RuleAction {
+        match (self.list_action, action) {
+            (ListAction::Block, action) => action,
+            (ListAction::Allow, RuleAction::BlockImportant | RuleAction::AllowImportant) => RuleAction::AllowImportant,
+            (ListAction::Allow, _) => RuleAction::Allow,
+        }
+    }
+}
+
+impl RuleSink for BuilderSink<'_> {
+    fn rule(&mut self, rule: Rule<'_>) {
+        self.info.counts.rules += 1;
+        if self.last_line != Some(rule.line) {
+            self.last_line = Some(rule.line);
+            self.info.counts.accepted += 1;
+        }
+        let action = self.effective_action(rule.action);
+        match rule.target {
+            RuleTarget::Name { name, scope } => {
+                let key = self.builder.hasher.name(name);
+                self.builder
+                    .names
+                    .push(key, rule.line, Tag::new(self.list, scope, action));
+                if action == RuleAction::Rewrite {
+                    self.builder
+                        .local_data
+                        .entry((self.list, key))
+                        .or_default()
+                        .extend(rule.local_data);
+                }
+                self.info.name_rules += 1;
+            }
+            RuleTarget::Pattern {
+                regex,
+                required_literal,
+            } => match Regex::new(&regex) {
+                Ok(regex) => {
+                    self.builder.patterns.push(PendingPattern {
+                        regex,
+                        literal: required_literal,
+                        line: rule.line,
+                        tag: Tag::new(self.list, Scope::Exact, action),
+                    });
+                    self.info.pattern_rules += 1;
+                }
+                Err(error) => {
+                    // Parsers compile patterns before emitting them, so this
+                    // only happens if a regex exceeds the size limit twice.
+                    self.info.counts.accepted -= 1;
+                    self.last_line = None;
+                    self.reject(rule.line, &regex, LineRejection::BadPattern(error.to_string()));
+                }
+            },
+            RuleTarget::AnswerIp(network) => {
+                let tag = Tag::new(self.list, Scope::Subtree, action);
+                match network.trunc() {
+                    IpNet::V4(v4) => self.builder.answer_v4.entry(v4).or_default().push((rule.line, tag)),
+                    IpNet::V6(v6) => self.builder.answer_v6.entry(v6).or_default().push((rule.line, tag)),
+                }
+                self.builder.answer_ip_rules += 1;
+                self.info.answer_ip_rules += 1;
+            }
+            RuleTarget::NameDigest(digest) => {
+                self.builder
+                    .digests
+                    .push(digest, rule.line, Tag::new(self.list, Scope::Subtree, action));
+                self.info.digest_rules += 1;
+            }
+        }
+    }
+
+    fn reject(&mut self, line: u32, text: &str, reason: LineRejection) {
+        self.info.counts.rejected += 1;
+        if self.info.rejected_examples.len() < REJECTED_EXAMPLES {
+            self.info.rejected_examples.push(RejectedLine {
+                line,
+                text: text.to_owned(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    fn skip(&mut self, _line: u32, _reason: SkipReason) {
+        self.info.counts.skipped += 1;
+    }
+}
