@@ -5,6 +5,8 @@
 //! allocator, so nothing is guessed), and lookup latency for hits and misses
 //! (criterion). Set `SHIELDNS_BENCH_SIZES=100000,1000000` to choose sizes.
 
+#![allow(unsafe_code)] // The counting allocator below is the only unsafe code, and only in this bench.
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -20,7 +22,7 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 
 // SAFETY: every method forwards to the system allocator unchanged and only
 // adds bookkeeping on an atomic counter.
-#[allow(unsafe_code)]
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);

@@ -219,10 +219,25 @@ pub struct Snapshot {
     profiles: Vec<Profile>,
     clients_v4: PrefixMap<Ipv4Net, ProfileId>,
     clients_v6: PrefixMap<Ipv6Net, ProfileId>,
+    access_v4: PrefixMap<Ipv4Net, ()>,
+    access_v6: PrefixMap<Ipv6Net, ()>,
     warnings: Vec<String>,
 }
 
 impl Snapshot {
+    /// Whether a client may query at all (`server.allow`). The access list
+    /// lives in the snapshot so that a reload changes it atomically with
+    /// everything else.
+    pub fn client_allowed(&self, client: IpAddr) -> bool {
+        match client {
+            IpAddr::V4(v4) => self.access_v4.get_lpm(&Ipv4Net::from(v4)).is_some(),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => self.access_v4.get_lpm(&Ipv4Net::from(v4)).is_some(),
+                None => self.access_v6.get_lpm(&Ipv6Net::from(v6)).is_some(),
+            },
+        }
+    }
+
     /// A snapshot with no lists and only the fallback profile.
     pub fn empty() -> Self {
         // An empty builder has no lists or profiles, so none of the build's
@@ -434,6 +449,7 @@ pub struct SnapshotBuilder {
     local_data: HashMap<(u16, u64), Vec<LocalData>>,
     lists: Vec<ListInfo>,
     profiles: Vec<ProfileConfig>,
+    access: Vec<IpNet>,
 }
 
 impl Default for SnapshotBuilder {
@@ -456,7 +472,13 @@ impl SnapshotBuilder {
             local_data: HashMap::new(),
             lists: Vec::new(),
             profiles: Vec::new(),
+            access: Vec::new(),
         }
+    }
+
+    /// Sets the client networks allowed to query (empty: nobody).
+    pub fn set_access(&mut self, allow: Vec<IpNet>) {
+        self.access = allow;
     }
 
     /// Parses one list and adds its rules. Fails when the list cannot be
@@ -585,6 +607,14 @@ impl SnapshotBuilder {
                 uses_patterns,
             });
         }
+        let mut access_v4 = PrefixMap::new();
+        let mut access_v6 = PrefixMap::new();
+        for network in &self.access {
+            match network.trunc() {
+                IpNet::V4(v4) => access_v4.insert(v4, ()),
+                IpNet::V6(v6) => access_v6.insert(v6, ()),
+            };
+        }
         let mut digests = self.digests;
         digests.finish();
         Ok(Snapshot {
@@ -599,6 +629,8 @@ impl SnapshotBuilder {
             profiles,
             clients_v4,
             clients_v6,
+            access_v4,
+            access_v6,
             warnings,
         })
     }

@@ -1,1 +1,26 @@
-//! placeholder
+//! shieldns-resolver: the DNS hot path.
+//!
+//! hickory-server owns the sockets and the wire protocol; this crate's
+//! [`handler`] decides each query: access list, client profile, one lookup
+//! in the blocklist [`shieldns_index::Snapshot`] (a single `ArcSwap` load per
+//! query), then either a block answer (with an RFC 8914 Extended DNS Error
+//! naming the list) or an answer from the cache or the upstream (recursion
+//! from the root, or forwarding), checked against answer-IP rules.
+//!
+//! Key design decision: policy runs before the cache, and the cache is
+//! shared by all profiles. A reload that blocks a name therefore takes
+//! effect on the next query even when the name is cached, and the cache
+//! never needs flushing on reload.
+
+mod answer;
+mod cache;
+pub mod config;
+mod error;
+mod handler;
+mod server;
+mod upstream;
+
+pub use config::{CacheConfig, ServerConfig, UpstreamConfig, UpstreamMode};
+pub use error::ResolverError;
+pub use handler::ShieldHandler;
+pub use server::{RunningResolver, start};

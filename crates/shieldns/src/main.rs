@@ -1,1 +1,102 @@
-fn main() {}
+//! `shieldns`: a DNS-level harmful-content filtering recursive resolver.
+//!
+//! The binary owns what the libraries must not: the configuration file, the
+//! one `ArcSwap<Snapshot>` the resolver reads and reloads write, signals,
+//! and the command line. It wires the crates and keeps no policy logic of
+//! its own.
+
+mod commands;
+mod config;
+mod daemon;
+mod exporter;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shieldns_index::ListFormat;
+
+/// DNS-level harmful-content filtering resolver for ISPs and schools.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve DNS (on the embedded default configuration without --config).
+    Run {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Load the configuration and every list, print a summary, and exit
+    /// non-zero on any error.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Explain what happens to a name for a client: profile, verdict, and
+    /// for a block the list, category, line, rule and EDE code.
+    Explain {
+        /// The name to explain.
+        name: String,
+        /// The client address (default 127.0.0.1).
+        #[arg(long, default_value = "127.0.0.1")]
+        client: IpAddr,
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tools.
+    Lists {
+        #[command(subcommand)]
+        command: ListsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ListsCommand {
+    /// Parse and compile one list file and report what it contains.
+    Check {
+        /// The list file.
+        file: PathBuf,
+        /// Its format: hosts, domains, wildcard, adblock, dnsmasq, rpz, sha256.
+        #[arg(long)]
+        format: ListFormat,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => daemon::run(config::ConfigSource::from_arg(config)),
+        Command::CheckConfig { config } => commands::check_config(&config::ConfigSource::from_arg(config)),
+        Command::Explain {
+            name,
+            client,
+            config,
+            json,
+        } => commands::explain(&config::ConfigSource::from_arg(config), &name, client, json),
+        Command::Lists {
+            command: ListsCommand::Check { file, format, json },
+        } => commands::lists_check(&file, format, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shieldns: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -141,7 +141,7 @@ fn is_comment(content: &str) -> bool {
     // `#` comments come from hosts-format sources merged into adblock lists,
     // but `##…`, `#@#…` and friends at the start of a line are cosmetic rules
     // (for every site), which must be refused rather than ignored.
-    content.starts_with('#') && cosmetic_marker(content).is_none()
+    content.starts_with('#') && cosmetic_marker(content) != Some(0)
 }
 
 /// Finds an element-hiding, CSS, scriptlet or HTML-filtering marker (`##`,
@@ -221,18 +221,24 @@ fn split_rule(content: &str) -> Result<SplitRule<'_>, LineRejection> {
     if pattern.is_empty() {
         return Err(LineRejection::Syntax("empty pattern"));
     }
-    Ok(SplitRule { exception, pattern, is_regex: false, modifiers })
+    Ok(SplitRule {
+        exception,
+        pattern,
+        is_regex: false,
+        modifiers,
+    })
 }
 
-fn regex_rule<'a>(
-    exception: bool,
-    regex: &'a str,
-    modifiers: Option<&'a str>,
-) -> Result<SplitRule<'a>, LineRejection> {
+fn regex_rule<'a>(exception: bool, regex: &'a str, modifiers: Option<&'a str>) -> Result<SplitRule<'a>, LineRejection> {
     if regex.is_empty() {
         return Err(LineRejection::Syntax("empty regular expression"));
     }
-    Ok(SplitRule { exception, pattern: regex, is_regex: true, modifiers })
+    Ok(SplitRule {
+        exception,
+        pattern: regex,
+        is_regex: true,
+        modifiers,
+    })
 }
 
 /// The text `$badfilter` compares: the rule with `badfilter` removed from its
@@ -277,7 +283,10 @@ fn emit_regex(line: u32, raw: &str, regex: &str, action: RuleAction, sink: &mut 
     // the few regex rules real lists carry are cheap enough without one.
     sink.rule(Rule {
         line,
-        target: RuleTarget::Pattern { regex, required_literal: None },
+        target: RuleTarget::Pattern {
+            regex,
+            required_literal: None,
+        },
         action,
         local_data: Vec::new(),
     });
@@ -349,13 +358,15 @@ fn emit_pattern(line: u32, raw: &str, pattern: &str, action: RuleAction, sink: &
     }
 
     // `||*.a.com^` matches exactly the names under `a.com`.
-    if start == Start::Domain && anchored_end {
-        if let Some(parent) = body.strip_prefix("*.") {
-            if !parent.contains('*') && !parent.starts_with(['.', '-']) && !parent.ends_with(['.', '-']) {
-                emit_name(line, raw, parent, Scope::SubdomainsOnly, action, sink);
-                return;
-            }
-        }
+    if start == Start::Domain
+        && anchored_end
+        && let Some(parent) = body.strip_prefix("*.")
+        && !parent.contains('*')
+        && !parent.starts_with(['.', '-'])
+        && !parent.ends_with(['.', '-'])
+    {
+        emit_name(line, raw, parent, Scope::SubdomainsOnly, action, sink);
+        return;
     }
 
     // A pattern with no letter or digit (`*`, `||*^`, `.`) would match every
@@ -377,7 +388,15 @@ fn emit_pattern(line: u32, raw: &str, pattern: &str, action: RuleAction, sink: &
         .max_by_key(|run| run.len())
         .filter(|run| run.len() >= 3)
         .map(str::to_owned);
-    sink.rule(Rule { line, target: RuleTarget::Pattern { regex, required_literal }, action, local_data: Vec::new() });
+    sink.rule(Rule {
+        line,
+        target: RuleTarget::Pattern {
+            regex,
+            required_literal,
+        },
+        action,
+        local_data: Vec::new(),
+    });
 }
 
 /// Checks that a pattern body (anchors removed) holds only characters a
@@ -427,7 +446,12 @@ fn pattern_regex(start: Start, body: &str, anchored_end: bool) -> String {
 /// Emits a name rule, or rejects the line with the name's reason.
 fn emit_name(line: u32, raw: &str, name: &str, scope: Scope, action: RuleAction, sink: &mut dyn RuleSink) {
     match crate::name::normalize(name) {
-        Ok(name) => sink.rule(Rule { line, target: RuleTarget::Name { name: &name, scope }, action, local_data: Vec::new() }),
+        Ok(name) => sink.rule(Rule {
+            line,
+            target: RuleTarget::Name { name: &name, scope },
+            action,
+            local_data: Vec::new(),
+        }),
         Err(reason) => sink.reject(line, raw, reason.into()),
     }
 }
@@ -484,7 +508,7 @@ mod tests {
 
     #[test]
     fn comments_headers_and_blanks_make_no_calls() {
-        let text = "[Adblock Plus 2.0]\n! Title: x\n# hosts-style comment\n#\n\n   \n\t! indented\n";
+        let text = "[Adblock Plus 2.0]\n! Title: x\n# hosts-style comment\n#\n# see a.com##x\n\n   \n\t! indented\n";
         let mut sink = CountingSink::default();
         parse(ListFormat::Adblock, text.as_bytes(), &mut sink);
         assert_eq!(sink.counts.rule_lines(), 0);
@@ -492,8 +516,19 @@ mod tests {
 
     #[test]
     fn cosmetic_rules_are_refused() {
-        for text in ["##.banner", "#@#.banner", "example.com##.ad", "example.com#?#div", "#$#body", "a.com$$script"] {
-            assert_eq!(rejection(text), LineRejection::Syntax("cosmetic rule, not DNS"), "{text}");
+        for text in [
+            "##.banner",
+            "#@#.banner",
+            "example.com##.ad",
+            "example.com#?#div",
+            "#$#body",
+            "a.com$$script",
+        ] {
+            assert_eq!(
+                rejection(text),
+                LineRejection::Syntax("cosmetic rule, not DNS"),
+                "{text}"
+            );
         }
     }
 
@@ -506,17 +541,32 @@ mod tests {
         assert_eq!(one("|a.com^|"), (RuleAction::Block, name("a.com", Scope::Exact)));
         assert_eq!(one("://a.com^"), (RuleAction::Block, name("a.com", Scope::Exact)));
         assert_eq!(one("a.com"), (RuleAction::Block, name("a.com", Scope::Subtree)));
-        assert_eq!(one("||wvOntgd.pqmg.bid^"), (RuleAction::Block, name("wvontgd.pqmg.bid", Scope::Subtree)));
-        assert_eq!(one("||bücher.de^"), (RuleAction::Block, name("xn--bcher-kva.de", Scope::Subtree)));
-        assert_eq!(one("||*.a.com^"), (RuleAction::Block, name("a.com", Scope::SubdomainsOnly)));
+        assert_eq!(
+            one("||wvOntgd.pqmg.bid^"),
+            (RuleAction::Block, name("wvontgd.pqmg.bid", Scope::Subtree))
+        );
+        assert_eq!(
+            one("||bücher.de^"),
+            (RuleAction::Block, name("xn--bcher-kva.de", Scope::Subtree))
+        );
+        assert_eq!(
+            one("||*.a.com^"),
+            (RuleAction::Block, name("a.com", Scope::SubdomainsOnly))
+        );
     }
 
     #[test]
     fn exceptions_and_important() {
         assert_eq!(one("@@||a.com^"), (RuleAction::Allow, name("a.com", Scope::Subtree)));
         assert_eq!(one("@@|a.com^|"), (RuleAction::Allow, name("a.com", Scope::Exact)));
-        assert_eq!(one("||a.com^$important"), (RuleAction::BlockImportant, name("a.com", Scope::Subtree)));
-        assert_eq!(one("@@||a.com^$important"), (RuleAction::AllowImportant, name("a.com", Scope::Subtree)));
+        assert_eq!(
+            one("||a.com^$important"),
+            (RuleAction::BlockImportant, name("a.com", Scope::Subtree))
+        );
+        assert_eq!(
+            one("@@||a.com^$important"),
+            (RuleAction::AllowImportant, name("a.com", Scope::Subtree))
+        );
         assert_eq!(one("@@/^ads\\./"), (RuleAction::Allow, pattern("(?i)^ads\\.")));
     }
 
@@ -531,9 +581,16 @@ mod tests {
             ("||a.com^$denyallow=b.com", "denyallow"),
             ("/ads/$frobnicate", "frobnicate"),
         ] {
-            assert_eq!(rejection(text), LineRejection::UnsupportedModifier(modifier.to_owned()), "{text}");
+            assert_eq!(
+                rejection(text),
+                LineRejection::UnsupportedModifier(modifier.to_owned()),
+                "{text}"
+            );
         }
-        assert_eq!(rejection("||a.com^$"), LineRejection::Syntax("empty modifier after `$`"));
+        assert_eq!(
+            rejection("||a.com^$"),
+            LineRejection::Syntax("empty modifier after `$`")
+        );
     }
 
     #[test]
@@ -565,19 +622,37 @@ mod tests {
 
     #[test]
     fn wildcard_and_prefix_patterns() {
-        assert_eq!(one("||*-go.example.net^"), (RuleAction::Block, pattern(r"(?:^|\.).*\-go\.example\.net$")));
-        assert_eq!(one("*ad.durasite.net^"), (RuleAction::Block, pattern(r".*ad\.durasite\.net$")));
-        assert_eq!(one("||fxhpaoxqyajvmdg."), (RuleAction::Block, pattern(r"(?:^|\.)fxhpaoxqyajvmdg\.")));
+        assert_eq!(
+            one("||*-go.example.net^"),
+            (RuleAction::Block, pattern(r"(?:^|\.).*\-go\.example\.net$"))
+        );
+        assert_eq!(
+            one("*ad.durasite.net^"),
+            (RuleAction::Block, pattern(r".*ad\.durasite\.net$"))
+        );
+        assert_eq!(
+            one("||fxhpaoxqyajvmdg."),
+            (RuleAction::Block, pattern(r"(?:^|\.)fxhpaoxqyajvmdg\."))
+        );
         assert_eq!(
             one("||iphone-caviar.ru*entranceId"),
             (RuleAction::Block, pattern(r"(?:^|\.)iphone\-caviar\.ru.*entranceid"))
         );
-        assert_eq!(one("||158.247.208."), (RuleAction::Block, pattern(r"(?:^|\.)158\.247\.208\.")));
+        assert_eq!(
+            one("||158.247.208."),
+            (RuleAction::Block, pattern(r"(?:^|\.)158\.247\.208\."))
+        );
         assert_eq!(one("a.com^"), (RuleAction::Block, pattern(r"a\.com$")));
-        assert_eq!(one(".bbelements.com^"), (RuleAction::Block, pattern(r"\.bbelements\.com$")));
+        assert_eq!(
+            one(".bbelements.com^"),
+            (RuleAction::Block, pattern(r"\.bbelements\.com$"))
+        );
         assert_eq!(one("-ad123-"), (RuleAction::Block, pattern(r"\-ad123\-")));
         assert_eq!(one("|ads*.a.com"), (RuleAction::Block, pattern(r"^ads.*\.a\.com")));
-        assert_eq!(one("@@||*cdn.exponea.com^"), (RuleAction::Allow, pattern(r"(?:^|\.).*cdn\.exponea\.com$")));
+        assert_eq!(
+            one("@@||*cdn.exponea.com^"),
+            (RuleAction::Allow, pattern(r"(?:^|\.).*cdn\.exponea\.com$"))
+        );
         assert_eq!(rejection("||*^"), LineRejection::Syntax("pattern matches every name"));
         assert_eq!(rejection("*"), LineRejection::Syntax("pattern matches every name"));
     }
@@ -598,7 +673,7 @@ mod tests {
             let (_, OwnedTarget::Pattern(regex)) = one(rule) else {
                 panic!("{rule} is not a pattern");
             };
-            let re = regex::Regex::new(&regex).unwrap();
+            let re = regex::Regex::new(&regex).expect("emitted patterns compile");
             assert_eq!(re.is_match(query), expected, "{rule} on {query}");
         }
     }
@@ -608,7 +683,10 @@ mod tests {
         let mut sink = Literals::default();
         let text = "||*-go.example.net^\n||a*b^\n||ad*.x.co^\n/ads/\n";
         parse(ListFormat::Adblock, text.as_bytes(), &mut sink);
-        assert_eq!(sink.0, [Some("-go.example.net".to_owned()), None, Some(".x.co".to_owned()), None]);
+        assert_eq!(
+            sink.0,
+            [Some("-go.example.net".to_owned()), None, Some(".x.co".to_owned()), None]
+        );
     }
 
     #[test]
@@ -617,24 +695,38 @@ mod tests {
             one(r"/^(a|c)\.[0-9a-f]{56}\.com$/"),
             (RuleAction::Block, pattern(r"(?i)^(a|c)\.[0-9a-f]{56}\.com$"))
         );
-        assert_eq!(one(r"/ads\d+/$important"), (RuleAction::BlockImportant, pattern(r"(?i)ads\d+")));
+        assert_eq!(
+            one(r"/ads\d+/$important"),
+            (RuleAction::BlockImportant, pattern(r"(?i)ads\d+"))
+        );
         // The `#` inside a regex is part of the regex, not a comment.
-        assert_eq!(one(r"@@/\.(gif|png)#x/"), (RuleAction::Allow, pattern(r"(?i)\.(gif|png)#x")));
+        assert_eq!(
+            one(r"@@/\.(gif|png)#x/"),
+            (RuleAction::Allow, pattern(r"(?i)\.(gif|png)#x"))
+        );
         assert!(matches!(rejection("/a(b/"), LineRejection::BadPattern(_)));
         assert_eq!(rejection("//"), LineRejection::Syntax("empty regular expression"));
     }
 
     #[test]
     fn ip_literals_are_refused() {
-        for text in ["188.72.219.36^", "||1.2.3.4^", "|167.206.10.148^", "||::1^", "@@1.2.3.4"] {
+        for text in [
+            "188.72.219.36^",
+            "||1.2.3.4^",
+            "|167.206.10.148^",
+            "||::1^",
+            "@@1.2.3.4",
+        ] {
             let reason = rejection(text);
             assert!(
-                reason == LineRejection::Name(NameRejection::IpLiteral)
-                    || matches!(reason, LineRejection::Syntax(_)),
+                reason == LineRejection::Name(NameRejection::IpLiteral) || matches!(reason, LineRejection::Syntax(_)),
                 "{text}: {reason:?}"
             );
         }
-        assert_eq!(rejection("188.72.219.36^"), LineRejection::Name(NameRejection::IpLiteral));
+        assert_eq!(
+            rejection("188.72.219.36^"),
+            LineRejection::Name(NameRejection::IpLiteral)
+        );
         assert_eq!(rejection("||1.2.3.4^"), LineRejection::Name(NameRejection::IpLiteral));
     }
 
@@ -664,14 +756,17 @@ mod tests {
     fn crlf_bom_and_missing_final_newline() {
         let sink = collect("\u{feff}[Adblock Plus]\r\n||a.com^\r\n||b.com^");
         let names: Vec<_> = sink.rules.iter().map(|(l, _, t)| (*l, t.clone())).collect();
-        assert_eq!(names, [(2, name("a.com", Scope::Subtree)), (3, name("b.com", Scope::Subtree))]);
+        assert_eq!(
+            names,
+            [(2, name("a.com", Scope::Subtree)), (3, name("b.com", Scope::Subtree))]
+        );
     }
 
     #[test]
     fn every_rule_line_makes_exactly_one_call() {
-        let text = "||a.com^\n||a.com^$badfilter\n##x\n/(/\n||1.2.3.4^\n||x*.y^\n||a.com^$client=1\n\xff\n";
+        let text = b"||a.com^\n||a.com^$badfilter\n##x\n/(/\n||1.2.3.4^\n||x*.y^\n||a.com^$client=1\n\xff\n";
         let mut sink = CountingSink::default();
-        parse(ListFormat::Adblock, text.as_bytes(), &mut sink);
+        parse(ListFormat::Adblock, text, &mut sink);
         assert_eq!(sink.counts.rule_lines(), 8);
         assert_eq!(sink.counts.accepted, 1);
         assert_eq!(sink.counts.skipped, 2);

@@ -1,0 +1,152 @@
+//! Block answers: the records, response code and EDE for a blocked query.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use shieldns_index::{BlockResponse, Hit, LocalData, Matched, Profile, RuleAction, Snapshot};
+
+/// The RFC 8914 EDE option code.
+pub(crate) const EDE_OPTION: u16 = 15;
+/// EDE info code 3: Stale Answer.
+pub(crate) const EDE_STALE_ANSWER: u16 = 3;
+/// EDE info code 6: DNSSEC Bogus.
+pub(crate) const EDE_DNSSEC_BOGUS: u16 = 6;
+
+/// What to send for a blocked query.
+#[derive(Debug)]
+pub(crate) enum BlockAnswer {
+    /// Send nothing (RPZ `rpz-drop.`).
+    Drop,
+    /// Send this response.
+    Respond {
+        rcode: ResponseCode,
+        answers: Vec<Record>,
+        authorities: Vec<Record>,
+        /// EDE info code and EXTRA-TEXT.
+        ede: (u16, String),
+    },
+}
+
+/// Builds the answer for a block `hit` on `qname`/`qtype` for `profile`.
+pub(crate) fn block_answer(
+    snapshot: &Snapshot,
+    profile: &Profile,
+    hit: &Hit,
+    qname: &Name,
+    qtype: RecordType,
+) -> BlockAnswer {
+    let ede = (snapshot.ede_code(hit), ede_text(snapshot, hit));
+    let ttl = profile.block_ttl;
+    let soa = || vec![block_soa(qname, hit, ttl)];
+    let nxdomain = |ede| BlockAnswer::Respond {
+        rcode: ResponseCode::NXDomain,
+        answers: vec![],
+        authorities: soa(),
+        ede,
+    };
+    let nodata = |ede| BlockAnswer::Respond {
+        rcode: ResponseCode::NoError,
+        answers: vec![],
+        authorities: soa(),
+        ede,
+    };
+    let address = |v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>, ede| {
+        let rdata = match qtype {
+            RecordType::A => v4.map(|a| RData::A(A(a))),
+            RecordType::AAAA => v6.map(|a| RData::AAAA(AAAA(a))),
+            _ => None,
+        };
+        match rdata {
+            Some(rdata) => BlockAnswer::Respond {
+                rcode: ResponseCode::NoError,
+                answers: vec![Record::from_rdata(qname.clone(), ttl, rdata)],
+                authorities: vec![],
+                ede,
+            },
+            // Other types (MX, HTTPS, TXT…) get NODATA, never an A record
+            // of the wrong type.
+            None => nodata(ede),
+        }
+    };
+    match hit.action {
+        RuleAction::Drop => return BlockAnswer::Drop,
+        RuleAction::NoData => return nodata(ede),
+        RuleAction::Rewrite => return rewrite(snapshot.local_data(hit), qname, qtype, ttl, ede),
+        _ => {}
+    }
+    match profile.block_response {
+        BlockResponse::Nxdomain => nxdomain(ede),
+        BlockResponse::Nodata => nodata(ede),
+        BlockResponse::Null => address(Some(Ipv4Addr::UNSPECIFIED), Some(Ipv6Addr::UNSPECIFIED), ede),
+        BlockResponse::Sinkhole => address(profile.sinkhole_ipv4, profile.sinkhole_ipv6, ede),
+        BlockResponse::Refused => BlockAnswer::Respond {
+            rcode: ResponseCode::Refused,
+            answers: vec![],
+            authorities: vec![],
+            ede,
+        },
+    }
+}
+
+/// RPZ local data: records of the query's type, or a CNAME for any type.
+fn rewrite(data: &[LocalData], qname: &Name, qtype: RecordType, ttl: u32, ede: (u16, String)) -> BlockAnswer {
+    let mut answers = Vec::new();
+    for item in data {
+        let rdata = match item {
+            LocalData::A(a) if qtype == RecordType::A => RData::A(A(*a)),
+            LocalData::Aaaa(a) if qtype == RecordType::AAAA => RData::AAAA(AAAA(*a)),
+            LocalData::Cname(target) => match Name::from_ascii(format!("{target}.")) {
+                Ok(name) => RData::CNAME(CNAME(name)),
+                Err(_) => continue,
+            },
+            _ => continue,
+        };
+        answers.push(Record::from_rdata(qname.clone(), ttl, rdata));
+    }
+    BlockAnswer::Respond {
+        rcode: ResponseCode::NoError,
+        answers,
+        authorities: vec![],
+        ede,
+    }
+}
+
+/// EXTRA-TEXT naming the list and category, e.g.
+/// `list=national-csam category=csam`.
+pub(crate) fn ede_text(snapshot: &Snapshot, hit: &Hit) -> String {
+    match snapshot.list(hit.list) {
+        Some(list) => match &list.policy.category {
+            Some(category) => format!("list={} category={}", list.policy.name, category),
+            None => format!("list={}", list.policy.name),
+        },
+        None => String::from("blocked by policy"),
+    }
+}
+
+/// The SOA that negative block answers carry, so clients cache the block
+/// for `ttl` seconds (RFC 2308 takes the minimum of the SOA TTL and its
+/// MINIMUM field). Its owner is the blocked name that matched.
+fn block_soa(qname: &Name, hit: &Hit, ttl: u32) -> Record {
+    let owner = match hit.matched {
+        Matched::Name { labels, .. } | Matched::Digest { labels } => trim_to_labels(qname, labels),
+        Matched::Pattern | Matched::AnswerIp { .. } => qname.clone(),
+    };
+    let mname = Name::from_ascii("blocked.shieldns.invalid.").unwrap_or_else(|_| Name::root());
+    let rname = Name::from_ascii("hostmaster.shieldns.invalid.").unwrap_or_else(|_| Name::root());
+    Record::from_rdata(
+        owner,
+        ttl,
+        RData::SOA(SOA::new(mname, rname, 1, 3600, 600, 86_400, ttl)),
+    )
+}
+
+/// The last `labels` labels of `name`.
+fn trim_to_labels(name: &Name, labels: u8) -> Name {
+    let total = name.num_labels();
+    if labels >= total {
+        return name.clone();
+    }
+    name.trim_to(usize::from(labels))
+}

@@ -1,0 +1,179 @@
+//! The answer cache in front of both upstream modes.
+//!
+//! Entries are whole answers keyed by (name, type, DO bit). An entry lives
+//! in the cache for its TTL plus the serve-stale window; within its TTL it is
+//! served directly, after that only when the upstream fails (RFC 8767).
+//! Negative answers are cached for the SOA's negative TTL (RFC 2308).
+//! Bounded by `cache.max_entries` through moka's TinyLFU eviction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{LowerName, Record, RecordType};
+use moka::sync::Cache;
+
+use crate::config::CacheConfig;
+
+/// The cache key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct CacheKey {
+    pub(crate) name: LowerName,
+    pub(crate) qtype: RecordType,
+    pub(crate) dnssec_ok: bool,
+}
+
+/// One cached answer.
+#[derive(Debug)]
+pub(crate) struct CachedAnswer {
+    pub(crate) rcode: ResponseCode,
+    pub(crate) answers: Vec<Record>,
+    pub(crate) authorities: Vec<Record>,
+    pub(crate) authentic_data: bool,
+    inserted: Instant,
+    ttl: u32,
+    hits: AtomicU32,
+    prefetching: AtomicBool,
+}
+
+impl CachedAnswer {
+    /// Seconds left before expiry (0 when expired).
+    pub(crate) fn remaining(&self, now: Instant) -> u32 {
+        let age = u32::try_from(now.saturating_duration_since(self.inserted).as_secs()).unwrap_or(u32::MAX);
+        self.ttl.saturating_sub(age)
+    }
+
+    /// Whether the answer is still within its TTL.
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.inserted) < Duration::from_secs(u64::from(self.ttl))
+    }
+
+    /// Records with TTLs decremented by the answer's age, or set to
+    /// `stale_ttl` when it is served stale.
+    pub(crate) fn records_aged(records: &[Record], remaining: u32) -> Vec<Record> {
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.ttl = r.ttl.min(remaining);
+                r
+            })
+            .collect()
+    }
+
+    /// Counts a hit and says whether this hit should start a prefetch: the
+    /// answer was asked for before, has less than a tenth of its TTL left,
+    /// and no prefetch is running.
+    pub(crate) fn should_prefetch(&self, now: Instant) -> bool {
+        let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        let remaining = self.remaining(now);
+        hits >= 2
+            && self.ttl >= 10
+            && remaining.saturating_mul(10) < self.ttl
+            && !self.prefetching.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// The cache.
+#[derive(Clone, Debug)]
+pub(crate) struct AnswerCache {
+    entries: Cache<CacheKey, Arc<CachedAnswer>>,
+    config: Arc<CacheConfig>,
+}
+
+impl AnswerCache {
+    pub(crate) fn new(config: CacheConfig) -> Self {
+        let keep_for = |answer: &Arc<CachedAnswer>, stale_window: u32| {
+            Duration::from_secs(u64::from(answer.ttl) + u64::from(stale_window))
+        };
+        let stale_window = if config.serve_stale { config.stale_window } else { 0 };
+        let entries = Cache::builder()
+            .max_capacity(config.max_entries)
+            .expire_after(Expiry { stale_window, keep_for })
+            .build();
+        Self {
+            entries,
+            config: Arc::new(config),
+        }
+    }
+
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<Arc<CachedAnswer>> {
+        self.entries.get(key)
+    }
+
+    pub(crate) fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// Caches an answer. SERVFAIL and other failures are not cached (the
+    /// stale copy, if any, stays), so a broken upstream never replaces a
+    /// good answer.
+    pub(crate) fn insert(
+        &self,
+        key: CacheKey,
+        rcode: ResponseCode,
+        answers: Vec<Record>,
+        authorities: Vec<Record>,
+        authentic_data: bool,
+    ) {
+        let ttl = match rcode {
+            ResponseCode::NoError if !answers.is_empty() => {
+                let min = answers.iter().map(|r| r.ttl).min().unwrap_or(0);
+                min.clamp(self.config.min_ttl, self.config.max_ttl.max(self.config.min_ttl))
+            }
+            ResponseCode::NoError | ResponseCode::NXDomain => {
+                // RFC 2308 §5: the negative TTL is the minimum of the SOA
+                // record's TTL and its MINIMUM field.
+                let soa_ttl = authorities
+                    .iter()
+                    .find_map(|r| match &r.data {
+                        hickory_proto::rr::RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                soa_ttl.min(self.config.negative_max_ttl)
+            }
+            _ => return,
+        };
+        if ttl == 0 {
+            return;
+        }
+        let answer = CachedAnswer {
+            rcode,
+            answers,
+            authorities,
+            authentic_data,
+            inserted: Instant::now(),
+            ttl,
+            hits: AtomicU32::new(0),
+            prefetching: AtomicBool::new(false),
+        };
+        self.entries.insert(key, Arc::new(answer));
+    }
+}
+
+/// Keeps each entry for its TTL plus the stale window.
+struct Expiry<F> {
+    stale_window: u32,
+    keep_for: F,
+}
+
+impl<F> moka::Expiry<CacheKey, Arc<CachedAnswer>> for Expiry<F>
+where
+    F: Fn(&Arc<CachedAnswer>, u32) -> Duration + Send + Sync,
+{
+    fn expire_after_create(&self, _key: &CacheKey, value: &Arc<CachedAnswer>, _now: Instant) -> Option<Duration> {
+        Some((self.keep_for)(value, self.stale_window))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<CachedAnswer>,
+        _now: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some((self.keep_for)(value, self.stale_window))
+    }
+}

@@ -1,0 +1,131 @@
+//! Listeners and lifecycle: binds every `server.listen` address over UDP and
+//! TCP, serves until told to stop, then drains in-flight queries.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_server::Server;
+use shieldns_index::Snapshot;
+use shieldns_metrics::Metrics;
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::info;
+
+use crate::cache::AnswerCache;
+use crate::config::{CacheConfig, ServerConfig, UpstreamConfig};
+use crate::error::ResolverError;
+use crate::handler::ShieldHandler;
+use crate::upstream::Upstream;
+
+/// A running resolver.
+pub struct RunningResolver {
+    server: Server<ShieldHandler>,
+    handler: ShieldHandler,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for RunningResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningResolver")
+            .field("in_flight", &self.handler.in_flight())
+            .finish()
+    }
+}
+
+/// Binds the listeners and starts serving. `snapshot` is the one `ArcSwap`
+/// the binary owns; the resolver only ever loads from it.
+pub async fn start(
+    server: &ServerConfig,
+    upstream: &UpstreamConfig,
+    cache: &CacheConfig,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+) -> Result<RunningResolver, ResolverError> {
+    if server.listen.is_empty() {
+        return Err(ResolverError::Config {
+            key: "server.listen",
+            reason: "no listen address".into(),
+        });
+    }
+    let upstream = Upstream::new(upstream)?;
+    let handler = ShieldHandler::new(
+        snapshot,
+        upstream,
+        AnswerCache::new(cache.clone()),
+        server.udp_payload,
+        metrics,
+    );
+    let mut hickory = Server::new(handler.clone());
+    for &address in &server.listen {
+        for _ in 0..server.udp_sockets.max(1) {
+            hickory.register_socket(bind_udp(address, server.udp_sockets > 1)?);
+        }
+        let tcp = bind_tcp(address)?;
+        hickory.register_listener(tcp, Duration::from_secs(server.tcp_idle_timeout.max(1)), 64);
+        info!(%address, "listening on UDP and TCP");
+    }
+    Ok(RunningResolver {
+        server: hickory,
+        handler,
+        grace: Duration::from_secs(server.shutdown_grace),
+    })
+}
+
+impl RunningResolver {
+    /// Stops serving: waits up to the grace period for in-flight queries to
+    /// finish, then closes every listener.
+    pub async fn shutdown(mut self) -> Result<(), ResolverError> {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while self.handler.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.server
+            .shutdown_gracefully()
+            .await
+            .map_err(|e| ResolverError::Server { reason: e.to_string() })
+    }
+
+    /// Waits until the server stops on its own (a listener failed).
+    pub async fn wait(&mut self) -> Result<(), ResolverError> {
+        self.server
+            .block_until_done()
+            .await
+            .map_err(|e| ResolverError::Server { reason: e.to_string() })
+    }
+}
+
+fn bind_udp(address: SocketAddr, reuse_port: bool) -> Result<tokio::net::UdpSocket, ResolverError> {
+    let error = |source| ResolverError::Bind {
+        address,
+        protocol: "udp",
+        source,
+    };
+    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP)).map_err(error)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true).map_err(error)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(error)?;
+    }
+    socket.set_nonblocking(true).map_err(error)?;
+    socket.bind(&address.into()).map_err(error)?;
+    tokio::net::UdpSocket::from_std(socket.into()).map_err(error)
+}
+
+fn bind_tcp(address: SocketAddr) -> Result<tokio::net::TcpListener, ResolverError> {
+    let error = |source| ResolverError::Bind {
+        address,
+        protocol: "tcp",
+        source,
+    };
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP)).map_err(error)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true).map_err(error)?;
+    }
+    socket.set_reuse_address(true).map_err(error)?;
+    socket.set_nonblocking(true).map_err(error)?;
+    socket.bind(&address.into()).map_err(error)?;
+    socket.listen(1024).map_err(error)?;
+    tokio::net::TcpListener::from_std(socket.into()).map_err(error)
+}

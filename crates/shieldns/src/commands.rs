@@ -1,0 +1,276 @@
+//! The one-shot commands: `check-config`, `explain`, `lists check`.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+use shieldns_index::{Hit, ListAction, ListFormat, ListPolicy, Matched, RuleAction, SnapshotBuilder, Verdict};
+use shieldns_sync::{Built, PolicySources, build_snapshot};
+
+use crate::config::{Config, ConfigSource};
+
+/// Builds the snapshot a configuration describes.
+pub(crate) fn build(config: &Config, source: &ConfigSource) -> anyhow::Result<Built> {
+    let base_dir = source.base_dir();
+    let sources = PolicySources {
+        lists: &config.lists,
+        profiles: &config.profiles,
+        allow: &config.server.allow,
+        base_dir: &base_dir,
+    };
+    build_snapshot(sources).with_context(|| format!("cannot build the policy from {}", source.describe()))
+}
+
+pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
+    let config = source.load()?;
+    let built = build(&config, source)?;
+    println!("configuration: {} (ok)", source.describe());
+    println!(
+        "listen: {}; allow: {}; upstream: {:?}",
+        config
+            .server
+            .listen
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        config
+            .server
+            .allow
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.upstream.mode
+    );
+    println!("lists:");
+    for (load, list) in built.lists.iter().zip(&config.lists) {
+        println!(
+            "  {:<24} {:<9} {:<8} {:<10} {:>9} rules {:>7} rejected  {}",
+            load.name,
+            list.format.as_str(),
+            list.category.as_deref().unwrap_or("-"),
+            if list.mandatory {
+                "mandatory"
+            } else if list.action == ListAction::Allow {
+                "allow"
+            } else {
+                "block"
+            },
+            load.rules,
+            load.rejected,
+            load.source
+        );
+        for example in load.rejected_examples.iter().take(3) {
+            println!(
+                "      line {}: {} ({})",
+                example.line,
+                example.text.trim(),
+                example.reason
+            );
+        }
+    }
+    println!("profiles:");
+    for profile in built.snapshot.profiles() {
+        println!(
+            "  {:<16} clients [{}] blocks [{}] answer {:?} ttl {}",
+            profile.name,
+            profile
+                .clients
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            profile.categories.join(", "),
+            profile.block_response,
+            profile.block_ttl
+        );
+    }
+    for warning in built.snapshot.warnings() {
+        println!("warning: {warning}");
+    }
+    println!(
+        "snapshot: {} rules, {} distinct names, {} index bytes, built in {} ms",
+        built.snapshot.rule_count(),
+        built.snapshot.distinct_names(),
+        built.snapshot.index_bytes(),
+        built.elapsed.as_millis()
+    );
+    Ok(())
+}
+
+pub(crate) fn explain(source: &ConfigSource, raw_name: &str, client: IpAddr, as_json: bool) -> anyhow::Result<()> {
+    let config = source.load()?;
+    let built = build(&config, source)?;
+    let snapshot = &built.snapshot;
+    let name = shieldns_index::name::normalize(raw_name)
+        .map_err(|reason| anyhow::anyhow!("`{raw_name}` is not a valid name: {reason}"))?;
+    let profile_id = snapshot.profile_for(client);
+    let profile = snapshot.profile(profile_id);
+    let verdict = snapshot.decide(&name, profile_id);
+    let allowed = snapshot.client_allowed(client);
+    let (kind, hit) = match verdict {
+        Verdict::Pass => ("allow", None),
+        Verdict::Allow(hit) => ("allow", Some(hit)),
+        Verdict::Block(hit) if hit.action == RuleAction::Rewrite => ("rewrite", Some(hit)),
+        Verdict::Block(hit) => ("block", Some(hit)),
+    };
+    let detail = hit.map(|hit| HitDetail::new(&hit, &config, source, snapshot, &name));
+    if as_json {
+        let value = json!({
+            "name": name,
+            "client": client.to_string(),
+            "client_allowed": allowed,
+            "profile": profile.name,
+            "verdict": kind,
+            "list": detail.as_ref().map(|d| d.list.clone()),
+            "category": detail.as_ref().and_then(|d| d.category.clone()),
+            "line": detail.as_ref().map(|d| d.line),
+            "rule": detail.as_ref().and_then(|d| d.rule.clone()),
+            "matched_name": detail.as_ref().map(|d| d.matched_name.clone()),
+            "mandatory": detail.as_ref().map(|d| d.mandatory),
+            "ede": if kind == "block" || kind == "rewrite" { detail.as_ref().map(|d| d.ede) } else { None },
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    println!("name:     {name}");
+    println!(
+        "client:   {client}{}",
+        if allowed {
+            ""
+        } else {
+            " (not in server.allow: would be REFUSED)"
+        }
+    );
+    println!("profile:  {}", profile.name);
+    println!("verdict:  {kind}");
+    match detail {
+        None => println!("reason:   no list matches"),
+        Some(detail) => {
+            println!(
+                "list:     {}{}",
+                detail.list,
+                if detail.mandatory { " (mandatory)" } else { "" }
+            );
+            println!("category: {}", detail.category.as_deref().unwrap_or("-"));
+            println!("matched:  {}", detail.matched_name);
+            println!("line:     {}", detail.line);
+            println!(
+                "rule:     {}",
+                detail.rule.as_deref().unwrap_or("(source no longer readable)")
+            );
+            if kind != "allow" {
+                println!("ede:      {} ({})", detail.ede, ede_name(detail.ede));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ede_name(code: u16) -> &'static str {
+    match code {
+        15 => "Blocked",
+        16 => "Censored",
+        17 => "Filtered",
+        _ => "Other",
+    }
+}
+
+/// Everything `explain` reports about a hit.
+struct HitDetail {
+    list: String,
+    category: Option<String>,
+    mandatory: bool,
+    line: u32,
+    rule: Option<String>,
+    matched_name: String,
+    ede: u16,
+}
+
+impl HitDetail {
+    fn new(hit: &Hit, config: &Config, source: &ConfigSource, snapshot: &shieldns_index::Snapshot, name: &str) -> Self {
+        let list_config = config.lists.get(usize::from(hit.list.0));
+        // Provenance is (list, line); the rule text is re-read from the
+        // list's source rather than kept in memory for every rule.
+        let rule = list_config.and_then(|list| {
+            let (bytes, _, _) = shieldns_sync::read_list(list, &source.base_dir()).ok()?;
+            let text = String::from_utf8_lossy(&bytes);
+            text.lines()
+                .nth(usize::try_from(hit.line).ok()?.checked_sub(1)?)
+                .map(|l| l.trim().to_owned())
+        });
+        let matched_name = match hit.matched {
+            Matched::Name { labels, .. } | Matched::Digest { labels } => {
+                shieldns_index::name::suffix(name, usize::from(labels)).to_owned()
+            }
+            Matched::Pattern | Matched::AnswerIp { .. } => name.to_owned(),
+        };
+        Self {
+            list: list_config.map_or_else(String::new, |l| l.name.clone()),
+            category: list_config.and_then(|l| l.category.clone()),
+            mandatory: list_config.is_some_and(|l| l.mandatory),
+            line: hit.line,
+            rule,
+            matched_name,
+            ede: snapshot.ede_code(hit),
+        }
+    }
+}
+
+pub(crate) fn lists_check(file: &Path, format: ListFormat, as_json: bool) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut builder = SnapshotBuilder::new();
+    let policy = ListPolicy {
+        name: file.display().to_string(),
+        category: None,
+        format,
+        action: ListAction::Block,
+        mandatory: false,
+    };
+    let info = builder
+        .add_list(policy, &bytes)
+        .with_context(|| format!("{}", file.display()))?
+        .clone();
+    if info.counts.rules == 0 {
+        bail!("{}: no rules found (is --format {} right?)", file.display(), format);
+    }
+    let snapshot = builder.build()?;
+    if as_json {
+        let value = json!({
+            "file": file.display().to_string(),
+            "format": format.as_str(),
+            "entries": info.counts.rules,
+            "accepted_lines": info.counts.accepted,
+            "skipped_lines": info.counts.skipped,
+            "rejected": info.counts.rejected,
+            "rejected_examples": info.rejected_examples,
+            "distinct_names": snapshot.distinct_names(),
+            "name_rules": info.name_rules,
+            "pattern_rules": info.pattern_rules,
+            "digest_rules": info.digest_rules,
+            "answer_ip_rules": info.answer_ip_rules,
+            "bytes": snapshot.index_bytes(),
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    println!("file:      {}", file.display());
+    println!("format:    {format}");
+    println!(
+        "entries:   {} ({} names, {} patterns, {} hashed, {} answer-IP)",
+        info.counts.rules, info.name_rules, info.pattern_rules, info.digest_rules, info.answer_ip_rules
+    );
+    println!("distinct:  {} names", snapshot.distinct_names());
+    println!(
+        "skipped:   {} lines (localhost entries, $badfilter)",
+        info.counts.skipped
+    );
+    println!("rejected:  {} lines", info.counts.rejected);
+    for example in &info.rejected_examples {
+        println!("  line {}: {} ({})", example.line, example.text.trim(), example.reason);
+    }
+    println!("bytes:     {} (index arrays)", snapshot.index_bytes());
+    Ok(())
+}

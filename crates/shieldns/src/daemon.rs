@@ -1,0 +1,129 @@
+//! `shieldns run`: start, reload on SIGHUP, drain and stop on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use shieldns_metrics::Metrics;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::commands::build;
+use crate::config::{Config, ConfigSource};
+
+pub(crate) fn run(source: ConfigSource) -> anyhow::Result<()> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(serve(source))
+}
+
+fn init_logging() {
+    // hickory logs two info lines per query; keep it at warn (its own
+    // measured cost is ~20 % of throughput at info).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,hickory_server=warn,hickory_resolver=warn,hickory_proto=warn,hickory_net=warn",
+        )
+    });
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(source: ConfigSource) -> anyhow::Result<()> {
+    let config = source.load()?;
+    let built = {
+        let (config, source) = (config.clone(), source.clone());
+        tokio::task::spawn_blocking(move || build(&config, &source))
+            .await
+            .context("policy build panicked")??
+    };
+    log_build(&built);
+    // The one ArcSwap: the resolver loads from it, reloads store into it.
+    let snapshot = Arc::new(ArcSwap::from_pointee(built.snapshot));
+    let metrics = Arc::new(Metrics::new()?);
+    let mut resolver = shieldns_resolver::start(
+        &config.server,
+        &config.upstream,
+        &config.cache,
+        snapshot.clone(),
+        metrics.clone(),
+    )
+    .await?;
+    if let Some(address) = config.metrics.listen {
+        crate::exporter::spawn(address, metrics.clone()).await?;
+    }
+    info!(config = %source.describe(), "shieldns ready");
+
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(&source, &config, &snapshot).await,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            result = resolver.wait() => {
+                result?;
+                anyhow::bail!("the DNS listeners stopped unexpectedly");
+            }
+        }
+    }
+    info!("stopping: finishing in-flight queries");
+    resolver.shutdown().await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the configuration and every list, builds a new snapshot off the
+/// hot path and swaps it in with one store. Any failure keeps the running
+/// snapshot and logs why.
+async fn reload(source: &ConfigSource, running: &Config, snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>) {
+    info!(config = %source.describe(), "SIGHUP: reloading configuration and lists");
+    let task_source = source.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let config = task_source.load()?;
+        let built = build(&config, &task_source)?;
+        anyhow::Ok((config, built))
+    })
+    .await;
+    match outcome {
+        Ok(Ok((config, built))) => {
+            if config.server != running.server || config.upstream != running.upstream || config.cache != running.cache {
+                warn!("[server], [upstream] and [cache] changes take effect only after a restart");
+            }
+            log_build(&built);
+            let old = snapshot.swap(Arc::new(built.snapshot));
+            // Free the old index here, not on a query worker that happens to
+            // drop the last guard.
+            tokio::task::spawn_blocking(move || drop(old));
+            info!("reload complete: new policy in force");
+        }
+        Ok(Err(error)) => error!("reload failed, previous policy stays in force: {error:#}"),
+        Err(error) => error!("reload failed, previous policy stays in force: {error}"),
+    }
+}
+
+fn log_build(built: &shieldns_sync::Built) {
+    for list in &built.lists {
+        info!(list = %list.name, source = %list.source, rules = list.rules, rejected = list.rejected, "list loaded");
+        for example in list.rejected_examples.iter().take(3) {
+            warn!(list = %list.name, line = example.line, reason = %example.reason, text = %example.text.trim(), "rejected line");
+        }
+    }
+    for warning in built.snapshot.warnings() {
+        warn!("{warning}");
+    }
+    info!(
+        rules = built.snapshot.rule_count(),
+        index_bytes = built.snapshot.index_bytes(),
+        elapsed_ms = u64::try_from(built.elapsed.as_millis()).unwrap_or(u64::MAX),
+        "policy built"
+    );
+}
