@@ -86,7 +86,9 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, NameRejection> {
 /// Checks an already lower-case ASCII name against the rules in the module
 /// documentation.
 fn check_ascii_name(name: &str) -> Result<(), NameRejection> {
-    if name.parse::<IpAddr>().is_ok() {
+    // IPv4 literals are caught by the numeric last label below; only names
+    // with a colon can be IPv6 literals, so only those pay for the parse.
+    if name.contains(':') && name.parse::<IpAddr>().is_ok() {
         return Err(NameRejection::IpLiteral);
     }
     if name.len() > MAX_NAME_LEN {

@@ -225,18 +225,33 @@ impl SuffixIndex {
     /// Calls `f(depth, hash, line, tag)` for every stored rule whose name is
     /// a suffix of `name` (a normalized name), from the shortest suffix to
     /// the whole name. `depth` counts the suffix's labels.
+    ///
+    /// The walk runs in three passes so that the memory loads of different
+    /// labels do not wait on each other: hash every suffix, then read every
+    /// bucket's bounds, then scan every bucket. A 5-label name then costs
+    /// about two cache misses of latency instead of ten.
     #[inline]
     pub(crate) fn for_each_suffix_match(&self, name: &str, mut f: impl FnMut(usize, u64, u32, Tag)) {
         if self.hashes.is_empty() {
             return;
         }
+        let mut hashes = [0u64; MAX_WALK];
+        let mut depth = 0;
         let mut hash = self.hasher.root();
-        for (index, label) in name.rsplit('.').enumerate() {
+        for label in name.rsplit('.') {
             hash = self.hasher.child(hash, label.as_bytes());
+            let Some(slot) = hashes.get_mut(depth) else { break };
+            *slot = hash;
+            depth += 1;
+        }
+        let mut ranges = [(0u32, 0u32); MAX_WALK];
+        for (range, &hash) in ranges.iter_mut().zip(&hashes).take(depth) {
             let bucket = bucket_of(hash, self.bucket_bits);
-            let (Some(&start), Some(&end)) = (self.offsets.get(bucket), self.offsets.get(bucket + 1)) else {
-                continue;
-            };
+            if let (Some(&start), Some(&end)) = (self.offsets.get(bucket), self.offsets.get(bucket + 1)) {
+                *range = (start, end);
+            }
+        }
+        for (index, (&(start, end), &hash)) in ranges.iter().zip(&hashes).take(depth).enumerate() {
             for slot in start as usize..end as usize {
                 let Some(&stored) = self.hashes.get(slot) else { break };
                 if stored > hash {
@@ -251,6 +266,9 @@ impl SuffixIndex {
         }
     }
 }
+
+/// The most labels a name can have (127 one-byte labels fill 253 bytes).
+const MAX_WALK: usize = 128;
 
 #[cfg(test)]
 mod tests {

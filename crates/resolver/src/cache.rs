@@ -49,14 +49,15 @@ impl CachedAnswer {
         now.saturating_duration_since(self.inserted) < Duration::from_secs(u64::from(self.ttl))
     }
 
-    /// Records with TTLs decremented by the answer's age, or set to
-    /// `stale_ttl` when it is served stale.
-    pub(crate) fn records_aged(records: &[Record], remaining: u32) -> Vec<Record> {
+    /// Records with TTLs capped at the answer's `remaining` seconds, or set
+    /// to exactly `remaining` when `exact` (answers served stale carry the
+    /// RFC 8767 stale TTL whatever their original TTL).
+    pub(crate) fn records_aged(records: &[Record], remaining: u32, exact: bool) -> Vec<Record> {
         records
             .iter()
             .map(|r| {
                 let mut r = r.clone();
-                r.ttl = r.ttl.min(remaining);
+                r.ttl = if exact { remaining } else { r.ttl.min(remaining) };
                 r
             })
             .collect()

@@ -149,7 +149,7 @@ impl ShieldHandler {
                     self.spawn_prefetch(key.clone(), qname.clone(), qtype);
                 }
                 let remaining = entry.remaining(now);
-                return (aged(entry, remaining), None);
+                return (aged(entry, remaining, false), None);
             }
         }
         self.inner.metrics.cache_miss();
@@ -168,7 +168,7 @@ impl ShieldHandler {
                 if let (Some(entry), true) = (&cached, self.inner.cache.config().serve_stale) {
                     warn!(%qname, ?failure, "upstream failed; serving stale answer");
                     return (
-                        aged(entry, STALE_ANSWER_TTL),
+                        aged(entry, STALE_ANSWER_TTL, true),
                         Some((EDE_STALE_ANSWER, String::from("upstream unreachable"))),
                     );
                 }
@@ -206,11 +206,11 @@ impl ShieldHandler {
     }
 }
 
-fn aged(entry: &CachedAnswer, remaining: u32) -> UpstreamAnswer {
+fn aged(entry: &CachedAnswer, remaining: u32, exact: bool) -> UpstreamAnswer {
     UpstreamAnswer {
         rcode: entry.rcode,
-        answers: CachedAnswer::records_aged(&entry.answers, remaining),
-        authorities: CachedAnswer::records_aged(&entry.authorities, remaining),
+        answers: CachedAnswer::records_aged(&entry.answers, remaining, exact),
+        authorities: CachedAnswer::records_aged(&entry.authorities, remaining, exact),
         authentic_data: entry.authentic_data,
     }
 }

@@ -62,8 +62,11 @@
 //! Cleanup: servers are killed when the [`Hierarchy`] is dropped. A watchdog `sh` holds a pipe
 //! from the test process; when the test process exits without dropping (a `static`, a
 //! `process::exit`, a SIGKILL) the pipe closes and the watchdog kills the servers and removes
-//! the temporary directory. Set `SHIELDNS_HIERARCHY_KEEP=1` to keep the directory (zones, keys,
-//! `nsd.log` of each server) for debugging; its path is printed at start.
+//! the temporary directory.
+//!
+//! Environment: `SHIELDNS_HIERARCHY_KEEP=1` keeps the directory (zones, keys, each server's
+//! `nsd.conf` and `nsd.log`) for debugging, its path is printed at start;
+//! `SHIELDNS_HIERARCHY_UNSIGNED=1` serves every zone unsigned.
 //!
 //! Required packages (Debian): `nsd`, `ldnsutils` (signing); the self-test also uses
 //! `bind9-dnsutils` (`dig`) and `ldnsutils` (`drill`).
@@ -196,7 +199,7 @@ impl Hierarchy {
             }
         }
 
-        let keep = std::env::var_os("SHIELDNS_HIERARCHY_KEEP").is_some_and(|v| !v.is_empty() && v != "0");
+        let keep = env_flag("SHIELDNS_HIERARCHY_KEEP");
         let tempdir = tempfile::Builder::new()
             .prefix(&format!("shieldns-hierarchy-{instance}-"))
             .tempdir()
@@ -212,8 +215,12 @@ impl Hierarchy {
 
         let zones_dir = dir.join("zones");
         mkdir(&zones_dir);
-        let signer = Signer::new(&dir);
-        if signer.is_none() {
+        let signer = if env_flag("SHIELDNS_HIERARCHY_UNSIGNED") {
+            None
+        } else {
+            Signer::new(&dir)
+        };
+        if signer.is_none() && !env_flag("SHIELDNS_HIERARCHY_UNSIGNED") {
             eprintln!("NOTE: ldns-keygen/ldns-signzone not found (Debian package `ldnsutils`): serving unsigned zones");
         }
         let (zone_files, anchor) = write_zones(instance, &zones_dir, signer.as_ref(), &dir);
@@ -443,6 +450,11 @@ impl Drop for Hierarchy {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether an environment variable is set to something other than "" or "0".
+fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 fn parse_server(which: &str) -> Server {

@@ -1,0 +1,381 @@
+//! End-to-end tests of `shieldns run` in forward mode: the real binary on
+//! loopback, a fake upstream, and the real `dig`.
+
+mod support;
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use support::daemon::{Daemon, answers, ede, have, status};
+use support::upstream::FakeUpstream;
+
+const CONFIG: &str = r#"
+[server]
+listen = ["127.0.0.1:@PORT@"]
+allow = ["127.0.0.0/25", "::1/128"]
+
+[upstream]
+mode = "forward"
+forward = [@UPSTREAMS@]
+timeout_ms = 400
+
+[cache]
+max_entries = 1000
+
+[[list]]
+name = "national-csam"
+category = "csam"
+format = "domains"
+path = "@DIR@/csam.txt"
+mandatory = true
+
+[[list]]
+name = "adult"
+category = "adult"
+format = "domains"
+path = "@DIR@/adult.txt"
+
+[[list]]
+name = "global"
+format = "domains"
+path = "@DIR@/global.txt"
+
+[[list]]
+name = "allow"
+format = "domains"
+path = "@DIR@/allow.txt"
+action = "allow"
+
+[[profile]]
+name = "default"
+clients = ["0.0.0.0/0", "::/0"]
+block = ["csam", "adult"]
+block_ttl = 42
+
+[[profile]]
+name = "nodata"
+clients = ["127.0.0.2/32"]
+block = ["adult"]
+block_response = "nodata"
+
+[[profile]]
+name = "null"
+clients = ["127.0.0.3/32"]
+block = ["adult"]
+block_response = "null"
+
+[[profile]]
+name = "sinkhole"
+clients = ["127.0.0.4/32"]
+block = ["adult"]
+block_response = "sinkhole"
+sinkhole_ipv4 = "192.0.2.80"
+sinkhole_ipv6 = "2001:db8::80"
+
+[[profile]]
+name = "refused"
+clients = ["127.0.0.5/32"]
+block = ["adult"]
+block_response = "refused"
+
+[[profile]]
+name = "open"
+clients = ["127.0.0.6/32"]
+block = []
+"#;
+
+const FILES: &[(&str, &str)] = &[
+    ("csam.txt", "# national list\nmandatory.example.test\n"),
+    ("adult.txt", "blocked.example.test\nallowed.example.test\n"),
+    ("global.txt", "global.example.test\n"),
+    ("allow.txt", "allowed.example.test\nmandatory.example.test\n"),
+];
+
+fn start(upstreams: &[&FakeUpstream]) -> Daemon {
+    let list = upstreams
+        .iter()
+        .map(|u| format!("\"{}\"", u.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Daemon::start(&CONFIG.replace("@UPSTREAMS@", &list), FILES)
+}
+
+fn skip() -> bool {
+    if have("dig") {
+        return false;
+    }
+    eprintln!("SKIP: dig is not installed (apt-get install bind9-dnsutils)");
+    true
+}
+
+#[test]
+fn answers_allowed_and_blocked_names() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let daemon = start(&[&upstream]);
+
+    let out = daemon.dig(&["www.example.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert_eq!(answers(&out), ["www.example.test. 300 IN A 192.0.2.10"], "{out}");
+
+    // A category block: NXDOMAIN, SOA with block_ttl, EDE 17 naming the list.
+    let out = daemon.dig(&["blocked.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert_eq!(
+        ede(&out).as_deref(),
+        Some("; EDE: 17 (Filtered): (list=adult category=adult)"),
+        "{out}"
+    );
+    assert!(out.contains("blocked.example.test.\t42\tIN\tSOA"), "{out}");
+
+    // Subdomains of a blocked name are blocked.
+    let out = daemon.dig(&["deep.sub.blocked.example.test", "AAAA"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+
+    // The allowlist beats a category list…
+    let out = daemon.dig(&["allowed.example.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert_eq!(answers(&out).len(), 1, "{out}");
+
+    // …but never a mandatory list: EDE 16 Censored.
+    let out = daemon.dig(&["mandatory.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert_eq!(
+        ede(&out).as_deref(),
+        Some("; EDE: 16 (Censored): (list=national-csam category=csam)"),
+        "{out}"
+    );
+
+    // A list without a category applies to everyone: EDE 15 Blocked.
+    let out = daemon.dig(&["global.example.test", "A"]);
+    assert_eq!(
+        ede(&out).as_deref(),
+        Some("; EDE: 15 (Blocked): (list=global)"),
+        "{out}"
+    );
+
+    // Over TCP too.
+    let out = daemon.dig(&["+tcp", "blocked.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert!(ede(&out).is_some(), "{out}");
+
+    // Without EDNS there is no OPT record, so no EDE, but still the block.
+    let out = daemon.dig(&["+noedns", "blocked.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert!(ede(&out).is_none() && !out.contains("OPT PSEUDOSECTION"), "{out}");
+}
+
+#[test]
+fn each_block_response_per_profile() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let daemon = start(&[&upstream]);
+
+    let out = daemon.dig(&["-b", "127.0.0.2", "blocked.example.test", "A"]);
+    assert_eq!((status(&out), answers(&out).len()), ("NOERROR", 0), "nodata: {out}");
+    assert!(out.contains("IN\tSOA") && ede(&out).is_some(), "nodata: {out}");
+
+    let out = daemon.dig(&["-b", "127.0.0.3", "blocked.example.test", "A"]);
+    assert_eq!(answers(&out), ["blocked.example.test. 60 IN A 0.0.0.0"], "null: {out}");
+    let out = daemon.dig(&["-b", "127.0.0.3", "blocked.example.test", "AAAA"]);
+    assert_eq!(answers(&out), ["blocked.example.test. 60 IN AAAA ::"], "null: {out}");
+    // Never an address record of the wrong type.
+    let out = daemon.dig(&["-b", "127.0.0.3", "blocked.example.test", "MX"]);
+    assert_eq!((status(&out), answers(&out).len()), ("NOERROR", 0), "null MX: {out}");
+
+    let out = daemon.dig(&["-b", "127.0.0.4", "blocked.example.test", "A"]);
+    assert_eq!(
+        answers(&out),
+        ["blocked.example.test. 60 IN A 192.0.2.80"],
+        "sinkhole: {out}"
+    );
+    let out = daemon.dig(&["-b", "127.0.0.4", "blocked.example.test", "AAAA"]);
+    assert_eq!(
+        answers(&out),
+        ["blocked.example.test. 60 IN AAAA 2001:db8::80"],
+        "sinkhole: {out}"
+    );
+
+    let out = daemon.dig(&["-b", "127.0.0.5", "blocked.example.test", "A"]);
+    assert_eq!(status(&out), "REFUSED", "refused: {out}");
+    assert!(ede(&out).is_some_and(|e| e.contains("17")), "refused: {out}");
+
+    // A profile without categories still gets the mandatory list.
+    let out = daemon.dig(&["-b", "127.0.0.6", "blocked.example.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "open: {out}");
+    let out = daemon.dig(&["-b", "127.0.0.6", "mandatory.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "open, mandatory: {out}");
+
+    // Outside server.allow: REFUSED, whatever the name.
+    let out = daemon.dig(&["-b", "127.0.0.200", "www.example.test", "A"]);
+    assert_eq!(status(&out), "REFUSED", "acl: {out}");
+}
+
+#[test]
+fn large_answers_truncate_over_udp_and_complete_over_tcp() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let daemon = start(&[&upstream]);
+    let out = daemon.dig(&["+ignore", "+bufsize=1232", "big.example.test", "TXT"]);
+    assert!(out.contains("flags: qr tc"), "expected TC=1 over UDP: {out}");
+    // dig retries over TCP on TC=1 and gets all twelve records.
+    let out = daemon.dig(&["big.example.test", "TXT"]);
+    assert_eq!(answers(&out).len(), 12, "{out}");
+}
+
+#[test]
+fn fails_over_to_the_next_forwarder() {
+    if skip() {
+        return;
+    }
+    let dead = FakeUpstream::start("127.0.0.1", 300);
+    dead.set_answering(false);
+    let live = FakeUpstream::start("127.0.0.1", 300);
+    let daemon = start(&[&dead, &live]);
+    for name in ["www.example.test", "allowed.example.test", "stale.example.test"] {
+        let out = daemon.dig(&[name, "A"]);
+        assert_eq!(status(&out), "NOERROR", "{name}: {out}");
+    }
+}
+
+#[test]
+fn serves_stale_answers_when_the_upstream_fails() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 1);
+    let daemon = start(&[&upstream]);
+    let out = daemon.dig(&["stale.example.test", "A"]);
+    assert_eq!(answers(&out), ["stale.example.test. 1 IN A 192.0.2.10"], "{out}");
+    upstream.set_answering(false);
+    std::thread::sleep(Duration::from_millis(2200));
+    let out = daemon.dig(&["+time=5", "stale.example.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert_eq!(answers(&out), ["stale.example.test. 30 IN A 192.0.2.10"], "{out}");
+    assert!(
+        ede(&out).is_some_and(|e| e.starts_with("; EDE: 3 (Stale Answer)")),
+        "{out}"
+    );
+    // A name never cached fails cleanly.
+    let out = daemon.dig(&["+time=5", "www.example.test", "A"]);
+    assert_eq!(status(&out), "SERVFAIL", "{out}");
+}
+
+#[test]
+fn reload_swaps_verdicts_and_a_broken_list_keeps_the_old_ones() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let daemon = start(&[&upstream]);
+    // Cached before it is listed…
+    let out = daemon.dig(&["reload.example.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    std::fs::write(daemon.path("adult.txt"), "blocked.example.test\nreload.example.test\n").unwrap();
+    assert!(daemon.reload(), "{}", daemon.log_text());
+    // …and blocked right after the reload.
+    let out = daemon.dig(&["reload.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+
+    // A list whose every line is invalid fails the reload; nothing changes.
+    std::fs::write(daemon.path("adult.txt"), "not a name\n!!!\n").unwrap();
+    assert!(!daemon.reload(), "a broken list must not load");
+    assert!(
+        daemon.log_text().contains("adult.txt"),
+        "the error names the file: {}",
+        daemon.log_text()
+    );
+    let out = daemon.dig(&["reload.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "old verdict kept: {out}");
+    // So does a missing file, and a broken configuration.
+    std::fs::remove_file(daemon.path("adult.txt")).unwrap();
+    assert!(!daemon.reload());
+    std::fs::write(daemon.path("adult.txt"), "blocked.example.test\n").unwrap();
+    let config = std::fs::read_to_string(daemon.path("shieldns.toml")).unwrap();
+    std::fs::write(daemon.path("shieldns.toml"), format!("{config}\nbogus_key = 1\n")).unwrap();
+    assert!(!daemon.reload());
+    assert!(daemon.log_text().contains("bogus_key"), "{}", daemon.log_text());
+    let out = daemon.dig(&["reload.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "old verdict kept: {out}");
+}
+
+#[test]
+fn malformed_packets_never_crash_the_server() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let daemon = start(&[&upstream]);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let valid_header = [0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
+    let mut packets: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x12],
+        valid_header[..7].to_vec(),
+        // A question whose name is a pointer to itself.
+        [&valid_header[..], &[0xc0, 0x0c, 0x00, 0x01, 0x00, 0x01]].concat(),
+        // A pointer past the end.
+        [&valid_header[..], &[0xc0, 0xff, 0x00, 0x01, 0x00, 0x01]].concat(),
+        // Huge counts with no records.
+        vec![0x12, 0x34, 0x01, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        // A label length running past the end.
+        [&valid_header[..], &[0x3f, b'a', b'b']].concat(),
+        // Two questions.
+        [
+            &[0x12, 0x34, 0x01, 0x00, 0x00, 0x02, 0, 0, 0, 0, 0, 0][..],
+            &[1, b'a', 0, 0, 1, 0, 1],
+            &[1, b'b', 0, 0, 1, 0, 1],
+        ]
+        .concat(),
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..200 {
+        let len = usize::try_from(seed % 80).unwrap();
+        let mut packet = Vec::with_capacity(len);
+        for _ in 0..len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            packet.push(seed.to_le_bytes()[0]);
+        }
+        packets.push(packet);
+    }
+    let mut formerr = 0;
+    for packet in &packets {
+        socket.send_to(packet, daemon.addr).unwrap();
+        let mut buffer = [0u8; 1500];
+        if let Ok((len, _)) = socket.recv_from(&mut buffer) {
+            // Whatever comes back is a response, and for our two-question
+            // packet it is FORMERR.
+            assert!(
+                len >= 12 && buffer[2] & 0x80 != 0,
+                "not a response: {:?}",
+                &buffer[..len]
+            );
+            if buffer[3] & 0x0f == 1 {
+                formerr += 1;
+            }
+        }
+    }
+    assert!(formerr >= 1, "the two-question query must get FORMERR");
+    let out = daemon.dig(&["www.example.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "still answering: {out}");
+}
+
+#[test]
+fn sigterm_exits_cleanly() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let daemon = start(&[&upstream]);
+    assert_eq!(status(&daemon.dig(&["www.example.test", "A"])), "NOERROR");
+    assert_eq!(daemon.stop(), Some(0));
+}

@@ -1,0 +1,199 @@
+//! Runs the real `shieldns` binary as a child process and queries it with
+//! the real `dig`.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether a tool is on PATH; tests print `SKIP:` and return when not.
+pub(crate) fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A port free on `ip` for both UDP and TCP right now.
+pub(crate) fn free_port(ip: &str) -> u16 {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind(format!("{ip}:0")).expect("bind probe");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind(format!("{ip}:{port}")).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip}");
+}
+
+/// A running `shieldns run`.
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config` (with `@PORT@` and `@DIR@` replaced) and starts the
+    /// daemon on 127.0.0.1, waiting until it answers.
+    pub(crate) fn start(config: &str, files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, config, files)
+    }
+
+    pub(crate) fn start_in(dir: tempfile::TempDir, config: &str, files: &[(&str, &str)]) -> Self {
+        let port = free_port("127.0.0.1");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write fixture");
+        }
+        let config = config
+            .replace("@PORT@", &port.to_string())
+            .replace("@DIR@", &dir.path().display().to_string());
+        let config_path = dir.path().join("shieldns.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = dir.path().join("shieldns.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_shieldns"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                "info,hickory_server=warn,hickory_resolver=warn,hickory_proto=warn,hickory_net=warn",
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start shieldns");
+        let daemon = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            log,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.log_text().contains("shieldns ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("shieldns did not start:\n{}", self.log_text());
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs dig against the daemon with extra arguments; returns stdout.
+    pub(crate) fn dig(&self, args: &[&str]) -> String {
+        dig_at(self.addr, args)
+    }
+
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} failed");
+    }
+
+    /// Sends SIGHUP and waits for the reload's outcome to be logged.
+    pub(crate) fn reload(&self) -> bool {
+        let before_ok = self.log_text().matches("reload complete").count();
+        let before_failed = self.log_text().matches("reload failed").count();
+        self.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let log = self.log_text();
+            if log.matches("reload complete").count() > before_ok {
+                return true;
+            }
+            if log.matches("reload failed").count() > before_failed {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("reload did not finish:\n{}", self.log_text());
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status code.
+    pub(crate) fn stop(mut self) -> Option<i32> {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn dig_at(addr: SocketAddr, args: &[&str]) -> String {
+    let output: Output = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), "+time=3", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The status word of a dig answer (`NOERROR`, `NXDOMAIN`, …).
+pub(crate) fn status(dig_output: &str) -> &str {
+    dig_output
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or("NO-ANSWER")
+}
+
+/// The answer section's records, as `name ttl class type data` lines.
+pub(crate) fn answers(dig_output: &str) -> Vec<String> {
+    let mut in_answer = false;
+    let mut out = Vec::new();
+    for line in dig_output.lines() {
+        if line.starts_with(";; ANSWER SECTION") {
+            in_answer = true;
+            continue;
+        }
+        if in_answer {
+            if line.trim().is_empty() {
+                break;
+            }
+            out.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    out
+}
+
+/// The EDE line dig prints, if any.
+pub(crate) fn ede(dig_output: &str) -> Option<String> {
+    dig_output
+        .lines()
+        .find(|l| l.starts_with("; EDE:"))
+        .map(|l| l.trim().to_owned())
+}
+
+#[allow(dead_code)]
+pub(crate) fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
