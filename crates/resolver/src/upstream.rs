@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hickory_proto::dnssec::TrustAnchors;
+use hickory_proto::dnssec::{Proof, TrustAnchors};
 use hickory_proto::op::{DnsRequest, DnsRequestOptions, Edns, Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_resolver::config::{NameServerConfig, ResolverOpts};
@@ -159,7 +159,7 @@ impl Upstream {
             Self::Recursive(recursor) => {
                 let query = Query::query(name.clone(), qtype);
                 match recursor.resolve(query, Instant::now(), dnssec_ok).await {
-                    Ok(message) => Ok(from_message(message)),
+                    Ok(message) => from_recursor(message),
                     Err(error) if error.is_nx_domain() || error.is_no_records_found() => {
                         let rcode = if error.is_nx_domain() {
                             ResponseCode::NXDomain
@@ -214,6 +214,22 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Converts the recursor's answer: a bogus RRset fails the query (SERVFAIL
+/// with EDE 6), an all-secure answer gets AD, and owner names lose the
+/// 0x20 case randomization the recursor used towards the authorities.
+fn from_recursor(message: Message) -> Result<UpstreamAnswer, UpstreamFailure> {
+    let mut answer = from_message(message);
+    let records = || answer.answers.iter().chain(&answer.authorities);
+    if records().any(|r| r.proof == Proof::Bogus) {
+        return Err(UpstreamFailure::Bogus);
+    }
+    answer.authentic_data = records().next().is_some() && records().all(|r| r.proof == Proof::Secure);
+    for record in answer.answers.iter_mut().chain(answer.authorities.iter_mut()) {
+        record.name = record.name.to_lowercase();
+    }
+    Ok(answer)
 }
 
 fn from_message(message: Message) -> UpstreamAnswer {
