@@ -131,13 +131,13 @@ fn bench_index(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) & 1023;
                 black_box(snapshot.decide(black_box(&hits[i]), profile))
-            })
+            });
         });
         group.bench_function("miss", |b| {
             b.iter(|| {
                 i = (i + 1) & 1023;
                 black_box(snapshot.decide(black_box(&misses[i]), profile))
-            })
+            });
         });
         group.finish();
     }

@@ -84,10 +84,10 @@ impl PatternSet {
                     .into_iter()
                     .flatten()
                 {
-                    if let Some((regex, line, tag)) = self.literal_regexes.get(id) {
-                        if regex.is_match(name) {
-                            f(*line, *tag);
-                        }
+                    if let Some((regex, line, tag)) = self.literal_regexes.get(id)
+                        && regex.is_match(name)
+                    {
+                        f(*line, *tag);
                     }
                 }
             }

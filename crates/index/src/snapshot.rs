@@ -182,10 +182,10 @@ impl Tiers {
     }
 
     fn verdict(self) -> Verdict {
-        if let Some((_, hit)) = self.mandatory {
-            if !hit.action.is_allow() {
-                return Verdict::Block(hit);
-            }
+        if let Some((_, hit)) = self.mandatory
+            && !hit.action.is_allow()
+        {
+            return Verdict::Block(hit);
         }
         if let Some((_, hit)) = self.important_allow {
             return Verdict::Allow(hit);

@@ -2,6 +2,8 @@
 //! names and a parent walk), including allow/mandatory precedence, the most
 //! specific match and list order on ties.
 
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
 use std::collections::HashMap;
 
 use proptest::prelude::*;

@@ -142,8 +142,8 @@ impl ShieldHandler {
     async fn resolve(&self, key: CacheKey, qname: &Name, qtype: RecordType) -> (UpstreamAnswer, Option<(u16, String)>) {
         let now = Instant::now();
         let cached = self.inner.cache.get(&key);
-        if let Some(entry) = &cached {
-            if entry.is_fresh(now) {
+        if let Some(entry) = &cached
+            && entry.is_fresh(now) {
                 self.inner.metrics.cache_hit();
                 if self.inner.cache.config().prefetch && entry.should_prefetch(now) {
                     self.spawn_prefetch(key.clone(), qname.clone(), qtype);
@@ -151,7 +151,6 @@ impl ShieldHandler {
                 let remaining = entry.remaining(now);
                 return (aged(entry, remaining, false), None);
             }
-        }
         self.inner.metrics.cache_miss();
         match self.inner.upstream.resolve(qname, qtype, key.dnssec_ok).await {
             Ok(answer) => {

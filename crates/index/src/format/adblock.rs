@@ -375,14 +375,29 @@ fn emit_pattern(line: u32, raw: &str, pattern: &str, action: RuleAction, sink: &
         sink.reject(line, raw, LineRejection::Syntax("pattern matches every name"));
         return;
     }
-    let body = body.to_ascii_lowercase();
-    let regex = pattern_regex(start, &body, anchored_end);
-    if let Err(err) = regex::Regex::new(&regex) {
-        // Unreachable for the characters `check_pattern_body` lets through,
-        // but a regex size limit is still possible for absurd lines.
-        sink.reject(line, raw, LineRejection::BadPattern(err.to_string()));
+    // Query names are punycode; a Unicode label inside a wildcard pattern
+    // could never match one.
+    if !body.is_ascii() {
+        sink.reject(
+            line,
+            raw,
+            LineRejection::Syntax("non-ASCII character in a wildcard pattern"),
+        );
         return;
     }
+    // Every literal byte of the pattern must appear in a matching name, and
+    // no name is longer than 253 bytes.
+    if body.bytes().filter(|&b| b != b'*').count() > crate::name::MAX_NAME_LEN {
+        sink.reject(line, raw, LineRejection::Syntax("pattern longer than any DNS name"));
+        return;
+    }
+    let body = body.to_ascii_lowercase();
+    // Not compiled here: `pattern_regex` only joins escaped literals with
+    // `.*` between fixed anchors, which always compiles, and the length
+    // check above keeps it far below the regex size limit (the unit tests
+    // compile the worst case). Compiling every pattern twice, here and in
+    // the index, would double the cost of loading a list.
+    let regex = pattern_regex(start, &body, anchored_end);
     let required_literal = body
         .split('*')
         .max_by_key(|run| run.len())
@@ -432,7 +447,8 @@ fn pattern_regex(start: Start, body: &str, anchored_end: bool) -> String {
         Start::Anywhere => "",
     });
     for (i, literal) in body.split('*').enumerate() {
-        if i > 0 {
+        // `**` means the same as `*`; one `.*` keeps the regex small.
+        if i > 0 && !regex.ends_with(".*") {
             regex.push_str(".*");
         }
         regex.push_str(&regex::escape(literal));
@@ -675,6 +691,50 @@ mod tests {
             };
             let re = regex::Regex::new(&regex).expect("emitted patterns compile");
             assert_eq!(re.is_match(query), expected, "{rule} on {query}");
+        }
+    }
+
+    #[test]
+    fn longest_patterns_compile() {
+        let literal_max = "a".repeat(crate::name::MAX_NAME_LEN);
+        let star_max = format!("||{}^", "a*".repeat(crate::name::MAX_NAME_LEN));
+        for text in [
+            format!("||{literal_max}*"),
+            format!("*{literal_max}"),
+            star_max,
+            "||a****b^".to_owned(),
+        ] {
+            let (_, OwnedTarget::Pattern(regex)) = one(&text) else {
+                panic!("{text} is not a pattern");
+            };
+            assert!(!regex.contains(".*.*"), "{regex}");
+            regex::Regex::new(&regex).expect("emitted patterns compile");
+        }
+        assert_eq!(
+            rejection(&format!("||{}a*", "a".repeat(crate::name::MAX_NAME_LEN))),
+            LineRejection::Syntax("pattern longer than any DNS name")
+        );
+        assert_eq!(
+            rejection("||bücher*.de^"),
+            LineRejection::Syntax("character not allowed in a DNS filter rule")
+        );
+        assert_eq!(
+            rejection("||bücher."),
+            LineRejection::Syntax("non-ASCII character in a wildcard pattern")
+        );
+    }
+
+    proptest::proptest! {
+        /// Every pattern the parser emits compiles, which is why it does not
+        /// compile them itself.
+        #[test]
+        fn emitted_patterns_compile(line in "(@@)?(\\|\\||\\||://)?[a-zA-Z0-9.*_-]{1,300}(\\^|\\||\\^\\|)?") {
+            let sink = collect(&line);
+            for (_, _, target) in &sink.rules {
+                if let OwnedTarget::Pattern(regex) = target {
+                    proptest::prop_assert!(regex::Regex::new(regex).is_ok(), "{line} -> {regex}");
+                }
+            }
         }
     }
 
