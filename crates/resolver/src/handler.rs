@@ -143,14 +143,15 @@ impl ShieldHandler {
         let now = Instant::now();
         let cached = self.inner.cache.get(&key);
         if let Some(entry) = &cached
-            && entry.is_fresh(now) {
-                self.inner.metrics.cache_hit();
-                if self.inner.cache.config().prefetch && entry.should_prefetch(now) {
-                    self.spawn_prefetch(key.clone(), qname.clone(), qtype);
-                }
-                let remaining = entry.remaining(now);
-                return (aged(entry, remaining, false), None);
+            && entry.is_fresh(now)
+        {
+            self.inner.metrics.cache_hit();
+            if self.inner.cache.config().prefetch && entry.should_prefetch(now) {
+                self.spawn_prefetch(key.clone(), qname.clone(), qtype);
             }
+            let remaining = entry.remaining(now);
+            return (aged(entry, remaining, false), None);
+        }
         self.inner.metrics.cache_miss();
         match self.inner.upstream.resolve(qname, qtype, key.dnssec_ok).await {
             Ok(answer) => {

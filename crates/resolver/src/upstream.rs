@@ -255,9 +255,10 @@ fn read_root_hints(path: &std::path::Path) -> Result<Vec<IpAddr>, ResolverError>
         if let Some(position) = fields
             .iter()
             .position(|f| f.eq_ignore_ascii_case("A") || f.eq_ignore_ascii_case("AAAA"))
-            && let Some(address) = fields.get(position + 1).and_then(|a| a.parse().ok()) {
-                roots.push(address);
-            }
+            && let Some(address) = fields.get(position + 1).and_then(|a| a.parse().ok())
+        {
+            roots.push(address);
+        }
     }
     if roots.is_empty() {
         return Err(ResolverError::Config {
