@@ -66,7 +66,7 @@ fn twenty_reloads_under_load_lose_nothing() {
         writeln!(queries, "filler{i}.example.net A").ok();
     }
     std::fs::write(daemon.path("queries.txt"), queries).unwrap();
-    let mut dnsperf = Command::new("dnsperf")
+    let dnsperf = Command::new("dnsperf")
         .args(["-s", "127.0.0.1", "-p", &daemon.addr.port().to_string(), "-d"])
         .arg(daemon.path("queries.txt"))
         .args(["-l", "12", "-Q", "2000", "-c", "4", "-t", "3"])
