@@ -17,6 +17,7 @@ use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::DnsHandle;
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::recursor::{DnssecConfig, DnssecPolicy, Recursor, RecursorOptions};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
@@ -207,6 +208,21 @@ impl Upstream {
                             return Err(UpstreamFailure::Failed("upstream answered SERVFAIL".into()));
                         }
                         Ok(from_message(message))
+                    }
+                    // The pool reports NXDOMAIN and NODATA as errors; they
+                    // are answers, with the SOA for negative caching.
+                    Some(Err(NetError::Dns(DnsError::NoRecordsFound(no_records)))) => {
+                        let authorities = match (no_records.authorities, no_records.soa) {
+                            (Some(authorities), _) => authorities.to_vec(),
+                            (None, Some(soa)) => vec![soa.into_record_of_rdata()],
+                            (None, None) => Vec::new(),
+                        };
+                        Ok(UpstreamAnswer {
+                            rcode: no_records.response_code,
+                            answers: vec![],
+                            authorities,
+                            authentic_data: false,
+                        })
                     }
                     Some(Err(error)) => Err(UpstreamFailure::Failed(error.to_string())),
                     None => Err(UpstreamFailure::Failed("no response from any upstream".into())),

@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn shieldns(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shieldns")).args(args).output().expect("run shieldns")
+    Command::new(env!("CARGO_BIN_EXE_shieldns"))
+        .args(args)
+        .output()
+        .expect("run shieldns")
 }
 
 fn json(output: &Output) -> Value {
@@ -23,21 +26,31 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 #[test]
 fn lists_check_reports_entries_rejections_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "list.hosts", "# header\n0.0.0.0 a.example.com b.example.com\n0.0.0.0 1.2.3.4\n127.0.0.1 localhost\n::  c.example.com # why\n");
+    let file = write(
+        dir.path(),
+        "list.hosts",
+        "# header\n0.0.0.0 a.example.com b.example.com\n0.0.0.0 1.2.3.4\n127.0.0.1 localhost\n::  c.example.com # why\n",
+    );
     let report = json(&shieldns(&["lists", "check", &file, "--format", "hosts", "--json"]));
     assert_eq!(report["format"], "hosts");
     assert_eq!(report["entries"], 3);
     assert_eq!(report["rejected"], 1);
     assert_eq!(report["rejected_examples"][0]["line"], 3);
     assert_eq!(report["rejected_examples"][0]["text"], "0.0.0.0 1.2.3.4");
-    assert_eq!(report["rejected_examples"][0]["reason"], "IP literal, not a domain name");
+    assert_eq!(
+        report["rejected_examples"][0]["reason"],
+        "IP literal, not a domain name"
+    );
     assert_eq!(report["distinct_names"], 3);
     assert!(report["bytes"].as_u64().unwrap() > 0);
 
     let text = shieldns(&["lists", "check", &file, "--format", "hosts"]);
     assert!(text.status.success());
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("line 3: 0.0.0.0 1.2.3.4 (IP literal, not a domain name)"), "{text}");
+    assert!(
+        text.contains("line 3: 0.0.0.0 1.2.3.4 (IP literal, not a domain name)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -46,16 +59,26 @@ fn lists_check_fails_clearly_on_unreadable_or_useless_files() {
     let missing = dir.path().join("missing.txt").display().to_string();
     let output = shieldns(&["lists", "check", &missing, "--format", "domains"]);
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot read"),
+        "{output:?}"
+    );
 
     let garbage = write(dir.path(), "garbage.txt", "not a name\nalso not\n");
     let output = shieldns(&["lists", "check", &garbage, "--format", "domains"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("none of its 2 rule lines is valid") && stderr.contains("line 1"), "{stderr}");
+    assert!(
+        stderr.contains("none of its 2 rule lines is valid") && stderr.contains("line 1"),
+        "{stderr}"
+    );
 
     let empty = write(dir.path(), "empty.txt", "# only a comment\n");
-    assert!(!shieldns(&["lists", "check", &empty, "--format", "domains"]).status.success());
+    assert!(
+        !shieldns(&["lists", "check", &empty, "--format", "domains"])
+            .status
+            .success()
+    );
 
     let output = shieldns(&["lists", "check", &garbage, "--format", "yaml"]);
     assert!(!output.status.success());
@@ -85,10 +108,17 @@ fn explain_names_list_line_rule_and_ede() {
     assert_eq!(report["ede"], 16);
     let line = report["line"].as_u64().unwrap();
     let source = include_str!("../../../blocklists/example-csam.txt");
-    assert_eq!(source.lines().nth(usize::try_from(line).unwrap() - 1), Some("csam-test.shieldns.example"));
+    assert_eq!(
+        source.lines().nth(usize::try_from(line).unwrap() - 1),
+        Some("csam-test.shieldns.example")
+    );
 
     // A hashed list reports the parent name whose digest matched.
-    let report = json(&shieldns(&["explain", "a.b.hashed-csam-test.shieldns.example", "--json"]));
+    let report = json(&shieldns(&[
+        "explain",
+        "a.b.hashed-csam-test.shieldns.example",
+        "--json",
+    ]));
     assert_eq!(report["verdict"], "block");
     assert_eq!(report["list"], "national-csam-hashed");
     assert_eq!(report["matched_name"], "hashed-csam-test.shieldns.example");
@@ -99,14 +129,23 @@ fn explain_names_list_line_rule_and_ede() {
     assert_eq!(report["list"], "allowlist");
     assert!(report["ede"].is_null());
 
-    let report = json(&shieldns(&["explain", "nothing-matches.example.org", "--json", "--client", "::1"]));
+    let report = json(&shieldns(&[
+        "explain",
+        "nothing-matches.example.org",
+        "--json",
+        "--client",
+        "::1",
+    ]));
     assert_eq!(report["verdict"], "allow");
     assert!(report["list"].is_null());
     assert_eq!(report["client"], "::1");
 
     let text = shieldns(&["explain", "csam-test.shieldns.example"]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("ede:      16 (Censored)") && text.contains("(mandatory)"), "{text}");
+    assert!(
+        text.contains("ede:      16 (Censored)") && text.contains("(mandatory)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -133,13 +172,42 @@ name = "staff"
 clients = ["10.20.100.0/24"]
 "#,
     );
-    let report = json(&shieldns(&["explain", "adult.example.com", "--client", "10.20.1.1", "--config", &config, "--json"]));
-    assert_eq!((report["profile"].as_str(), report["verdict"].as_str()), (Some("pupils"), Some("block")));
+    let report = json(&shieldns(&[
+        "explain",
+        "adult.example.com",
+        "--client",
+        "10.20.1.1",
+        "--config",
+        &config,
+        "--json",
+    ]));
+    assert_eq!(
+        (report["profile"].as_str(), report["verdict"].as_str()),
+        (Some("pupils"), Some("block"))
+    );
     assert_eq!(report["ede"], 17);
-    let report =
-        json(&shieldns(&["explain", "adult.example.com", "--client", "10.20.100.7", "--config", &config, "--json"]));
-    assert_eq!((report["profile"].as_str(), report["verdict"].as_str()), (Some("staff"), Some("allow")));
-    let report = json(&shieldns(&["explain", "adult.example.com", "--client", "192.0.2.1", "--config", &config, "--json"]));
+    let report = json(&shieldns(&[
+        "explain",
+        "adult.example.com",
+        "--client",
+        "10.20.100.7",
+        "--config",
+        &config,
+        "--json",
+    ]));
+    assert_eq!(
+        (report["profile"].as_str(), report["verdict"].as_str()),
+        (Some("staff"), Some("allow"))
+    );
+    let report = json(&shieldns(&[
+        "explain",
+        "adult.example.com",
+        "--client",
+        "192.0.2.1",
+        "--config",
+        &config,
+        "--json",
+    ]));
     assert_eq!(report["profile"], "unmatched");
 }
 
@@ -151,7 +219,11 @@ fn check_config_summarizes_or_fails_naming_the_problem() {
     assert!(text.contains("national-csam") && text.contains("mandatory"), "{text}");
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write(dir.path(), "bad.toml", "[server]\nlisten = [\"127.0.0.1:5353\"]\nallow_from = []\n");
+    let config = write(
+        dir.path(),
+        "bad.toml",
+        "[server]\nlisten = [\"127.0.0.1:5353\"]\nallow_from = []\n",
+    );
     let output = shieldns(&["check-config", "--config", &config]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -165,7 +237,10 @@ fn check_config_summarizes_or_fails_naming_the_problem() {
     let output = shieldns(&["check-config", "--config", &config]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("list `x`") && stderr.contains("nowhere.txt"), "{stderr}");
+    assert!(
+        stderr.contains("list `x`") && stderr.contains("nowhere.txt"),
+        "{stderr}"
+    );
 
     let config = write(
         dir.path(),
@@ -180,5 +255,8 @@ fn check_config_summarizes_or_fails_naming_the_problem() {
 fn hex_sha256(name: &str) -> String {
     // Use the index crate's own digest to keep the test free of a second
     // SHA-256 implementation.
-    shieldns_index::name_digest(name).iter().map(|b| format!("{b:02x}")).collect()
+    shieldns_index::name_digest(name)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -379,3 +379,95 @@ fn sigterm_exits_cleanly() {
     assert_eq!(status(&daemon.dig(&["www.example.test", "A"])), "NOERROR");
     assert_eq!(daemon.stop(), Some(0));
 }
+
+#[test]
+fn caches_negative_answers_and_listens_on_ipv6() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let config = CONFIG
+        .replace("@UPSTREAMS@", &format!("\"{}\"", upstream.addr))
+        .replace(
+            "listen = [\"127.0.0.1:@PORT@\"]",
+            "listen = [\"127.0.0.1:@PORT@\", \"[::1]:@PORT@\"]",
+        );
+    let daemon = Daemon::start(&config, FILES);
+    let before = upstream.queries.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..3 {
+        let out = daemon.dig(&["missing.example.test", "A"]);
+        assert_eq!(status(&out), "NXDOMAIN", "{out}");
+        assert!(ede(&out).is_none(), "an upstream NXDOMAIN is not a block: {out}");
+    }
+    let asked = upstream.queries.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert_eq!(asked, 1, "NXDOMAIN is cached (RFC 2308)");
+
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, daemon.addr.port()));
+    let out = support::daemon::dig_at(v6, &["www.example.test", "AAAA"]);
+    assert_eq!(answers(&out), ["www.example.test. 300 IN AAAA 2001:db8::10"], "{out}");
+    let out = support::daemon::dig_at(v6, &["+tcp", "blocked.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+}
+
+#[test]
+fn prefetches_popular_answers_before_they_expire() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 10);
+    let daemon = start(&[&upstream]);
+    let count = || upstream.queries.load(std::sync::atomic::Ordering::Relaxed);
+    let before = count();
+    assert_eq!(status(&daemon.dig(&["www.example.test", "A"])), "NOERROR");
+    std::thread::sleep(Duration::from_millis(9300));
+    // A hit in the last tenth of the TTL answers from cache and refreshes.
+    let out = daemon.dig(&["www.example.test", "A"]);
+    let ttl: u32 = answers(&out)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(ttl <= 1, "answered from cache near expiry: {out}");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Past the original expiry: served from the prefetched copy, no miss.
+    let out = daemon.dig(&["www.example.test", "A"]);
+    let ttl: u32 = answers(&out)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    assert!((7..=10).contains(&ttl), "prefetched answer: {out}");
+    assert_eq!(count() - before, 2, "one fetch and one prefetch");
+}
+
+#[test]
+fn answers_pipelined_tcp_queries_on_one_connection() {
+    use std::io::{Read, Write};
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let daemon = start(&[&upstream]);
+    let mut stream = std::net::TcpStream::connect(daemon.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let names: [&[u8]; 3] = [
+        b"\x03www\x07example\x04test\x00",
+        b"\x07blocked\x07example\x04test\x00",
+        b"\x07allowed\x07example\x04test\x00",
+    ];
+    let mut frames = Vec::new();
+    for (id, name) in names.iter().enumerate() {
+        let mut query = vec![0, u8::try_from(id).unwrap(), 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        query.extend_from_slice(name);
+        query.extend_from_slice(&[0, 1, 0, 1]);
+        frames.extend_from_slice(&u16::try_from(query.len()).unwrap().to_be_bytes());
+        frames.extend_from_slice(&query);
+    }
+    // All three queries in one write, before reading any answer.
+    stream.write_all(&frames).unwrap();
+    let mut rcodes = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).unwrap();
+        let mut response = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut response).unwrap();
+        rcodes.insert(response[1], response[3] & 0x0f);
+    }
+    assert_eq!(
+        rcodes.into_iter().collect::<Vec<_>>(),
+        [(0, 0), (1, 3), (2, 0)],
+        "NOERROR, NXDOMAIN, NOERROR"
+    );
+}

@@ -18,7 +18,8 @@
 //! action: `.` NXDOMAIN (block), `*.` NODATA, `rpz-passthru.` allow,
 //! `rpz-drop.` drop, any other name a CNAME rewrite; A and AAAA records are
 //! rewrites with local data, one rule per record (the snapshot merges the
-//! records of one owner).
+//! records of one owner). Local data is refused on response-IP triggers,
+//! which the snapshot can only block, allow, drop or answer NODATA for.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -166,6 +167,16 @@ impl Zone {
                 return;
             }
         };
+        // The snapshot answers local data for names only: a response-IP
+        // rewrite would be accepted and then answered without its records.
+        if matches!(target, Trigger::AnswerIp(_)) && !local_data.is_empty() {
+            sink.reject(
+                line,
+                raw,
+                LineRejection::UnsupportedRpz("local data on an rpz-ip trigger"),
+            );
+            return;
+        }
         let target = match target {
             Trigger::Name(ref name, scope) => match crate::name::normalize(name) {
                 Ok(name) => {
@@ -705,6 +716,11 @@ mod tests {
             ("32.1.0.0.10.rpz-nsip CNAME .\n", "rpz-nsip trigger"),
             ("32.1.0.0.10.rpz-client-ip CNAME .\n", "rpz-client-ip trigger"),
             ("$INCLUDE other.zone\n", "$INCLUDE"),
+            ("32.1.0.0.10.rpz-ip A 192.0.2.1\n", "local data on an rpz-ip trigger"),
+            (
+                "32.1.0.0.10.rpz-ip CNAME walled.example.\n",
+                "local data on an rpz-ip trigger",
+            ),
             ("a.com CNAME *.b.com.\n", "wildcard CNAME target"),
         ] {
             let sink = collect(text);
