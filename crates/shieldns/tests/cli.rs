@@ -1,5 +1,7 @@
 //! The one-shot commands: `lists check`, `explain`, `check-config`.
 
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,6 +1,8 @@
 //! End-to-end tests of `shieldns run` in forward mode: the real binary on
 //! loopback, a fake upstream, and the real `dig`.
 
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
 mod support;
 
 use std::net::UdpSocket;

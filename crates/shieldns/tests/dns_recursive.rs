@@ -2,6 +2,8 @@
 //! fake DNS hierarchy (root, TLD, authoritative servers, a signed and a
 //! bogus zone) served by nsd on loopback, queried with the real `dig`.
 
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
 mod support;
 
 use support::daemon::{Daemon, answers, ede, have, status};

@@ -2,6 +2,8 @@
 //! sends SIGHUP 20 times, swapping lists that change verdicts. Nothing may be
 //! lost or answered SERVFAIL, and the last lists' verdicts are served after.
 
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
 mod support;
 
 use std::fmt::Write as _;

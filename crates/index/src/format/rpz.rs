@@ -13,7 +13,7 @@
 //! and some write `a.com.` with a trailing dot) is used as written.
 //!
 //! Triggers: a plain name is a QNAME trigger on that name alone, `*.name` on
-//! the names under it, and `…​.rpz-ip` a response-IP trigger. NSDNAME, NSIP
+//! the names under it, and `NAME.rpz-ip` a response-IP trigger. NSDNAME, NSIP
 //! and client-IP triggers are refused by name. The CNAME target picks the
 //! action: `.` NXDOMAIN (block), `*.` NODATA, `rpz-passthru.` allow,
 //! `rpz-drop.` drop, any other name a CNAME rewrite; A and AAAA records are
