@@ -713,8 +713,9 @@ impl RuleSink for BuilderSink<'_> {
                     self.info.pattern_rules += 1;
                 }
                 Err(error) => {
-                    // Parsers compile patterns before emitting them, so this
-                    // only happens if a regex exceeds the size limit twice.
+                    // Adblock compiles `/regex/` rules while parsing and its
+                    // wildcard patterns are escaped literals joined by `.*`,
+                    // so this is reached only by a regex over the size limit.
                     self.info.counts.accepted -= 1;
                     self.last_line = None;
                     self.reject(rule.line, &regex, LineRejection::BadPattern(error.to_string()));

@@ -137,14 +137,11 @@ const TABLE: &[Row] = &[
     },
 ];
 
-/// Lines known to break the one-outcome-per-line contract of `RuleSink`.
-///
-/// `hosts.rs` emits the rule for `xxxhindi.to` and then refuses the line for
-/// its stray `en` token, so `CountingSink` counts that line both as accepted
-/// and as rejected. Whether to drop the name, accept the line quietly or
-/// relax the contract is a decision for `hosts.rs`; until then the line is
-/// listed here so the count check below still compares with the README.
-const KNOWN_DOUBLE_OUTCOMES: &[(&str, u32)] = &[("hosts/sinfonietta-pornography.hosts", 60_925)];
+/// Lines allowed to break the one-outcome-per-line contract of `RuleSink`:
+/// none. Parsers check every name on a line before emitting any, so a line
+/// like `0.0.0.0 xxxhindi.to en` is rejected once, whole; the check below
+/// keeps it that way.
+const KNOWN_DOUBLE_OUTCOMES: &[(&str, u32)] = &[];
 
 /// The corpus folder, or `None` after printing why the test is skipped.
 fn corpus() -> Option<PathBuf> {

@@ -4,8 +4,8 @@
 //! blocklists publish them to mean "block", so each domain between the
 //! slashes becomes a [`Scope::Subtree`] block rule whatever the address.
 
-use super::{emit_name, for_each_line};
-use crate::rule::{LineRejection, RuleSink, Scope};
+use super::for_each_line;
+use crate::rule::{LineRejection, Rule, RuleAction, RuleSink, RuleTarget, Scope};
 
 pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
     for_each_line(text, sink, |line, raw, sink| {
@@ -40,16 +40,37 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
             return;
         };
         let domains: Vec<&str> = domains.split('/').collect();
+        // `#` is dnsmasq's match-everything domain; as a blocklist rule it
+        // would block every name, so it is refused.
         if domains.iter().any(|d| d.is_empty() || d.contains('#')) {
             sink.reject(
                 line,
                 raw,
-                LineRejection::Syntax("empty or wildcard domain between slashes"),
+                LineRejection::Syntax("empty or match-all (`#`) domain between slashes"),
             );
             return;
         }
+        // Check every domain before emitting any: one outcome per line.
+        let mut valid = Vec::with_capacity(domains.len());
         for domain in domains {
-            emit_name(sink, line, raw, domain, Scope::Subtree);
+            match crate::name::normalize(domain) {
+                Ok(name) => valid.push(name),
+                Err(reason) => {
+                    sink.reject(line, raw, reason.into());
+                    return;
+                }
+            }
+        }
+        for name in &valid {
+            sink.rule(Rule {
+                line,
+                target: RuleTarget::Name {
+                    name,
+                    scope: Scope::Subtree,
+                },
+                action: RuleAction::Block,
+                local_data: Vec::new(),
+            });
         }
     });
 }

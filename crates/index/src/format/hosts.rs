@@ -7,8 +7,20 @@
 
 use std::net::IpAddr;
 
-use super::{emit_name, for_each_line, strip_hash_comment};
-use crate::rule::{LineRejection, RuleSink, Scope, SkipReason};
+use super::{for_each_line, strip_hash_comment};
+use crate::rule::{LineRejection, Rule, RuleAction, RuleSink, RuleTarget, Scope, SkipReason};
+
+fn emit_rule(sink: &mut dyn RuleSink, line: u32, name: &str) {
+    sink.rule(Rule {
+        line,
+        target: RuleTarget::Name {
+            name,
+            scope: Scope::Subtree,
+        },
+        action: RuleAction::Block,
+        local_data: Vec::new(),
+    });
+}
 
 /// Names every hosts file maps for the local machine; never blocked.
 const LOCAL_HOST_NAMES: &[&str] = &[
@@ -55,13 +67,15 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
             sink.skip(line, SkipReason::LocalHostEntry);
             return;
         }
+        // Every name is checked before any is emitted, so that a line has
+        // exactly one outcome: a line with a stray token (`xxx.to en` in one
+        // published list) is rejected whole and reported, never half-loaded.
+        let mut valid = Vec::with_capacity(names.len());
         for name in names {
             if LOCAL_HOST_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
                 continue;
             }
-            // A single label after real names is a stray word (`xxx.to en`
-            // in one published list), and as a rule it would block a whole
-            // top-level domain.
+            // A single label would block a whole top-level domain.
             if !name.trim_end_matches('.').contains('.') {
                 sink.reject(
                     line,
@@ -70,7 +84,16 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
                 );
                 return;
             }
-            emit_name(sink, line, raw, name, Scope::Subtree);
+            match crate::name::normalize(name) {
+                Ok(normalized) => valid.push(normalized),
+                Err(reason) => {
+                    sink.reject(line, raw, reason.into());
+                    return;
+                }
+            }
+        }
+        for name in &valid {
+            emit_rule(sink, line, name);
         }
     });
 }
@@ -95,7 +118,8 @@ mod tests {
                 _ => unreachable!(),
             })
             .collect();
-        assert_eq!(names, [(5, "a.com"), (5, "b.com"), (6, "c.com"), (8, "e.com")]);
+        // Line 8 carries a stray single-label token: rejected whole, once.
+        assert_eq!(names, [(5, "a.com"), (5, "b.com"), (6, "c.com")]);
         assert_eq!(sink.skipped.len(), 4);
         assert_eq!(sink.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), [7, 8]);
     }
