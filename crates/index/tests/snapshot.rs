@@ -1,0 +1,188 @@
+//! Snapshot behaviour through the public API: every format's rules in one
+//! snapshot, precedence, profiles, answer-IP rules, local data and errors.
+
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+use shieldns_index::{
+    BlockResponse, IndexError, ListAction, ListFormat, ListPolicy, LocalData, Matched, ProfileConfig, RuleAction,
+    Snapshot, SnapshotBuilder, Verdict,
+};
+
+fn policy(name: &str, category: Option<&str>, format: ListFormat, action: ListAction, mandatory: bool) -> ListPolicy {
+    ListPolicy { name: name.into(), category: category.map(Into::into), format, action, mandatory }
+}
+
+fn profile(name: &str, clients: &[&str], block: &[&str]) -> ProfileConfig {
+    ProfileConfig {
+        name: name.into(),
+        clients: clients.iter().map(|c| c.parse().unwrap()).collect(),
+        block: block.iter().map(|&b| b.into()).collect(),
+        block_response: BlockResponse::Nxdomain,
+        block_ttl: 60,
+        sinkhole_ipv4: None,
+        sinkhole_ipv6: None,
+    }
+}
+
+const RPZ: &str = "$TTL 300\n@ SOA localhost. root.localhost. 1 3600 600 86400 300\n  NS localhost.\n\
+    exact.example.com CNAME .\n\
+    *.wild.example.com CNAME .\n\
+    nodata.example.com CNAME *.\n\
+    drop.example.com CNAME rpz-drop.\n\
+    pass.exact.example.com CNAME rpz-passthru.\n\
+    local.example.com A 192.0.2.1\n\
+    local.example.com AAAA 2001:db8::1\n\
+    cname.example.com CNAME target.example.net.\n\
+    24.0.2.0.192.rpz-ip CNAME .\n\
+    32.66.2.0.192.rpz-ip CNAME rpz-passthru.\n\
+    48.zz.db8.2001.rpz-ip CNAME .\n";
+
+const ADBLOCK: &str = "[Adblock Plus 2.0]\n! comment\n||ads.example.org^\n@@||ok.ads.example.org^\n\
+    ||forced.example.org^$important\n@@||forced.example.org^\n||cdn*.example.org^\n\
+    /^track[0-9]+\\.example\\.net$/\n|exact.example.org^\n";
+
+fn build() -> Snapshot {
+    let mut builder = SnapshotBuilder::new();
+    builder.set_access(vec!["127.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()]);
+    builder.add_list(policy("csam", Some("csam"), ListFormat::Domains, ListAction::Block, true), b"csam.example.com\n").unwrap();
+    let digest = hex(&shieldns_index::name_digest("hashed.example.com"));
+    builder
+        .add_list(policy("csam-hashed", Some("csam"), ListFormat::Sha256, ListAction::Block, true), digest.as_bytes())
+        .unwrap();
+    builder.add_list(policy("rpz", Some("malware"), ListFormat::Rpz, ListAction::Block, false), RPZ.as_bytes()).unwrap();
+    builder
+        .add_list(policy("ads", Some("ads"), ListFormat::Adblock, ListAction::Block, false), ADBLOCK.as_bytes())
+        .unwrap();
+    builder
+        .add_list(
+            policy("allow", None, ListFormat::Domains, ListAction::Allow, false),
+            b"csam.example.com\nads.example.org\nexact.example.com\n",
+        )
+        .unwrap();
+    builder.add_profile(profile("all", &["0.0.0.0/0", "::/0"], &["csam", "malware", "ads"]));
+    builder.add_profile(profile("lan", &["10.0.0.0/8"], &["malware"]));
+    builder.add_profile(profile("host", &["10.1.2.3/32"], &[]));
+    builder.build().unwrap()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn kind(verdict: Verdict) -> (&'static str, Option<RuleAction>) {
+    match verdict {
+        Verdict::Pass => ("pass", None),
+        Verdict::Allow(hit) => ("allow", Some(hit.action)),
+        Verdict::Block(hit) => ("block", Some(hit.action)),
+    }
+}
+
+#[test]
+fn mandatory_lists_beat_allowlists_and_apply_to_every_profile() {
+    let snapshot = build();
+    for client in ["192.0.2.1", "10.9.9.9", "10.1.2.3", "2001:db8::1"] {
+        let profile = snapshot.profile_for(client.parse().unwrap());
+        let Verdict::Block(hit) = snapshot.decide("www.csam.example.com", profile) else { panic!("{client}") };
+        assert_eq!(snapshot.ede_code(&hit), 16);
+        assert_eq!(snapshot.list(hit.list).unwrap().policy.name, "csam");
+        assert_eq!(hit.matched, Matched::Name { labels: 3, scope: shieldns_index::Scope::Subtree });
+        // A hashed mandatory list reports the parent whose digest matched.
+        let Verdict::Block(hit) = snapshot.decide("a.b.hashed.example.com", profile) else { panic!() };
+        assert_eq!(hit.matched, Matched::Digest { labels: 3 });
+        assert_eq!(snapshot.ede_code(&hit), 16);
+    }
+}
+
+#[test]
+fn rpz_triggers_and_actions() {
+    let snapshot = build();
+    let all = snapshot.profile_for("192.0.2.1".parse().unwrap());
+    assert_eq!(kind(snapshot.decide("exact.example.com", all)).0, "allow", "allowlist beats a category block");
+    assert_eq!(kind(snapshot.decide("x.drop.example.com", all)), ("pass", None), "RPZ names are exact");
+    assert_eq!(kind(snapshot.decide("wild.example.com", all)), ("pass", None), "*.x does not cover x in RPZ");
+    assert_eq!(kind(snapshot.decide("a.b.wild.example.com", all)), ("block", Some(RuleAction::Block)));
+    assert_eq!(kind(snapshot.decide("nodata.example.com", all)), ("block", Some(RuleAction::NoData)));
+    assert_eq!(kind(snapshot.decide("drop.example.com", all)), ("block", Some(RuleAction::Drop)));
+    let Verdict::Block(hit) = snapshot.decide("local.example.com", all) else { panic!() };
+    assert_eq!(hit.action, RuleAction::Rewrite);
+    assert_eq!(
+        snapshot.local_data(&hit),
+        [LocalData::A("192.0.2.1".parse().unwrap()), LocalData::Aaaa("2001:db8::1".parse().unwrap())]
+    );
+    let Verdict::Block(hit) = snapshot.decide("cname.example.com", all) else { panic!() };
+    assert_eq!(snapshot.local_data(&hit), [LocalData::Cname("target.example.net".into())]);
+    assert_eq!(snapshot.ede_code(&hit), 17);
+
+    // Answer-IP triggers: the most specific prefix wins (a /32 passthru
+    // inside a blocked /24).
+    assert_eq!(kind(snapshot.decide_answer_ip("192.0.2.7".parse().unwrap(), all)).0, "block");
+    assert_eq!(kind(snapshot.decide_answer_ip("192.0.2.66".parse().unwrap(), all)).0, "allow");
+    assert_eq!(kind(snapshot.decide_answer_ip("192.0.3.1".parse().unwrap(), all)).0, "pass");
+    assert_eq!(kind(snapshot.decide_answer_ip("2001:db8:0:1::5".parse().unwrap(), all)).0, "block");
+    assert_eq!(kind(snapshot.decide_answer_ip("2001:db9::5".parse().unwrap(), all)).0, "pass");
+    // Only for profiles that block the list's category.
+    let host = snapshot.profile_for("10.1.2.3".parse().unwrap());
+    assert_eq!(kind(snapshot.decide_answer_ip("192.0.2.7".parse().unwrap(), host)).0, "pass");
+}
+
+#[test]
+fn adblock_exceptions_important_and_patterns() {
+    let snapshot = build();
+    let all = snapshot.profile_for("192.0.2.1".parse().unwrap());
+    assert_eq!(kind(snapshot.decide("x.ads.example.org", all)).0, "allow", "the allowlist covers ads.example.org");
+    assert_eq!(kind(snapshot.decide("ok.ads.example.org", all)).0, "allow");
+    assert_eq!(kind(snapshot.decide("forced.example.org", all)), ("block", Some(RuleAction::BlockImportant)));
+    let Verdict::Block(hit) = snapshot.decide("cdn42.example.org", all) else { panic!("wildcard pattern") };
+    assert_eq!(hit.matched, Matched::Pattern);
+    assert_eq!(kind(snapshot.decide("track7.example.net", all)).0, "block", "regex rule");
+    assert_eq!(kind(snapshot.decide("tracker.example.net", all)).0, "pass");
+    assert_eq!(kind(snapshot.decide("exact.example.org", all)).0, "block");
+    assert_eq!(kind(snapshot.decide("www.exact.example.org", all)).0, "pass", "|x^ is exact");
+    // The `lan` profile does not block ads.
+    let lan = snapshot.profile_for("10.9.9.9".parse().unwrap());
+    assert_eq!(kind(snapshot.decide("cdn42.example.org", lan)).0, "pass");
+}
+
+#[test]
+fn profiles_by_longest_prefix_and_the_access_list() {
+    let snapshot = build();
+    let name = |ip: &str| snapshot.profile(snapshot.profile_for(ip.parse().unwrap())).name.clone();
+    assert_eq!(name("10.1.2.3"), "host");
+    assert_eq!(name("10.1.2.4"), "lan");
+    assert_eq!(name("192.0.2.1"), "all");
+    assert_eq!(name("::ffff:10.1.2.3"), "host", "IPv4-mapped addresses use the IPv4 map");
+    assert!(snapshot.client_allowed("127.0.0.9".parse().unwrap()));
+    assert!(snapshot.client_allowed("2001:db8::9".parse().unwrap()));
+    assert!(!snapshot.client_allowed("192.0.2.1".parse().unwrap()));
+    assert!(!snapshot.client_allowed("::1".parse().unwrap()));
+}
+
+#[test]
+fn build_errors_name_the_culprit() {
+    let mut builder = SnapshotBuilder::new();
+    builder.add_list(policy("a", None, ListFormat::Domains, ListAction::Block, false), b"a.com\n").unwrap();
+    let error = builder.add_list(policy("a", None, ListFormat::Domains, ListAction::Block, false), b"b.com\n");
+    assert!(matches!(error, Err(IndexError::DuplicateList { .. })));
+    let error = builder
+        .add_list(policy("broken", None, ListFormat::Domains, ListAction::Block, false), b"# c\nnot!valid\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(error, "list `broken`: none of its 1 rule lines is valid (first: line 2: invalid character in name)");
+
+    let mut builder = SnapshotBuilder::new();
+    builder.add_profile(profile("p1", &["10.0.0.0/8"], &[]));
+    builder.add_profile(profile("p2", &["10.0.0.0/8"], &[]));
+    let error = builder.build().unwrap_err().to_string();
+    assert_eq!(error, "client network 10.0.0.0/8 is in both profile `p1` and profile `p2`");
+
+    let mut builder = SnapshotBuilder::new();
+    let mut sinkhole = profile("s", &["0.0.0.0/0"], &[]);
+    sinkhole.block_response = BlockResponse::Sinkhole;
+    builder.add_profile(sinkhole);
+    assert!(matches!(builder.build(), Err(IndexError::SinkholeWithoutAddress { .. })));
+
+    let mut builder = SnapshotBuilder::new();
+    builder.add_profile(profile("p", &["0.0.0.0/0"], &["nonexistent"]));
+    let snapshot = builder.build().unwrap();
+    assert_eq!(snapshot.warnings(), ["profile `p` blocks category `nonexistent`, which no list provides"]);
+}
