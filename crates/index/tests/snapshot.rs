@@ -9,7 +9,13 @@ use shieldns_index::{
 };
 
 fn policy(name: &str, category: Option<&str>, format: ListFormat, action: ListAction, mandatory: bool) -> ListPolicy {
-    ListPolicy { name: name.into(), category: category.map(Into::into), format, action, mandatory }
+    ListPolicy {
+        name: name.into(),
+        category: category.map(Into::into),
+        format,
+        action,
+        mandatory,
+    }
 }
 
 fn profile(name: &str, clients: &[&str], block: &[&str]) -> ProfileConfig {
@@ -44,14 +50,30 @@ const ADBLOCK: &str = "[Adblock Plus 2.0]\n! comment\n||ads.example.org^\n@@||ok
 fn build() -> Snapshot {
     let mut builder = SnapshotBuilder::new();
     builder.set_access(vec!["127.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()]);
-    builder.add_list(policy("csam", Some("csam"), ListFormat::Domains, ListAction::Block, true), b"csam.example.com\n").unwrap();
+    builder
+        .add_list(
+            policy("csam", Some("csam"), ListFormat::Domains, ListAction::Block, true),
+            b"csam.example.com\n",
+        )
+        .unwrap();
     let digest = hex(&shieldns_index::name_digest("hashed.example.com"));
     builder
-        .add_list(policy("csam-hashed", Some("csam"), ListFormat::Sha256, ListAction::Block, true), digest.as_bytes())
+        .add_list(
+            policy("csam-hashed", Some("csam"), ListFormat::Sha256, ListAction::Block, true),
+            digest.as_bytes(),
+        )
         .unwrap();
-    builder.add_list(policy("rpz", Some("malware"), ListFormat::Rpz, ListAction::Block, false), RPZ.as_bytes()).unwrap();
     builder
-        .add_list(policy("ads", Some("ads"), ListFormat::Adblock, ListAction::Block, false), ADBLOCK.as_bytes())
+        .add_list(
+            policy("rpz", Some("malware"), ListFormat::Rpz, ListAction::Block, false),
+            RPZ.as_bytes(),
+        )
+        .unwrap();
+    builder
+        .add_list(
+            policy("ads", Some("ads"), ListFormat::Adblock, ListAction::Block, false),
+            ADBLOCK.as_bytes(),
+        )
         .unwrap();
     builder
         .add_list(
@@ -82,12 +104,22 @@ fn mandatory_lists_beat_allowlists_and_apply_to_every_profile() {
     let snapshot = build();
     for client in ["192.0.2.1", "10.9.9.9", "10.1.2.3", "2001:db8::1"] {
         let profile = snapshot.profile_for(client.parse().unwrap());
-        let Verdict::Block(hit) = snapshot.decide("www.csam.example.com", profile) else { panic!("{client}") };
+        let Verdict::Block(hit) = snapshot.decide("www.csam.example.com", profile) else {
+            panic!("{client}")
+        };
         assert_eq!(snapshot.ede_code(&hit), 16);
         assert_eq!(snapshot.list(hit.list).unwrap().policy.name, "csam");
-        assert_eq!(hit.matched, Matched::Name { labels: 3, scope: shieldns_index::Scope::Subtree });
+        assert_eq!(
+            hit.matched,
+            Matched::Name {
+                labels: 3,
+                scope: shieldns_index::Scope::Subtree
+            }
+        );
         // A hashed mandatory list reports the parent whose digest matched.
-        let Verdict::Block(hit) = snapshot.decide("a.b.hashed.example.com", profile) else { panic!() };
+        let Verdict::Block(hit) = snapshot.decide("a.b.hashed.example.com", profile) else {
+            panic!()
+        };
         assert_eq!(hit.matched, Matched::Digest { labels: 3 });
         assert_eq!(snapshot.ede_code(&hit), 16);
     }
@@ -97,47 +129,113 @@ fn mandatory_lists_beat_allowlists_and_apply_to_every_profile() {
 fn rpz_triggers_and_actions() {
     let snapshot = build();
     let all = snapshot.profile_for("192.0.2.1".parse().unwrap());
-    assert_eq!(kind(snapshot.decide("exact.example.com", all)).0, "allow", "allowlist beats a category block");
-    assert_eq!(kind(snapshot.decide("x.drop.example.com", all)), ("pass", None), "RPZ names are exact");
-    assert_eq!(kind(snapshot.decide("wild.example.com", all)), ("pass", None), "*.x does not cover x in RPZ");
-    assert_eq!(kind(snapshot.decide("a.b.wild.example.com", all)), ("block", Some(RuleAction::Block)));
-    assert_eq!(kind(snapshot.decide("nodata.example.com", all)), ("block", Some(RuleAction::NoData)));
-    assert_eq!(kind(snapshot.decide("drop.example.com", all)), ("block", Some(RuleAction::Drop)));
-    let Verdict::Block(hit) = snapshot.decide("local.example.com", all) else { panic!() };
+    assert_eq!(
+        kind(snapshot.decide("exact.example.com", all)).0,
+        "allow",
+        "allowlist beats a category block"
+    );
+    assert_eq!(
+        kind(snapshot.decide("x.drop.example.com", all)),
+        ("pass", None),
+        "RPZ names are exact"
+    );
+    assert_eq!(
+        kind(snapshot.decide("wild.example.com", all)),
+        ("pass", None),
+        "*.x does not cover x in RPZ"
+    );
+    assert_eq!(
+        kind(snapshot.decide("a.b.wild.example.com", all)),
+        ("block", Some(RuleAction::Block))
+    );
+    assert_eq!(
+        kind(snapshot.decide("nodata.example.com", all)),
+        ("block", Some(RuleAction::NoData))
+    );
+    assert_eq!(
+        kind(snapshot.decide("drop.example.com", all)),
+        ("block", Some(RuleAction::Drop))
+    );
+    let Verdict::Block(hit) = snapshot.decide("local.example.com", all) else {
+        panic!()
+    };
     assert_eq!(hit.action, RuleAction::Rewrite);
     assert_eq!(
         snapshot.local_data(&hit),
-        [LocalData::A("192.0.2.1".parse().unwrap()), LocalData::Aaaa("2001:db8::1".parse().unwrap())]
+        [
+            LocalData::A("192.0.2.1".parse().unwrap()),
+            LocalData::Aaaa("2001:db8::1".parse().unwrap())
+        ]
     );
-    let Verdict::Block(hit) = snapshot.decide("cname.example.com", all) else { panic!() };
-    assert_eq!(snapshot.local_data(&hit), [LocalData::Cname("target.example.net".into())]);
+    let Verdict::Block(hit) = snapshot.decide("cname.example.com", all) else {
+        panic!()
+    };
+    assert_eq!(
+        snapshot.local_data(&hit),
+        [LocalData::Cname("target.example.net".into())]
+    );
     assert_eq!(snapshot.ede_code(&hit), 17);
 
     // Answer-IP triggers: the most specific prefix wins (a /32 passthru
     // inside a blocked /24).
-    assert_eq!(kind(snapshot.decide_answer_ip("192.0.2.7".parse().unwrap(), all)).0, "block");
-    assert_eq!(kind(snapshot.decide_answer_ip("192.0.2.66".parse().unwrap(), all)).0, "allow");
-    assert_eq!(kind(snapshot.decide_answer_ip("192.0.3.1".parse().unwrap(), all)).0, "pass");
-    assert_eq!(kind(snapshot.decide_answer_ip("2001:db8:0:1::5".parse().unwrap(), all)).0, "block");
-    assert_eq!(kind(snapshot.decide_answer_ip("2001:db9::5".parse().unwrap(), all)).0, "pass");
+    assert_eq!(
+        kind(snapshot.decide_answer_ip("192.0.2.7".parse().unwrap(), all)).0,
+        "block"
+    );
+    assert_eq!(
+        kind(snapshot.decide_answer_ip("192.0.2.66".parse().unwrap(), all)).0,
+        "allow"
+    );
+    assert_eq!(
+        kind(snapshot.decide_answer_ip("192.0.3.1".parse().unwrap(), all)).0,
+        "pass"
+    );
+    assert_eq!(
+        kind(snapshot.decide_answer_ip("2001:db8:0:1::5".parse().unwrap(), all)).0,
+        "block"
+    );
+    assert_eq!(
+        kind(snapshot.decide_answer_ip("2001:db9::5".parse().unwrap(), all)).0,
+        "pass"
+    );
     // Only for profiles that block the list's category.
     let host = snapshot.profile_for("10.1.2.3".parse().unwrap());
-    assert_eq!(kind(snapshot.decide_answer_ip("192.0.2.7".parse().unwrap(), host)).0, "pass");
+    assert_eq!(
+        kind(snapshot.decide_answer_ip("192.0.2.7".parse().unwrap(), host)).0,
+        "pass"
+    );
 }
 
 #[test]
 fn adblock_exceptions_important_and_patterns() {
     let snapshot = build();
     let all = snapshot.profile_for("192.0.2.1".parse().unwrap());
-    assert_eq!(kind(snapshot.decide("x.ads.example.org", all)).0, "allow", "the allowlist covers ads.example.org");
+    assert_eq!(
+        kind(snapshot.decide("x.ads.example.org", all)).0,
+        "allow",
+        "the allowlist covers ads.example.org"
+    );
     assert_eq!(kind(snapshot.decide("ok.ads.example.org", all)).0, "allow");
-    assert_eq!(kind(snapshot.decide("forced.example.org", all)), ("block", Some(RuleAction::BlockImportant)));
-    let Verdict::Block(hit) = snapshot.decide("cdn42.example.org", all) else { panic!("wildcard pattern") };
+    assert_eq!(
+        kind(snapshot.decide("forced.example.org", all)),
+        ("block", Some(RuleAction::BlockImportant))
+    );
+    let Verdict::Block(hit) = snapshot.decide("cdn42.example.org", all) else {
+        panic!("wildcard pattern")
+    };
     assert_eq!(hit.matched, Matched::Pattern);
-    assert_eq!(kind(snapshot.decide("track7.example.net", all)).0, "block", "regex rule");
+    assert_eq!(
+        kind(snapshot.decide("track7.example.net", all)).0,
+        "block",
+        "regex rule"
+    );
     assert_eq!(kind(snapshot.decide("tracker.example.net", all)).0, "pass");
     assert_eq!(kind(snapshot.decide("exact.example.org", all)).0, "block");
-    assert_eq!(kind(snapshot.decide("www.exact.example.org", all)).0, "pass", "|x^ is exact");
+    assert_eq!(
+        kind(snapshot.decide("www.exact.example.org", all)).0,
+        "pass",
+        "|x^ is exact"
+    );
     // The `lan` profile does not block ads.
     let lan = snapshot.profile_for("10.9.9.9".parse().unwrap());
     assert_eq!(kind(snapshot.decide("cdn42.example.org", lan)).0, "pass");
@@ -150,7 +248,11 @@ fn profiles_by_longest_prefix_and_the_access_list() {
     assert_eq!(name("10.1.2.3"), "host");
     assert_eq!(name("10.1.2.4"), "lan");
     assert_eq!(name("192.0.2.1"), "all");
-    assert_eq!(name("::ffff:10.1.2.3"), "host", "IPv4-mapped addresses use the IPv4 map");
+    assert_eq!(
+        name("::ffff:10.1.2.3"),
+        "host",
+        "IPv4-mapped addresses use the IPv4 map"
+    );
     assert!(snapshot.client_allowed("127.0.0.9".parse().unwrap()));
     assert!(snapshot.client_allowed("2001:db8::9".parse().unwrap()));
     assert!(!snapshot.client_allowed("192.0.2.1".parse().unwrap()));
@@ -160,29 +262,52 @@ fn profiles_by_longest_prefix_and_the_access_list() {
 #[test]
 fn build_errors_name_the_culprit() {
     let mut builder = SnapshotBuilder::new();
-    builder.add_list(policy("a", None, ListFormat::Domains, ListAction::Block, false), b"a.com\n").unwrap();
-    let error = builder.add_list(policy("a", None, ListFormat::Domains, ListAction::Block, false), b"b.com\n");
+    builder
+        .add_list(
+            policy("a", None, ListFormat::Domains, ListAction::Block, false),
+            b"a.com\n",
+        )
+        .unwrap();
+    let error = builder.add_list(
+        policy("a", None, ListFormat::Domains, ListAction::Block, false),
+        b"b.com\n",
+    );
     assert!(matches!(error, Err(IndexError::DuplicateList { .. })));
     let error = builder
-        .add_list(policy("broken", None, ListFormat::Domains, ListAction::Block, false), b"# c\nnot!valid\n")
+        .add_list(
+            policy("broken", None, ListFormat::Domains, ListAction::Block, false),
+            b"# c\nnot!valid\n",
+        )
         .unwrap_err()
         .to_string();
-    assert_eq!(error, "list `broken`: none of its 1 rule lines is valid (first: line 2: invalid character in name)");
+    assert_eq!(
+        error,
+        "list `broken`: none of its 1 rule lines is valid (first: line 2: invalid character in name)"
+    );
 
     let mut builder = SnapshotBuilder::new();
     builder.add_profile(profile("p1", &["10.0.0.0/8"], &[]));
     builder.add_profile(profile("p2", &["10.0.0.0/8"], &[]));
     let error = builder.build().unwrap_err().to_string();
-    assert_eq!(error, "client network 10.0.0.0/8 is in both profile `p1` and profile `p2`");
+    assert_eq!(
+        error,
+        "client network 10.0.0.0/8 is in both profile `p1` and profile `p2`"
+    );
 
     let mut builder = SnapshotBuilder::new();
     let mut sinkhole = profile("s", &["0.0.0.0/0"], &[]);
     sinkhole.block_response = BlockResponse::Sinkhole;
     builder.add_profile(sinkhole);
-    assert!(matches!(builder.build(), Err(IndexError::SinkholeWithoutAddress { .. })));
+    assert!(matches!(
+        builder.build(),
+        Err(IndexError::SinkholeWithoutAddress { .. })
+    ));
 
     let mut builder = SnapshotBuilder::new();
     builder.add_profile(profile("p", &["0.0.0.0/0"], &["nonexistent"]));
     let snapshot = builder.build().unwrap();
-    assert_eq!(snapshot.warnings(), ["profile `p` blocks category `nonexistent`, which no list provides"]);
+    assert_eq!(
+        snapshot.warnings(),
+        ["profile `p` blocks category `nonexistent`, which no list provides"]
+    );
 }

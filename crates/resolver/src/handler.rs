@@ -190,6 +190,45 @@ impl ShieldHandler {
         }
     }
 
+    /// An RPZ CNAME rewrite (e.g. to a safe-search host) is answered like a
+    /// real CNAME: the target is resolved and its records follow, because
+    /// stub resolvers do not chase CNAMEs themselves.
+    async fn follow_rewrite_cname(&self, block: BlockAnswer, qtype: RecordType, dnssec_ok: bool) -> BlockAnswer {
+        let BlockAnswer::Respond {
+            rcode,
+            mut answers,
+            authorities,
+            ede,
+        } = block
+        else {
+            return block;
+        };
+        let target = match answers.last().map(|r| &r.data) {
+            Some(RData::CNAME(cname)) if qtype != RecordType::CNAME => cname.0.clone(),
+            _ => {
+                return BlockAnswer::Respond {
+                    rcode,
+                    answers,
+                    authorities,
+                    ede,
+                };
+            }
+        };
+        let key = CacheKey {
+            name: LowerName::new(&target),
+            qtype,
+            dnssec_ok,
+        };
+        let (resolved, _) = self.resolve(key, &target, qtype).await;
+        answers.extend(resolved.answers);
+        BlockAnswer::Respond {
+            rcode: resolved.rcode,
+            answers,
+            authorities,
+            ede,
+        }
+    }
+
     fn spawn_prefetch(&self, key: CacheKey, qname: Name, qtype: RecordType) {
         let handler = self.clone();
         tokio::spawn(async move {
@@ -282,6 +321,7 @@ impl RequestHandler for ShieldHandler {
                 return send(&mut response_handle, response, request).await;
             }
             Decision::Block(block) => {
+                let block = self.follow_rewrite_cname(block, qtype, dnssec_ok).await;
                 return self
                     .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
                     .await;

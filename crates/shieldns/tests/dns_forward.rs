@@ -473,3 +473,64 @@ fn answers_pipelined_tcp_queries_on_one_connection() {
         "NOERROR, NXDOMAIN, NOERROR"
     );
 }
+
+#[test]
+fn rpz_actions_local_data_and_answer_ip_rules() {
+    if skip() {
+        return;
+    }
+    const RPZ: &str = "$TTL 300\n@ SOA localhost. root.localhost. 1 3600 600 86400 300\n  NS localhost.\n\
+        nodata.example.test CNAME *.\n\
+        drop.example.test CNAME rpz-drop.\n\
+        local.example.test A 192.0.2.99\n\
+        safe.example.test CNAME www.example.test.\n\
+        24.0.100.51.198.rpz-ip CNAME .\n";
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let config = format!(
+        "{}\n[[list]]\nname = \"policy-zone\"\nformat = \"rpz\"\npath = \"@DIR@/policy.rpz\"\n",
+        CONFIG.replace("@UPSTREAMS@", &format!("\"{}\"", upstream.addr))
+    );
+    let mut files = FILES.to_vec();
+    files.push(("policy.rpz", RPZ));
+    let daemon = Daemon::start(&config, &files);
+
+    let out = daemon.dig(&["nodata.example.test", "A"]);
+    assert_eq!((status(&out), answers(&out).len()), ("NOERROR", 0), "{out}");
+    assert_eq!(
+        ede(&out).as_deref(),
+        Some("; EDE: 15 (Blocked): (list=policy-zone)"),
+        "{out}"
+    );
+
+    let out = daemon.dig(&["drop.example.test", "A"]);
+    assert!(
+        out.contains("timed out") && !out.contains("status:"),
+        "rpz-drop sends nothing: {out}"
+    );
+
+    let out = daemon.dig(&["local.example.test", "A"]);
+    assert_eq!(answers(&out), ["local.example.test. 42 IN A 192.0.2.99"], "{out}");
+
+    // A CNAME rewrite is followed to the target's records.
+    let out = daemon.dig(&["safe.example.test", "A"]);
+    assert_eq!(
+        answers(&out),
+        [
+            "safe.example.test. 42 IN CNAME www.example.test.",
+            "www.example.test. 300 IN A 192.0.2.10"
+        ],
+        "{out}"
+    );
+
+    // An answer whose address is in a blocked prefix is blocked.
+    let out = daemon.dig(&["bad-ip.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert_eq!(
+        ede(&out).as_deref(),
+        Some("; EDE: 15 (Blocked): (list=policy-zone)"),
+        "{out}"
+    );
+    // And still after it was cached.
+    let out = daemon.dig(&["bad-ip.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+}
