@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hickory_proto::dnssec::{Proof, TrustAnchors};
 use hickory_proto::op::{DnsRequest, DnsRequestOptions, Edns, Message, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::DnsHandle;
@@ -160,7 +160,7 @@ impl Upstream {
             Self::Recursive(recursor) => {
                 let query = Query::query(name.clone(), qtype);
                 match recursor.resolve(query, Instant::now(), dnssec_ok).await {
-                    Ok(message) => from_recursor(message),
+                    Ok(message) => from_recursor(message, name),
                     Err(error) if error.is_nx_domain() || error.is_no_records_found() => {
                         let rcode = if error.is_nx_domain() {
                             ResponseCode::NXDomain
@@ -233,9 +233,11 @@ impl Upstream {
 }
 
 /// Converts the recursor's answer: a bogus RRset fails the query (SERVFAIL
-/// with EDE 6), an all-secure answer gets AD, and owner names lose the
-/// 0x20 case randomization the recursor used towards the authorities.
-fn from_recursor(message: Message) -> Result<UpstreamAnswer, UpstreamFailure> {
+/// with EDE 6), an all-secure answer gets AD, names lose the 0x20 case
+/// randomization the recursor used towards the authorities, and a CNAME
+/// chain is put in order from the query name (the recursor may return the
+/// target's records first, which stub resolvers do not expect).
+fn from_recursor(message: Message, qname: &Name) -> Result<UpstreamAnswer, UpstreamFailure> {
     let mut answer = from_message(message);
     let records = || answer.answers.iter().chain(&answer.authorities);
     if records().any(|r| r.proof == Proof::Bogus) {
@@ -244,8 +246,30 @@ fn from_recursor(message: Message) -> Result<UpstreamAnswer, UpstreamFailure> {
     answer.authentic_data = records().next().is_some() && records().all(|r| r.proof == Proof::Secure);
     for record in answer.answers.iter_mut().chain(answer.authorities.iter_mut()) {
         record.name = record.name.to_lowercase();
+        if let RData::CNAME(target) = &mut record.data {
+            target.0 = target.0.to_lowercase();
+        }
     }
+    order_cname_chain(&mut answer.answers, qname);
     Ok(answer)
+}
+
+/// Sorts answer records by their owner's position in the CNAME chain that
+/// starts at `qname`; records off the chain keep their order at the end.
+fn order_cname_chain(answers: &mut [Record], qname: &Name) {
+    let mut chain = vec![qname.to_lowercase()];
+    while chain.len() <= answers.len() {
+        let Some(current) = chain.last() else { break };
+        let next = answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(target) if r.name == *current => Some(target.0.clone()),
+            _ => None,
+        });
+        match next {
+            Some(target) if !chain.contains(&target) => chain.push(target),
+            _ => break,
+        }
+    }
+    answers.sort_by_key(|r| chain.iter().position(|n| *n == r.name).unwrap_or(chain.len()));
 }
 
 fn from_message(message: Message) -> UpstreamAnswer {
