@@ -687,9 +687,12 @@ impl RuleSink for BuilderSink<'_> {
         match rule.target {
             RuleTarget::Name { name, scope } => {
                 let key = self.builder.hasher.name(name);
-                self.builder
-                    .names
-                    .push(key, rule.line, Tag::new(self.list, scope, action));
+                self.builder.names.push(
+                    key,
+                    crate::name::label_count(name),
+                    rule.line,
+                    Tag::new(self.list, scope, action),
+                );
                 if action == RuleAction::Rewrite {
                     self.builder
                         .local_data
