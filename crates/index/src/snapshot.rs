@@ -140,6 +140,18 @@ pub struct Hit {
     key: u64,
 }
 
+impl Hit {
+    fn new(tag: Tag, line: u32, matched: Matched, key: u64) -> Self {
+        Self {
+            list: ListId(tag.list()),
+            line,
+            action: tag.action(),
+            matched,
+            key,
+        }
+    }
+}
+
 /// What happens to a query name for a profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -299,28 +311,21 @@ impl Snapshot {
             if !profile.enabled.contains(tag.list()) || !tag.applies_at(depth, total) {
                 return;
             }
-            let hit = Hit {
-                list: ListId(tag.list()),
+            let hit = Hit::new(
+                tag,
                 line,
-                action: tag.action(),
-                matched: Matched::Name {
+                Matched::Name {
                     labels: saturate_u8(depth),
                     scope: tag.scope(),
                 },
                 key,
-            };
+            );
             tiers.offer(self.is_mandatory(tag.list()), depth, hit);
         });
         if profile.uses_patterns {
             self.patterns.for_each_match(name, |line, tag| {
                 if profile.enabled.contains(tag.list()) {
-                    let hit = Hit {
-                        list: ListId(tag.list()),
-                        line,
-                        action: tag.action(),
-                        matched: Matched::Pattern,
-                        key: 0,
-                    };
+                    let hit = Hit::new(tag, line, Matched::Pattern, 0);
                     tiers.offer(self.is_mandatory(tag.list()), total, hit);
                 }
             });
@@ -328,15 +333,14 @@ impl Snapshot {
         if profile.uses_digests {
             self.digests.for_each_suffix_match(name, |depth, line, tag| {
                 if profile.enabled.contains(tag.list()) {
-                    let hit = Hit {
-                        list: ListId(tag.list()),
+                    let hit = Hit::new(
+                        tag,
                         line,
-                        action: tag.action(),
-                        matched: Matched::Digest {
+                        Matched::Digest {
                             labels: saturate_u8(depth),
                         },
-                        key: 0,
-                    };
+                        0,
+                    );
                     tiers.offer(self.is_mandatory(tag.list()), depth, hit);
                 }
             });
@@ -355,13 +359,7 @@ impl Snapshot {
         let mut offer = |prefix_len: u8, rules: &AnswerIpRules| {
             for &(line, tag) in rules {
                 if profile.enabled.contains(tag.list()) {
-                    let hit = Hit {
-                        list: ListId(tag.list()),
-                        line,
-                        action: tag.action(),
-                        matched: Matched::AnswerIp { prefix_len },
-                        key: 0,
-                    };
+                    let hit = Hit::new(tag, line, Matched::AnswerIp { prefix_len }, 0);
                     tiers.offer(self.is_mandatory(tag.list()), usize::from(prefix_len), hit);
                 }
             }

@@ -8,7 +8,7 @@ mod support;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use support::daemon::{Daemon, answers, ede, have, status};
+use support::daemon::{Daemon, answers, ede, require, status};
 use support::upstream::FakeUpstream;
 
 const CONFIG: &str = r#"
@@ -103,11 +103,7 @@ fn start(upstreams: &[&FakeUpstream]) -> Daemon {
 }
 
 fn skip() -> bool {
-    if have("dig") {
-        return false;
-    }
-    eprintln!("SKIP: dig is not installed (apt-get install bind9-dnsutils)");
-    true
+    !require(&[("dig", "bind9-dnsutils")])
 }
 
 #[test]

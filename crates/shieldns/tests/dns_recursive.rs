@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::daemon::{Daemon, answers, ede, have, status};
+use support::daemon::{Daemon, answers, ede, require, status};
 use support::hierarchy::Hierarchy;
 
 const CONFIG: &str = r#"
@@ -34,8 +34,7 @@ block = ["adult"]
 "#;
 
 fn start(instance: u8) -> Option<(Hierarchy, Daemon)> {
-    if !have("dig") {
-        eprintln!("SKIP: dig is not installed (apt-get install bind9-dnsutils)");
+    if !require(&[("dig", "bind9-dnsutils")]) {
         return None;
     }
     let hierarchy = Hierarchy::start(instance)?;

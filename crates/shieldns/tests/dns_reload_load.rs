@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::daemon::{Daemon, have, status};
+use support::daemon::{Daemon, require, status};
 use support::upstream::FakeUpstream;
 
 const CONFIG: &str = r#"
@@ -45,8 +45,7 @@ fn list(flip: &str, filler: usize) -> String {
 
 #[test]
 fn twenty_reloads_under_load_lose_nothing() {
-    if !have("dig") || !have("dnsperf") {
-        eprintln!("SKIP: dig or dnsperf is not installed (apt-get install bind9-dnsutils dnsperf)");
+    if !require(&[("dig", "bind9-dnsutils"), ("dnsperf", "dnsperf")]) {
         return;
     }
     const FILLER: usize = 200_000;

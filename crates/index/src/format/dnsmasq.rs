@@ -4,8 +4,8 @@
 //! blocklists publish them to mean "block", so each domain between the
 //! slashes becomes a [`Scope::Subtree`] block rule whatever the address.
 
-use super::for_each_line;
-use crate::rule::{LineRejection, Rule, RuleAction, RuleSink, RuleTarget, Scope};
+use super::{emit_names, for_each_line};
+use crate::rule::{LineRejection, RuleSink, Scope};
 
 pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
     for_each_line(text, sink, |line, raw, sink| {
@@ -50,28 +50,7 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
             );
             return;
         }
-        // Check every domain before emitting any: one outcome per line.
-        let mut valid = Vec::with_capacity(domains.len());
-        for domain in domains {
-            match crate::name::normalize(domain) {
-                Ok(name) => valid.push(name),
-                Err(reason) => {
-                    sink.reject(line, raw, reason.into());
-                    return;
-                }
-            }
-        }
-        for name in &valid {
-            sink.rule(Rule {
-                line,
-                target: RuleTarget::Name {
-                    name,
-                    scope: Scope::Subtree,
-                },
-                action: RuleAction::Block,
-                local_data: Vec::new(),
-            });
-        }
+        emit_names(sink, line, raw, &domains, Scope::Subtree);
     });
 }
 

@@ -7,20 +7,8 @@
 
 use std::net::IpAddr;
 
-use super::{for_each_line, strip_hash_comment};
-use crate::rule::{LineRejection, Rule, RuleAction, RuleSink, RuleTarget, Scope, SkipReason};
-
-fn emit_rule(sink: &mut dyn RuleSink, line: u32, name: &str) {
-    sink.rule(Rule {
-        line,
-        target: RuleTarget::Name {
-            name,
-            scope: Scope::Subtree,
-        },
-        action: RuleAction::Block,
-        local_data: Vec::new(),
-    });
-}
+use super::{emit_names, for_each_line, strip_hash_comment};
+use crate::rule::{LineRejection, RuleSink, Scope, SkipReason};
 
 /// Names every hosts file maps for the local machine; never blocked.
 const LOCAL_HOST_NAMES: &[&str] = &[
@@ -70,7 +58,7 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
         // Every name is checked before any is emitted, so that a line has
         // exactly one outcome: a line with a stray token (`xxx.to en` in one
         // published list) is rejected whole and reported, never half-loaded.
-        let mut valid = Vec::with_capacity(names.len());
+        let mut blocked = Vec::with_capacity(names.len());
         for name in names {
             if LOCAL_HOST_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
                 continue;
@@ -84,17 +72,9 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
                 );
                 return;
             }
-            match crate::name::normalize(name) {
-                Ok(normalized) => valid.push(normalized),
-                Err(reason) => {
-                    sink.reject(line, raw, reason.into());
-                    return;
-                }
-            }
+            blocked.push(name);
         }
-        for name in &valid {
-            emit_rule(sink, line, name);
-        }
+        emit_names(sink, line, raw, &blocked, Scope::Subtree);
     });
 }
 

@@ -134,15 +134,32 @@ pub(crate) fn strip_hash_comment(line: &str) -> &str {
     line.trim()
 }
 
-/// Emits one name rule, or rejects the line with the name's reason.
-pub(crate) fn emit_name(sink: &mut dyn RuleSink, line: u32, text: &str, raw_name: &str, scope: crate::rule::Scope) {
-    match crate::name::normalize(raw_name) {
-        Ok(name) => sink.rule(Rule {
+/// Emits a block rule for each name on a line, or, if any name is invalid,
+/// rejects the whole line with that name's reason and emits nothing, so that
+/// every line has exactly one outcome.
+pub(crate) fn emit_names(
+    sink: &mut dyn RuleSink,
+    line: u32,
+    text: &str,
+    raw_names: &[&str],
+    scope: crate::rule::Scope,
+) {
+    let mut names = Vec::with_capacity(raw_names.len());
+    for raw_name in raw_names {
+        match crate::name::normalize(raw_name) {
+            Ok(name) => names.push(name),
+            Err(reason) => {
+                sink.reject(line, text, reason.into());
+                return;
+            }
+        }
+    }
+    for name in &names {
+        sink.rule(Rule {
             line,
-            target: crate::rule::RuleTarget::Name { name: &name, scope },
+            target: crate::rule::RuleTarget::Name { name, scope },
             action: crate::rule::RuleAction::Block,
             local_data: Vec::new(),
-        }),
-        Err(reason) => sink.reject(line, text, reason.into()),
+        });
     }
 }

@@ -1,6 +1,6 @@
 //! The three one-token-a-line formats: `domains`, `wildcard` and `sha256`.
 
-use super::{emit_name, for_each_line, strip_hash_comment};
+use super::{emit_names, for_each_line, strip_hash_comment};
 use crate::rule::{LineRejection, Rule, RuleAction, RuleSink, RuleTarget, Scope};
 
 /// `domains`: one name a line, `#` comments. Each name blocks itself and its
@@ -15,7 +15,7 @@ pub(super) fn parse_domains(text: &[u8], sink: &mut dyn RuleSink) {
             sink.reject(line, raw, LineRejection::Syntax("more than one token on a line"));
             return;
         }
-        emit_name(sink, line, raw, token, Scope::Subtree);
+        emit_names(sink, line, raw, &[token], Scope::Subtree);
     });
 }
 
@@ -39,7 +39,7 @@ pub(super) fn parse_wildcard(text: &[u8], sink: &mut dyn RuleSink) {
             );
             return;
         }
-        emit_name(sink, line, raw, name, Scope::Subtree);
+        emit_names(sink, line, raw, &[name], Scope::Subtree);
     });
 }
 

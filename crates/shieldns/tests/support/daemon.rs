@@ -15,6 +15,18 @@ pub(crate) fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Whether every tool is installed; prints a `SKIP:` line naming the
+/// Debian packages when one is missing, so a skipped test says why.
+pub(crate) fn require(tools: &[(&str, &str)]) -> bool {
+    for (tool, package) in tools {
+        if !have(tool) {
+            eprintln!("SKIP: {tool} is not installed (apt-get install {package})");
+            return false;
+        }
+    }
+    true
+}
+
 /// A port free on `ip` for both UDP and TCP right now.
 pub(crate) fn free_port(ip: &str) -> u16 {
     for _ in 0..50 {
