@@ -197,6 +197,8 @@ impl HitDetail {
         let rule = list_config.and_then(|list| {
             let (bytes, _, _) = shieldns_sync::read_list(list, &source.base_dir()).ok()?;
             let text = String::from_utf8_lossy(&bytes);
+            // Parsers number lines the same way: split on LF, a BOM ignored.
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             text.lines()
                 .nth(usize::try_from(hit.line).ok()?.checked_sub(1)?)
                 .map(|l| l.trim().to_owned())

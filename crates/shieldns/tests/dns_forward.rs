@@ -530,3 +530,41 @@ fn rpz_actions_local_data_and_answer_ip_rules() {
     let out = daemon.dig(&["bad-ip.example.test", "A"]);
     assert_eq!(status(&out), "NXDOMAIN", "{out}");
 }
+
+#[test]
+fn exports_counters_on_the_metrics_endpoint() {
+    use std::io::{Read, Write};
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let metrics_port = support::daemon::free_port("127.0.0.1");
+    let config = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        CONFIG.replace("@UPSTREAMS@", &format!("\"{}\"", upstream.addr))
+    );
+    let daemon = Daemon::start(&config, FILES);
+    for _ in 0..2 {
+        daemon.dig(&["blocked.example.test", "A"]);
+        daemon.dig(&["mandatory.example.test", "A"]);
+        daemon.dig(&["www.example.test", "A"]);
+    }
+    daemon.dig(&["-b", "127.0.0.200", "www.example.test", "A"]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    for line in [
+        "shieldns_policy_blocked_total{ede=\"17\"} 2",
+        "shieldns_policy_blocked_total{ede=\"16\"} 2",
+        "shieldns_resolver_responses_total{rcode=\"NOERROR\"} 2",
+        "shieldns_cache_lookups_total{result=\"hit\"} 1",
+        "shieldns_cache_lookups_total{result=\"miss\"} 1",
+        "shieldns_acl_refused_total 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing `{line}` in:\n{body}");
+    }
+}
