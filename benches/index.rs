@@ -90,13 +90,8 @@ fn bench_index(c: &mut Criterion) {
         };
         builder.add_list(policy, &text).expect("synthetic list loads");
         builder.add_profile(ProfileConfig {
-            name: "default".into(),
-            clients: vec!["0.0.0.0/0".parse().expect("network")],
             block: vec!["adult".into()],
-            block_response: Default::default(),
-            block_ttl: 60,
-            sinkhole_ipv4: None,
-            sinkhole_ipv6: None,
+            ..ProfileConfig::new("default", vec!["0.0.0.0/0".parse().expect("network")])
         });
         let snapshot = builder.build().expect("snapshot builds");
         let build_time = started.elapsed();

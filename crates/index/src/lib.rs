@@ -22,13 +22,16 @@ pub mod rule;
 pub use format::parse;
 pub use rule::{LineCounts, LineRejection, ListFormat, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope};
 
+pub mod childsafe;
 mod digest;
 mod pattern;
 pub mod policy;
 mod snapshot;
 mod suffix;
 
+pub use childsafe::{BypassDefence, Dns64, Rebinding, SafeSearch, SafeSearchRewrite, Schedule, bypass_defence};
 pub use digest::name_digest;
+pub use jiff::Timestamp;
 pub use policy::{BlockResponse, ListAction, ListId, ListPolicy, Profile, ProfileConfig, ProfileId};
 pub use snapshot::{
     Hit, IndexError, ListInfo, Matched, REJECTED_EXAMPLES, RejectedLine, Snapshot, SnapshotBuilder, UNMATCHED_PROFILE,

@@ -77,6 +77,68 @@ pub struct ProfileConfig {
     /// The IPv6 address for `block_response = "sinkhole"`.
     #[serde(default)]
     pub sinkhole_ipv6: Option<Ipv6Addr>,
+    /// Safe search: `true`, or a table choosing engines.
+    #[serde(default)]
+    pub safe_search: crate::childsafe::SafeSearchConfig,
+    /// Time windows that block extra categories.
+    #[serde(default)]
+    pub schedule: Vec<crate::childsafe::ScheduleConfig>,
+    /// Block public names that answer with private, loopback or link-local
+    /// addresses.
+    #[serde(default)]
+    pub rebinding_protection: bool,
+    /// Local domains exempt from rebinding protection (e.g. `home.arpa`).
+    #[serde(default)]
+    pub rebinding_allow: Vec<String>,
+    /// Defeat filter bypass: Firefox's DoH canary, iCloud Private Relay and
+    /// DDR discovery.
+    #[serde(default)]
+    pub bypass_protection: bool,
+    /// Query types answered NODATA (e.g. `["HTTPS", "ANY"]`).
+    #[serde(default)]
+    pub block_qtypes: Vec<String>,
+    /// Check every name in an answer's CNAME chain against the lists
+    /// (CNAME cloaking). Default: on.
+    #[serde(default = "yes")]
+    pub inspect_cnames: bool,
+    /// Synthesize AAAA from A for IPv6-only clients (RFC 6147).
+    #[serde(default)]
+    pub dns64: bool,
+    /// The DNS64 prefix; must be a /96.
+    #[serde(default = "default_dns64_prefix")]
+    pub dns64_prefix: ipnet::Ipv6Net,
+}
+
+impl ProfileConfig {
+    /// A profile with every optional key at its default.
+    pub fn new(name: impl Into<String>, clients: Vec<IpNet>) -> Self {
+        Self {
+            name: name.into(),
+            clients,
+            block: Vec::new(),
+            block_response: BlockResponse::default(),
+            block_ttl: DEFAULT_BLOCK_TTL,
+            sinkhole_ipv4: None,
+            sinkhole_ipv6: None,
+            safe_search: crate::childsafe::SafeSearchConfig::default(),
+            schedule: Vec::new(),
+            rebinding_protection: false,
+            rebinding_allow: Vec::new(),
+            bypass_protection: false,
+            block_qtypes: Vec::new(),
+            inspect_cnames: true,
+            dns64: false,
+            dns64_prefix: default_dns64_prefix(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_dns64_prefix() -> ipnet::Ipv6Net {
+    ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96)
 }
 
 /// The default `block_ttl`: short enough that an unblocked name recovers
@@ -96,7 +158,7 @@ pub struct ProfileId(pub(crate) u16);
 pub struct ListId(pub u16);
 
 /// A fixed bitset of list ids.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ListSet([u64; crate::suffix::MAX_LISTS / 64]);
 
 impl ListSet {
@@ -107,6 +169,13 @@ impl ListSet {
     pub(crate) fn insert(&mut self, list: u16) {
         if let Some(word) = self.0.get_mut(usize::from(list / 64)) {
             *word |= 1 << (list % 64);
+        }
+    }
+
+    /// Adds every list of `other`.
+    pub(crate) fn union_with(&mut self, other: &Self) {
+        for (word, theirs) in self.0.iter_mut().zip(other.0) {
+            *word |= theirs;
         }
     }
 
@@ -135,6 +204,20 @@ pub struct Profile {
     pub sinkhole_ipv4: Option<Ipv4Addr>,
     /// Sinkhole IPv6 address.
     pub sinkhole_ipv6: Option<Ipv6Addr>,
+    /// Safe-search rewrites.
+    pub safe_search: crate::childsafe::SafeSearch,
+    /// Schedules adding categories in time windows.
+    pub schedules: Vec<crate::childsafe::Schedule>,
+    /// Rebinding protection, when on.
+    pub rebinding: Option<crate::childsafe::Rebinding>,
+    /// Bypass defences on.
+    pub bypass_protection: bool,
+    /// Query type codes answered NODATA.
+    pub blocked_qtypes: Vec<u16>,
+    /// CNAME-chain inspection on.
+    pub inspect_cnames: bool,
+    /// DNS64, when on.
+    pub dns64: Option<crate::childsafe::Dns64>,
     pub(crate) enabled: ListSet,
     pub(crate) uses_digests: bool,
     pub(crate) uses_patterns: bool,

@@ -31,11 +31,13 @@ pub enum ListFormat {
     Rpz,
     /// One hex SHA-256 digest of a normalized name a line.
     Sha256,
+    /// One IP address or CIDR prefix a line, matched against answers.
+    Ip,
 }
 
 impl ListFormat {
     /// Every format, in documentation order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Hosts,
         Self::Domains,
         Self::Wildcard,
@@ -43,6 +45,7 @@ impl ListFormat {
         Self::Dnsmasq,
         Self::Rpz,
         Self::Sha256,
+        Self::Ip,
     ];
 
     /// The name used in configuration and on the command line.
@@ -55,6 +58,7 @@ impl ListFormat {
             Self::Dnsmasq => "dnsmasq",
             Self::Rpz => "rpz",
             Self::Sha256 => "sha256",
+            Self::Ip => "ip",
         }
     }
 }
@@ -71,7 +75,7 @@ impl std::str::FromStr for ListFormat {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| {
             format!(
-                "unknown list format `{s}` (expected one of hosts, domains, wildcard, adblock, dnsmasq, rpz, sha256)"
+                "unknown list format `{s}` (expected one of hosts, domains, wildcard, adblock, dnsmasq, rpz, sha256, ip)"
             )
         })
     }

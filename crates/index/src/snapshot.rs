@@ -7,6 +7,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
 use regex::Regex;
 
+use jiff::Timestamp;
+
+use crate::childsafe::{Dns64, Rebinding, SafeSearch, Schedule, qtype_code};
 use crate::digest::DigestIndex;
 use crate::pattern::{PatternSet, PendingPattern};
 use crate::policy::{BlockResponse, ListAction, ListId, ListPolicy, ListSet, Profile, ProfileConfig, ProfileId};
@@ -62,6 +65,14 @@ pub enum IndexError {
         first: String,
         /// The profile that listed it again.
         second: String,
+    },
+    /// A profile setting is unusable (names the key).
+    #[error("profile `{profile}`: {reason}")]
+    Profile {
+        /// The profile.
+        profile: String,
+        /// What is wrong, starting with the key.
+        reason: String,
     },
     /// A sinkhole profile without a sinkhole address.
     #[error("profile `{profile}`: block_response = \"sinkhole\" needs sinkhole_ipv4 or sinkhole_ipv6")]
@@ -304,11 +315,19 @@ impl Snapshot {
     /// Decides a normalized query name (lower case, no trailing dot) for a
     /// profile. Never allocates, never fails.
     pub fn decide(&self, name: &str, profile: ProfileId) -> Verdict {
+        self.decide_at(name, profile, Timestamp::now())
+    }
+
+    /// Decides a name at a given time: schedules whose window is open at
+    /// `at` add their categories. Never allocates, never fails.
+    pub fn decide_at(&self, name: &str, profile: ProfileId, at: Timestamp) -> Verdict {
         let profile = self.profile(profile);
+        let enabled = Self::enabled_at(profile, at);
+        let enabled = &enabled;
         let total = crate::name::label_count(name);
         let mut tiers = Tiers::default();
         self.names.for_each_suffix_match(name, |depth, key, line, tag| {
-            if !profile.enabled.contains(tag.list()) || !tag.applies_at(depth, total) {
+            if !enabled.contains(tag.list()) || !tag.applies_at(depth, total) {
                 return;
             }
             let hit = Hit::new(
@@ -324,7 +343,7 @@ impl Snapshot {
         });
         if profile.uses_patterns {
             self.patterns.for_each_match(name, |line, tag| {
-                if profile.enabled.contains(tag.list()) {
+                if enabled.contains(tag.list()) {
                     let hit = Hit::new(tag, line, Matched::Pattern, 0);
                     tiers.offer(self.is_mandatory(tag.list()), total, hit);
                 }
@@ -332,7 +351,7 @@ impl Snapshot {
         }
         if profile.uses_digests {
             self.digests.for_each_suffix_match(name, |depth, line, tag| {
-                if profile.enabled.contains(tag.list()) {
+                if enabled.contains(tag.list()) {
                     let hit = Hit::new(
                         tag,
                         line,
@@ -346,6 +365,22 @@ impl Snapshot {
             });
         }
         tiers.verdict()
+    }
+
+    /// The lists a profile uses at `at`: its own plus those of open schedules.
+    fn enabled_at(profile: &Profile, at: Timestamp) -> ListSet {
+        let mut enabled = profile.enabled;
+        for schedule in &profile.schedules {
+            if schedule.is_active(at) {
+                enabled.union_with(&schedule.lists);
+            }
+        }
+        enabled
+    }
+
+    /// The schedules of a profile whose window is open at `at`.
+    pub fn active_schedules(&self, profile: ProfileId, at: Timestamp) -> impl Iterator<Item = &Schedule> {
+        self.profile(profile).schedules.iter().filter(move |s| s.is_active(at))
     }
 
     /// Decides an address found in an answer against the answer-IP rules
@@ -566,7 +601,8 @@ impl SnapshotBuilder {
                     });
                 }
             }
-            for category in &config.block {
+            let scheduled = config.schedule.iter().flat_map(|schedule| &schedule.block);
+            for category in config.block.iter().chain(scheduled) {
                 if !self.lists.iter().any(|l| l.policy.category.as_ref() == Some(category)) {
                     warnings.push(format!(
                         "profile `{}` blocks category `{category}`, which no list provides",
@@ -584,11 +620,71 @@ impl SnapshotBuilder {
                     enabled.insert(u16::try_from(index).unwrap_or(u16::MAX));
                 }
             }
+            let profile_error = |reason: String| IndexError::Profile {
+                profile: config.name.clone(),
+                reason,
+            };
+            // The lists of these categories that a schedule can switch on.
+            let category_lists = |categories: &[String]| {
+                let mut set = ListSet::empty();
+                for (index, list) in self.lists.iter().enumerate() {
+                    if list.policy.action == ListAction::Block
+                        && list.policy.category.as_ref().is_some_and(|c| categories.contains(c))
+                    {
+                        set.insert(u16::try_from(index).unwrap_or(u16::MAX));
+                    }
+                }
+                set
+            };
+            let mut schedules = Vec::with_capacity(config.schedule.len());
+            let mut reachable = enabled;
+            for (index, schedule) in config.schedule.iter().enumerate() {
+                let lists = category_lists(&schedule.block);
+                reachable.union_with(&lists);
+                let compiled = Schedule::compile(schedule, lists)
+                    .map_err(|e| profile_error(format!("schedule {}: {}", index + 1, e.0)))?;
+                schedules.push(compiled);
+            }
+            let blocked_qtypes = config
+                .block_qtypes
+                .iter()
+                .map(|name| {
+                    qtype_code(name)
+                        .ok_or_else(|| profile_error(format!("block_qtypes: `{name}` is not a record type")))
+                })
+                .collect::<Result<Vec<u16>, IndexError>>()?;
+            let rebinding = if config.rebinding_protection {
+                let allow = config
+                    .rebinding_allow
+                    .iter()
+                    .map(|domain| {
+                        crate::name::normalize(domain)
+                            .map(|n| n.into_owned())
+                            .map_err(|r| profile_error(format!("rebinding_allow: `{domain}`: {r}")))
+                    })
+                    .collect::<Result<Vec<String>, IndexError>>()?;
+                Some(Rebinding { allow })
+            } else {
+                None
+            };
+            let dns64 = if config.dns64 {
+                if config.dns64_prefix.prefix_len() != 96 {
+                    return Err(profile_error(format!(
+                        "dns64_prefix: {} must be a /96 (RFC 6052 well-known or network-specific /96)",
+                        config.dns64_prefix
+                    )));
+                }
+                Some(Dns64 {
+                    prefix: config.dns64_prefix.trunc(),
+                })
+            } else {
+                None
+            };
             let uses = |pred: &dyn Fn(&ListInfo) -> bool| {
                 self.lists
                     .iter()
                     .enumerate()
-                    .any(|(i, l)| pred(l) && enabled.contains(u16::try_from(i).unwrap_or(u16::MAX)))
+                    .any(|(i, l)| pred(l) && reachable.contains(u16::try_from(i).unwrap_or(u16::MAX)))
             };
             let uses_patterns = has_patterns && uses(&|l| l.pattern_rules > 0);
             let uses_digests = has_digests && uses(&|l| l.digest_rules > 0);
@@ -600,6 +696,13 @@ impl SnapshotBuilder {
                 block_ttl: config.block_ttl,
                 sinkhole_ipv4: config.sinkhole_ipv4,
                 sinkhole_ipv6: config.sinkhole_ipv6,
+                safe_search: SafeSearch::compile(&config.safe_search),
+                schedules,
+                rebinding,
+                bypass_protection: config.bypass_protection,
+                blocked_qtypes,
+                inspect_cnames: config.inspect_cnames,
+                dns64,
                 enabled,
                 uses_digests,
                 uses_patterns,
@@ -643,15 +746,7 @@ fn unreachable_list() -> &'static ListInfo {
 /// The implicit profile for clients outside every configured profile: only
 /// mandatory, allow and category-less lists apply.
 fn fallback_profile() -> ProfileConfig {
-    ProfileConfig {
-        name: UNMATCHED_PROFILE.to_owned(),
-        clients: Vec::new(),
-        block: Vec::new(),
-        block_response: BlockResponse::Nxdomain,
-        block_ttl: crate::policy::DEFAULT_BLOCK_TTL,
-        sinkhole_ipv4: None,
-        sinkhole_ipv6: None,
-    }
+    ProfileConfig::new(UNMATCHED_PROFILE, Vec::new())
 }
 
 /// Feeds one list's rules into the builder.

@@ -7,9 +7,7 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use shieldns_index::{
-    ListAction, ListFormat, ListPolicy, Matched, ProfileConfig, SnapshotBuilder, Verdict, policy::BlockResponse,
-};
+use shieldns_index::{ListAction, ListFormat, ListPolicy, Matched, ProfileConfig, SnapshotBuilder, Verdict};
 
 #[derive(Clone, Debug)]
 struct TestList {
@@ -104,13 +102,8 @@ proptest! {
             builder.add_list(policy, text.as_bytes()).unwrap();
         }
         builder.add_profile(ProfileConfig {
-            name: "p".into(),
-            clients: vec!["0.0.0.0/0".parse().unwrap()],
             block: blocked.iter().map(|c| format!("cat{c}")).collect(),
-            block_response: BlockResponse::Nxdomain,
-            block_ttl: 60,
-            sinkhole_ipv4: None,
-            sinkhole_ipv6: None,
+            ..ProfileConfig::new("p", vec!["0.0.0.0/0".parse().unwrap()])
         });
         let snapshot = builder.build().unwrap();
         let profile = snapshot.profile_for("192.0.2.1".parse().unwrap());

@@ -20,13 +20,8 @@ fn policy(name: &str, category: Option<&str>, format: ListFormat, action: ListAc
 
 fn profile(name: &str, clients: &[&str], block: &[&str]) -> ProfileConfig {
     ProfileConfig {
-        name: name.into(),
-        clients: clients.iter().map(|c| c.parse().unwrap()).collect(),
         block: block.iter().map(|&b| b.into()).collect(),
-        block_response: BlockResponse::Nxdomain,
-        block_ttl: 60,
-        sinkhole_ipv4: None,
-        sinkhole_ipv6: None,
+        ..ProfileConfig::new(name, clients.iter().map(|c| c.parse().unwrap()).collect())
     }
 }
 

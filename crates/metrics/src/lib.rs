@@ -27,6 +27,50 @@ impl From<prometheus::Error> for MetricsError {
     }
 }
 
+/// A policy action beyond list blocks, counted by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyAction {
+    /// A safe-search rewrite.
+    SafeSearch,
+    /// A bypass defence answer (DoH canary, Private Relay, DDR).
+    Bypass,
+    /// A query type blocked by profile.
+    QueryType,
+    /// An answer blocked because a CNAME target is listed.
+    CnameInspection,
+    /// An answer blocked by an answer-IP rule.
+    AnswerIp,
+    /// An answer blocked by rebinding protection.
+    Rebinding,
+    /// An AAAA answer synthesized by DNS64.
+    Dns64,
+}
+
+impl PolicyAction {
+    const ALL: [Self; 7] = [
+        Self::SafeSearch,
+        Self::Bypass,
+        Self::QueryType,
+        Self::CnameInspection,
+        Self::AnswerIp,
+        Self::Rebinding,
+        Self::Dns64,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::SafeSearch => "safe_search",
+            Self::Bypass => "bypass_protection",
+            Self::QueryType => "block_qtypes",
+            Self::CnameInspection => "cname_inspection",
+            Self::AnswerIp => "answer_ip",
+            Self::Rebinding => "rebinding_protection",
+            Self::Dns64 => "dns64",
+        }
+    }
+}
+
 /// The resolver's counters, with pre-resolved label children.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -41,6 +85,7 @@ pub struct Metrics {
     blocked_filtered: IntCounter,
     cache_hits: IntCounter,
     cache_misses: IntCounter,
+    policy_actions: [IntCounter; 7],
 }
 
 impl Metrics {
@@ -67,6 +112,15 @@ impl Metrics {
         registry.register(Box::new(blocked.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(cache.clone()))?;
+        let policy = IntCounterVec::new(
+            Opts::new(
+                "shieldns_policy_actions_total",
+                "Policy actions beyond list blocks, by action.",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(policy.clone()))?;
+        let policy_actions = PolicyAction::ALL.map(|action| policy.with_label_values(&[action.label()]));
         Ok(Self {
             answered_noerror: responses.with_label_values(&["NOERROR"]),
             answered_nxdomain: responses.with_label_values(&["NXDOMAIN"]),
@@ -78,6 +132,7 @@ impl Metrics {
             cache_hits: cache.with_label_values(&["hit"]),
             cache_misses: cache.with_label_values(&["miss"]),
             refused,
+            policy_actions,
             registry,
         })
     }
@@ -98,6 +153,17 @@ impl Metrics {
             16 => self.blocked_censored.inc(),
             17 => self.blocked_filtered.inc(),
             _ => self.blocked_blocked.inc(),
+        }
+    }
+
+    /// Counts a policy action.
+    pub fn policy(&self, action: PolicyAction) {
+        if let Some(counter) = PolicyAction::ALL
+            .iter()
+            .position(|a| *a == action)
+            .and_then(|i| self.policy_actions.get(i))
+        {
+            counter.inc();
         }
     }
 

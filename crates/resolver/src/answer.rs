@@ -13,8 +13,15 @@ pub(crate) const EDE_OPTION: u16 = 15;
 pub(crate) const EDE_STALE_ANSWER: u16 = 3;
 /// EDE info code 6: DNSSEC Bogus.
 pub(crate) const EDE_DNSSEC_BOGUS: u16 = 6;
+/// EDE info code 15: Blocked.
+pub(crate) const EDE_BLOCKED: u16 = 15;
+/// EDE info code 17: Filtered.
+pub(crate) const EDE_FILTERED: u16 = 17;
 
-/// What to send for a blocked query.
+/// An EDE info code and its EXTRA-TEXT.
+pub(crate) type Ede = (u16, String);
+
+/// What to send for a blocked or rewritten query.
 #[derive(Debug)]
 pub(crate) enum BlockAnswer {
     /// Send nothing (RPZ `rpz-drop.`).
@@ -24,35 +31,82 @@ pub(crate) enum BlockAnswer {
         rcode: ResponseCode,
         answers: Vec<Record>,
         authorities: Vec<Record>,
-        /// EDE info code and EXTRA-TEXT.
-        ede: (u16, String),
+        ede: Option<Ede>,
     },
 }
 
-/// Builds the answer for a block `hit` on `qname`/`qtype` for `profile`.
+/// Builds the answer for a list `hit` on `qname`/`qtype` for `profile`.
 pub(crate) fn block_answer(
     snapshot: &Snapshot,
     profile: &Profile,
     hit: &Hit,
     qname: &Name,
     qtype: RecordType,
+    extra: Option<&str>,
 ) -> BlockAnswer {
-    let ede = (snapshot.ede_code(hit), ede_text(snapshot, hit));
-    let ttl = profile.block_ttl;
-    let soa = || vec![block_soa(qname, hit, ttl)];
-    let nxdomain = |ede| BlockAnswer::Respond {
-        rcode: ResponseCode::NXDomain,
-        answers: vec![],
-        authorities: soa(),
-        ede,
+    let mut text = ede_text(snapshot, hit);
+    if let Some(extra) = extra {
+        text.push(' ');
+        text.push_str(extra);
+    }
+    let ede = (snapshot.ede_code(hit), text);
+    let owner = match hit.matched {
+        Matched::Name { labels, .. } | Matched::Digest { labels } => trim_to_labels(qname, labels),
+        Matched::Pattern | Matched::AnswerIp { .. } => qname.clone(),
     };
-    let nodata = |ede| BlockAnswer::Respond {
+    match hit.action {
+        RuleAction::Drop => BlockAnswer::Drop,
+        RuleAction::NoData => nodata(&owner, profile.block_ttl, ede),
+        RuleAction::Rewrite => rewrite(snapshot.local_data(hit), qname, qtype, profile.block_ttl, ede),
+        _ => profile_block(profile, &owner, qname, qtype, ede),
+    }
+}
+
+/// A block for a policy reason rather than a list rule (rebinding, answer
+/// checks), answered the way the profile answers blocks.
+pub(crate) fn policy_block(profile: &Profile, qname: &Name, qtype: RecordType, ede: Ede) -> BlockAnswer {
+    profile_block(profile, qname, qname, qtype, ede)
+}
+
+/// NOERROR without records, with the SOA that lets clients cache it.
+pub(crate) fn nodata(owner: &Name, ttl: u32, ede: Ede) -> BlockAnswer {
+    BlockAnswer::Respond {
         rcode: ResponseCode::NoError,
         answers: vec![],
-        authorities: soa(),
-        ede,
+        authorities: vec![block_soa(owner, ttl)],
+        ede: Some(ede),
+    }
+}
+
+/// NXDOMAIN with the SOA that lets clients cache it.
+pub(crate) fn nxdomain(owner: &Name, ttl: u32, ede: Ede) -> BlockAnswer {
+    BlockAnswer::Respond {
+        rcode: ResponseCode::NXDomain,
+        answers: vec![],
+        authorities: vec![block_soa(owner, ttl)],
+        ede: Some(ede),
+    }
+}
+
+/// A CNAME to `target`, which the handler then resolves and appends.
+pub(crate) fn cname(qname: &Name, target: &str, ttl: u32) -> BlockAnswer {
+    let answers = match Name::from_ascii(format!("{target}.")) {
+        Ok(target) => vec![Record::from_rdata(qname.clone(), ttl, RData::CNAME(CNAME(target)))],
+        Err(_) => vec![],
     };
-    let address = |v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>, ede| {
+    BlockAnswer::Respond {
+        rcode: ResponseCode::NoError,
+        answers,
+        authorities: vec![],
+        ede: None,
+    }
+}
+
+/// The profile's `block_response`, with the SOA owned by `owner` (the
+/// blocked name that matched).
+fn profile_block(profile: &Profile, owner: &Name, qname: &Name, qtype: RecordType, ede: Ede) -> BlockAnswer {
+    let ttl = profile.block_ttl;
+    let address = |v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>, ede: Ede| {
         let rdata = match qtype {
             RecordType::A => v4.map(|a| RData::A(A(a))),
             RecordType::AAAA => v6.map(|a| RData::AAAA(AAAA(a))),
@@ -63,35 +117,29 @@ pub(crate) fn block_answer(
                 rcode: ResponseCode::NoError,
                 answers: vec![Record::from_rdata(qname.clone(), ttl, rdata)],
                 authorities: vec![],
-                ede,
+                ede: Some(ede),
             },
             // Other types (MX, HTTPS, TXT…) get NODATA, never an A record
             // of the wrong type.
-            None => nodata(ede),
+            None => nodata(owner, ttl, ede),
         }
     };
-    match hit.action {
-        RuleAction::Drop => return BlockAnswer::Drop,
-        RuleAction::NoData => return nodata(ede),
-        RuleAction::Rewrite => return rewrite(snapshot.local_data(hit), qname, qtype, ttl, ede),
-        _ => {}
-    }
     match profile.block_response {
-        BlockResponse::Nxdomain => nxdomain(ede),
-        BlockResponse::Nodata => nodata(ede),
+        BlockResponse::Nxdomain => nxdomain(owner, ttl, ede),
+        BlockResponse::Nodata => nodata(owner, ttl, ede),
         BlockResponse::Null => address(Some(Ipv4Addr::UNSPECIFIED), Some(Ipv6Addr::UNSPECIFIED), ede),
         BlockResponse::Sinkhole => address(profile.sinkhole_ipv4, profile.sinkhole_ipv6, ede),
         BlockResponse::Refused => BlockAnswer::Respond {
             rcode: ResponseCode::Refused,
             answers: vec![],
             authorities: vec![],
-            ede,
+            ede: Some(ede),
         },
     }
 }
 
 /// RPZ local data: records of the query's type, or a CNAME for any type.
-fn rewrite(data: &[LocalData], qname: &Name, qtype: RecordType, ttl: u32, ede: (u16, String)) -> BlockAnswer {
+fn rewrite(data: &[LocalData], qname: &Name, qtype: RecordType, ttl: u32, ede: Ede) -> BlockAnswer {
     let mut answers = Vec::new();
     for item in data {
         let rdata = match item {
@@ -109,7 +157,7 @@ fn rewrite(data: &[LocalData], qname: &Name, qtype: RecordType, ttl: u32, ede: (
         rcode: ResponseCode::NoError,
         answers,
         authorities: vec![],
-        ede,
+        ede: Some(ede),
     }
 }
 
@@ -127,16 +175,12 @@ pub(crate) fn ede_text(snapshot: &Snapshot, hit: &Hit) -> String {
 
 /// The SOA that negative block answers carry, so clients cache the block
 /// for `ttl` seconds (RFC 2308 takes the minimum of the SOA TTL and its
-/// MINIMUM field). Its owner is the blocked name that matched.
-fn block_soa(qname: &Name, hit: &Hit, ttl: u32) -> Record {
-    let owner = match hit.matched {
-        Matched::Name { labels, .. } | Matched::Digest { labels } => trim_to_labels(qname, labels),
-        Matched::Pattern | Matched::AnswerIp { .. } => qname.clone(),
-    };
+/// MINIMUM field).
+fn block_soa(owner: &Name, ttl: u32) -> Record {
     let mname = Name::from_ascii("blocked.shieldns.invalid.").unwrap_or_else(|_| Name::root());
     let rname = Name::from_ascii("hostmaster.shieldns.invalid.").unwrap_or_else(|_| Name::root());
     Record::from_rdata(
-        owner,
+        owner.clone(),
         ttl,
         RData::SOA(SOA::new(mname, rname, 1, 3600, 600, 86_400, ttl)),
     )
@@ -144,8 +188,7 @@ fn block_soa(qname: &Name, hit: &Hit, ttl: u32) -> Record {
 
 /// The last `labels` labels of `name`.
 fn trim_to_labels(name: &Name, labels: u8) -> Name {
-    let total = name.num_labels();
-    if labels >= total {
+    if labels >= name.num_labels() {
         return name.clone();
     }
     name.trim_to(usize::from(labels))

@@ -13,16 +13,19 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::AAAA;
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use shieldns_index::{ProfileId, Snapshot, Verdict};
-use shieldns_metrics::Metrics;
+use shieldns_index::{BypassDefence, Dns64, ProfileId, Snapshot, Timestamp, Verdict, bypass_defence};
+use shieldns_metrics::{Metrics, PolicyAction};
 use tracing::{debug, warn};
 
-use crate::answer::{self, BlockAnswer, EDE_DNSSEC_BOGUS, EDE_OPTION, EDE_STALE_ANSWER};
+use crate::answer::{
+    self, BlockAnswer, EDE_BLOCKED, EDE_DNSSEC_BOGUS, EDE_FILTERED, EDE_OPTION, EDE_STALE_ANSWER, Ede,
+};
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer};
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamFailure};
 
@@ -43,6 +46,20 @@ struct Inner {
     udp_payload: u16,
     in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
+    clock: Clock,
+}
+
+/// What one query's policy checks share: one snapshot (loaded once per
+/// query and held for the whole query, so a reload never shows a query half
+/// of each policy), the client's profile, its name in presentation form and
+/// the policy time.
+struct QueryContext<'a> {
+    snapshot: Arc<Snapshot>,
+    client: IpAddr,
+    profile: ProfileId,
+    qname: &'a Name,
+    name: NameBuf,
+    now: Timestamp,
 }
 
 /// Counts a query as in flight until dropped.
@@ -54,12 +71,36 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// What the policy path decided, computed synchronously under one snapshot
-/// load.
+/// What the policy path decided, computed synchronously from the query's
+/// snapshot.
 enum Decision {
-    Refuse,
+    /// A block, or a rewrite (RPZ local data, safe search) to follow.
     Block(BlockAnswer),
-    Resolve { profile: ProfileId },
+    Resolve,
+}
+
+/// The clock policy decisions use: real time, optionally shifted so that
+/// tests can put the daemon at a schedule edge without waiting for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock {
+    offset: jiff::SignedDuration,
+}
+
+impl Clock {
+    /// A clock that reads `now` at the moment of this call and runs on
+    /// from there in real time.
+    pub fn starting_at(now: Timestamp) -> Self {
+        Self {
+            offset: now.duration_since(Timestamp::now()),
+        }
+    }
+
+    /// The current policy time.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::now()
+            .checked_add(self.offset)
+            .unwrap_or_else(|_| Timestamp::now())
+    }
 }
 
 impl ShieldHandler {
@@ -69,6 +110,7 @@ impl ShieldHandler {
         cache: AnswerCache,
         udp_payload: u16,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -78,6 +120,7 @@ impl ShieldHandler {
                 udp_payload,
                 in_flight: AtomicUsize::new(0),
                 metrics,
+                clock,
             }),
         }
     }
@@ -87,59 +130,181 @@ impl ShieldHandler {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
-    fn decide(&self, client: IpAddr, qname: &Name, qtype: RecordType) -> Decision {
-        let snapshot = self.inner.snapshot.load();
-        if !snapshot.client_allowed(client) {
-            return Decision::Refuse;
-        }
-        let profile_id = snapshot.profile_for(client);
-        let mut name = NameBuf::default();
-        if write!(name, "{qname}").is_err() {
-            // A name that does not fit in 255 bytes cannot have come off the
-            // wire; resolve it unfiltered rather than fail.
-            return Decision::Resolve { profile: profile_id };
-        }
-        match snapshot.decide(name.as_str(), profile_id) {
+    /// The policy decision for a query, in precedence order: list verdicts
+    /// (mandatory, allow, block, schedules), bypass defences, blocked query
+    /// types, safe search.
+    fn decide(&self, query: &QueryContext<'_>, qtype: RecordType) -> Decision {
+        let snapshot = &*query.snapshot;
+        let profile = snapshot.profile(query.profile);
+        let name = query.name.as_str();
+        let qname = query.qname;
+        match snapshot.decide_at(name, query.profile, query.now) {
             Verdict::Block(hit) => {
-                let profile = snapshot.profile(profile_id);
                 let list = snapshot.list(hit.list).map_or("?", |l| l.policy.name.as_str());
-                debug!(%client, name = name.as_str(), list, line = hit.line, "blocked");
+                debug!(client = %query.client, name, list, line = hit.line, "blocked");
                 self.inner.metrics.blocked(snapshot.ede_code(&hit));
-                Decision::Block(answer::block_answer(&snapshot, profile, &hit, qname, qtype))
+                return Decision::Block(answer::block_answer(snapshot, profile, &hit, qname, qtype, None));
             }
-            Verdict::Allow(_) | Verdict::Pass => Decision::Resolve { profile: profile_id },
+            Verdict::Allow(_) | Verdict::Pass => {}
         }
+        if profile.bypass_protection
+            && let Some(defence) = bypass_defence(name)
+        {
+            self.inner.metrics.policy(PolicyAction::Bypass);
+            let ttl = profile.block_ttl;
+            return Decision::Block(match defence {
+                BypassDefence::Nxdomain(what) => answer::nxdomain(
+                    qname,
+                    ttl,
+                    (EDE_FILTERED, format!("policy=bypass-protection reason={what}")),
+                ),
+                BypassDefence::Nodata(what) => answer::nodata(
+                    qname,
+                    ttl,
+                    (EDE_FILTERED, format!("policy=bypass-protection reason={what}")),
+                ),
+            });
+        }
+        if profile.blocked_qtypes.contains(&u16::from(qtype)) {
+            self.inner.metrics.policy(PolicyAction::QueryType);
+            let text = format!("policy=block-qtypes type={qtype}");
+            return Decision::Block(answer::nodata(qname, profile.block_ttl, (EDE_FILTERED, text)));
+        }
+        if let Some(rewrite) = profile.safe_search.rewrite(name) {
+            self.inner.metrics.policy(PolicyAction::SafeSearch);
+            return Decision::Block(answer::cname(qname, rewrite.target, profile.block_ttl));
+        }
+        Decision::Resolve
     }
 
-    /// Checks addresses in an answer against answer-IP rules (RPZ rpz-ip).
-    fn check_answer(
-        &self,
-        client: IpAddr,
-        profile: ProfileId,
-        qname: &Name,
-        qtype: RecordType,
-        answers: &[Record],
-    ) -> Option<BlockAnswer> {
-        let snapshot = self.inner.snapshot.load();
+    /// Checks an upstream answer for this client: every name in its CNAME
+    /// chain against the lists (CNAME cloaking), every address against
+    /// answer-IP rules, and private addresses against rebinding protection.
+    fn check_answer(&self, query: &QueryContext<'_>, qtype: RecordType, answers: &[Record]) -> Option<BlockAnswer> {
+        let snapshot = &*query.snapshot;
+        let profile = snapshot.profile(query.profile);
+        let qname = query.qname;
         for record in answers {
             let address = match &record.data {
+                RData::CNAME(target) if profile.inspect_cnames => {
+                    let mut name = NameBuf::default();
+                    if write!(name, "{}", target.0).is_err() {
+                        continue;
+                    }
+                    if let Verdict::Block(hit) = snapshot.decide_at(name.as_str(), query.profile, query.now) {
+                        debug!(client = %query.client, %qname, cname = name.as_str(), "CNAME target blocked");
+                        self.inner.metrics.blocked(snapshot.ede_code(&hit));
+                        self.inner.metrics.policy(PolicyAction::CnameInspection);
+                        let extra = format!("cname={}", name.as_str());
+                        return Some(answer::block_answer(
+                            snapshot,
+                            profile,
+                            &hit,
+                            qname,
+                            qtype,
+                            Some(&extra),
+                        ));
+                    }
+                    continue;
+                }
                 RData::A(a) => IpAddr::V4(a.0),
                 RData::AAAA(a) => IpAddr::V6(a.0),
                 _ => continue,
             };
-            if let Verdict::Block(hit) = snapshot.decide_answer_ip(address, profile) {
-                debug!(%client, %qname, %address, line = hit.line, "answer address blocked");
+            if let Verdict::Block(hit) = snapshot.decide_answer_ip(address, query.profile) {
+                debug!(client = %query.client, %qname, %address, line = hit.line, "answer address blocked");
                 self.inner.metrics.blocked(snapshot.ede_code(&hit));
-                let profile = snapshot.profile(profile);
-                return Some(answer::block_answer(&snapshot, profile, &hit, qname, qtype));
+                self.inner.metrics.policy(PolicyAction::AnswerIp);
+                let extra = format!("ip={address}");
+                return Some(answer::block_answer(
+                    snapshot,
+                    profile,
+                    &hit,
+                    qname,
+                    qtype,
+                    Some(&extra),
+                ));
+            }
+            if let Some(rebinding) = &profile.rebinding
+                && rebinding.blocks(query.name.as_str(), address)
+            {
+                debug!(client = %query.client, %qname, %address, "rebinding answer blocked");
+                self.inner.metrics.policy(PolicyAction::Rebinding);
+                let ede = (EDE_BLOCKED, format!("policy=rebinding-protection ip={address}"));
+                return Some(answer::policy_block(profile, qname, qtype, ede));
             }
         }
         None
     }
 
+    /// Resolves an AAAA query with DNS64 (RFC 6147): the real AAAA answer
+    /// when there is one; otherwise AAAA records synthesized from the A
+    /// answer, which is checked against answer-IP and rebinding rules first.
+    async fn resolve_dns64(
+        &self,
+        query: &QueryContext<'_>,
+        dns64: Dns64,
+        dnssec_ok: bool,
+    ) -> Result<(UpstreamAnswer, Option<Ede>), BlockAnswer> {
+        let qname = query.qname;
+        let key = CacheKey {
+            name: LowerName::new(qname),
+            qtype: RecordType::AAAA,
+            dnssec_ok,
+        };
+        let (answer, ede) = self.resolve(key, qname, RecordType::AAAA).await;
+        let has_aaaa = answer
+            .answers
+            .iter()
+            .any(|r| matches!(&r.data, RData::AAAA(a) if !Dns64::ignores_aaaa(a.0)));
+        if answer.rcode != ResponseCode::NoError || has_aaaa {
+            return Ok((answer, ede));
+        }
+        let key = CacheKey {
+            name: LowerName::new(qname),
+            qtype: RecordType::A,
+            dnssec_ok,
+        };
+        let (a_answer, a_ede) = self.resolve(key, qname, RecordType::A).await;
+        if a_answer.rcode != ResponseCode::NoError {
+            return Ok((answer, ede));
+        }
+        if let Some(block) = self.check_answer(query, RecordType::AAAA, &a_answer.answers) {
+            return Err(block);
+        }
+        let mut synthesized = Vec::with_capacity(a_answer.answers.len());
+        for record in &a_answer.answers {
+            match &record.data {
+                RData::A(a) => {
+                    if let Some(v6) = dns64.synthesize(a.0) {
+                        synthesized.push(Record::from_rdata(
+                            record.name.clone(),
+                            record.ttl,
+                            RData::AAAA(AAAA(v6)),
+                        ));
+                    }
+                }
+                RData::CNAME(_) => synthesized.push(record.clone()),
+                _ => {}
+            }
+        }
+        if synthesized.iter().any(|r| matches!(r.data, RData::AAAA(_))) {
+            self.inner.metrics.policy(PolicyAction::Dns64);
+            let answer = UpstreamAnswer {
+                rcode: ResponseCode::NoError,
+                answers: synthesized,
+                authorities: vec![],
+                // Synthesized records are never DNSSEC-secure.
+                authentic_data: false,
+            };
+            return Ok((answer, a_ede));
+        }
+        Ok((answer, ede))
+    }
+
     /// Resolves through the cache and the upstream. Returns the answer and
     /// an EDE to attach (stale answer, bogus).
-    async fn resolve(&self, key: CacheKey, qname: &Name, qtype: RecordType) -> (UpstreamAnswer, Option<(u16, String)>) {
+    async fn resolve(&self, key: CacheKey, qname: &Name, qtype: RecordType) -> (UpstreamAnswer, Option<Ede>) {
         let now = Instant::now();
         let cached = self.inner.cache.get(&key);
         if let Some(entry) = &cached
@@ -313,29 +478,60 @@ impl RequestHandler for ShieldHandler {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;
 
-        let profile = match self.decide(client, &qname, qtype) {
-            Decision::Refuse => {
-                self.inner.metrics.refused();
-                let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
-                    .error_msg(&request.metadata, ResponseCode::Refused);
-                return send(&mut response_handle, response, request).await;
-            }
+        // The one snapshot load of this query.
+        let snapshot = self.inner.snapshot.load_full();
+        if !snapshot.client_allowed(client) {
+            self.inner.metrics.refused();
+            let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
+                .error_msg(&request.metadata, ResponseCode::Refused);
+            return send(&mut response_handle, response, request).await;
+        }
+        let mut name = NameBuf::default();
+        // A name that does not fit in 255 bytes cannot have come off the
+        // wire; it stays empty and matches no list.
+        let _ = write!(name, "{qname}");
+        let query = QueryContext {
+            profile: snapshot.profile_for(client),
+            snapshot,
+            client,
+            qname: &qname,
+            name,
+            now: self.inner.clock.now(),
+        };
+        match self.decide(&query, qtype) {
             Decision::Block(block) => {
                 let block = self.follow_rewrite_cname(block, qtype, dnssec_ok).await;
                 return self
                     .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
                     .await;
             }
-            Decision::Resolve { profile } => profile,
-        };
+            Decision::Resolve => {}
+        }
 
-        let key = CacheKey {
-            name: LowerName::new(&qname),
-            qtype,
-            dnssec_ok,
+        let dns64 = query
+            .snapshot
+            .profile(query.profile)
+            .dns64
+            .filter(|_| qtype == RecordType::AAAA);
+        let (answer, ede) = match dns64 {
+            Some(dns64) => match self.resolve_dns64(&query, dns64, dnssec_ok).await {
+                Ok(resolved) => resolved,
+                Err(block) => {
+                    return self
+                        .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
+                        .await;
+                }
+            },
+            None => {
+                let key = CacheKey {
+                    name: LowerName::new(&qname),
+                    qtype,
+                    dnssec_ok,
+                };
+                self.resolve(key, &qname, qtype).await
+            }
         };
-        let (answer, ede) = self.resolve(key, &qname, qtype).await;
-        if let Some(block) = self.check_answer(client, profile, &qname, qtype, &answer.answers) {
+        if let Some(block) = self.check_answer(&query, qtype, &answer.answers) {
             return self
                 .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
                 .await;
@@ -383,7 +579,9 @@ impl ShieldHandler {
             } => {
                 metadata.response_code = rcode;
                 let edns = edns.map(|edns| {
-                    edns.options_mut().insert(ede_option(ede.0, &ede.1));
+                    if let Some((code, text)) = &ede {
+                        edns.options_mut().insert(ede_option(*code, text));
+                    }
                     &*edns
                 });
                 let response = MessageResponseBuilder::new(&request.queries, edns).build(

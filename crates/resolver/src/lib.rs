@@ -22,5 +22,5 @@ mod upstream;
 
 pub use config::{CacheConfig, ServerConfig, UpstreamConfig, UpstreamMode};
 pub use error::ResolverError;
-pub use handler::ShieldHandler;
+pub use handler::{Clock, ShieldHandler};
 pub use server::{RunningResolver, start};

@@ -15,7 +15,7 @@ use tracing::info;
 use crate::cache::AnswerCache;
 use crate::config::{CacheConfig, ServerConfig, UpstreamConfig};
 use crate::error::ResolverError;
-use crate::handler::ShieldHandler;
+use crate::handler::{Clock, ShieldHandler};
 use crate::upstream::Upstream;
 
 /// A running resolver.
@@ -41,6 +41,7 @@ pub async fn start(
     cache: &CacheConfig,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
+    clock: Clock,
 ) -> Result<RunningResolver, ResolverError> {
     if server.listen.is_empty() {
         return Err(ResolverError::Config {
@@ -55,6 +56,7 @@ pub async fn start(
         AnswerCache::new(cache.clone()),
         server.udp_payload,
         metrics,
+        clock,
     );
     let mut hickory = Server::new(handler.clone());
     for &address in &server.listen {

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
-use shieldns_index::{Hit, ListAction, ListFormat, ListPolicy, Matched, RuleAction, SnapshotBuilder, Verdict};
+use shieldns_index::{
+    BypassDefence, Hit, ListAction, ListFormat, ListPolicy, Matched, Profile, RuleAction, SnapshotBuilder, Timestamp,
+    Verdict, bypass_defence,
+};
 use shieldns_sync::{Built, PolicySources, build_snapshot};
 
 use crate::config::{Config, ConfigSource};
@@ -100,37 +103,126 @@ pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn explain(source: &ConfigSource, raw_name: &str, client: IpAddr, as_json: bool) -> anyhow::Result<()> {
+/// What `explain` is asked about.
+pub(crate) struct ExplainQuery {
+    pub(crate) name: String,
+    pub(crate) client: IpAddr,
+    pub(crate) qtype: String,
+    pub(crate) at: Option<Timestamp>,
+    pub(crate) json: bool,
+}
+
+/// A verdict reached by profile policy rather than a list rule.
+struct PolicyVerdict {
+    verdict: &'static str,
+    policy: &'static str,
+    reason: String,
+    ede: Option<u16>,
+    rewrite_to: Option<&'static str>,
+}
+
+/// The same precedence as the resolver's policy path: list verdicts, then
+/// bypass defences, blocked query types and safe search.
+fn profile_policy(profile: &Profile, name: &str, qtype: &str, list_verdict: &Verdict) -> Option<PolicyVerdict> {
+    if matches!(list_verdict, Verdict::Block(_)) {
+        return None;
+    }
+    if profile.bypass_protection
+        && let Some(defence) = bypass_defence(name)
+    {
+        let (verdict, reason) = match defence {
+            BypassDefence::Nxdomain(what) => ("block", format!("NXDOMAIN ({what})")),
+            BypassDefence::Nodata(what) => ("block", format!("NODATA ({what})")),
+        };
+        return Some(PolicyVerdict {
+            verdict,
+            policy: "bypass_protection",
+            reason,
+            ede: Some(17),
+            rewrite_to: None,
+        });
+    }
+    let qtype_code = shieldns_index::childsafe::qtype_code(qtype);
+    if qtype_code.is_some_and(|code| profile.blocked_qtypes.contains(&code)) {
+        let reason = format!("NODATA for {}", qtype.to_ascii_uppercase());
+        return Some(PolicyVerdict {
+            verdict: "block",
+            policy: "block_qtypes",
+            reason,
+            ede: Some(17),
+            rewrite_to: None,
+        });
+    }
+    profile.safe_search.rewrite(name).map(|rewrite| PolicyVerdict {
+        verdict: "rewrite",
+        policy: "safe_search",
+        reason: format!("{} safe search", rewrite.engine),
+        ede: None,
+        rewrite_to: Some(rewrite.target),
+    })
+}
+
+pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Result<()> {
     let config = source.load()?;
     let built = build(&config, source)?;
     let snapshot = &built.snapshot;
+    let raw_name = query.name.as_str();
     let name = shieldns_index::name::normalize(raw_name)
         .map_err(|reason| anyhow::anyhow!("`{raw_name}` is not a valid name: {reason}"))?;
+    let client = query.client;
+    let at = query.at.unwrap_or_else(Timestamp::now);
     let profile_id = snapshot.profile_for(client);
     let profile = snapshot.profile(profile_id);
-    let verdict = snapshot.decide(&name, profile_id);
+    let verdict = snapshot.decide_at(&name, profile_id, at);
     let allowed = snapshot.client_allowed(client);
+    let policy = profile_policy(profile, &name, &query.qtype, &verdict);
     let (kind, hit) = match verdict {
         Verdict::Pass => ("allow", None),
         Verdict::Allow(hit) => ("allow", Some(hit)),
         Verdict::Block(hit) if hit.action == RuleAction::Rewrite => ("rewrite", Some(hit)),
         Verdict::Block(hit) => ("block", Some(hit)),
     };
+    let kind = policy.as_ref().map_or(kind, |p| p.verdict);
     let detail = hit.map(|hit| HitDetail::new(&hit, &config, source, snapshot, &name));
-    if as_json {
+    // A hit whose category only an open schedule blocks names that schedule.
+    let schedule = detail.as_ref().and_then(|d| d.category.as_ref()).and_then(|category| {
+        (!profile.categories.contains(category))
+            .then(|| {
+                snapshot
+                    .active_schedules(profile_id, at)
+                    .find(|s| s.categories.contains(category))
+            })
+            .flatten()
+            .map(|s| format!("{} {}", s.time, s.time_zone))
+    });
+    let ede = match &policy {
+        Some(policy) => policy.ede,
+        None if kind != "allow" => detail.as_ref().map(|d| d.ede),
+        None => None,
+    };
+    if query.json {
         let value = json!({
             "name": name,
             "client": client.to_string(),
             "client_allowed": allowed,
             "profile": profile.name,
+            "qtype": query.qtype.to_ascii_uppercase(),
+            "at": at.to_string(),
             "verdict": kind,
+            "policy": policy.as_ref().map(|p| p.policy),
+            "reason": policy.as_ref().map(|p| p.reason.clone()),
+            "rewrite_to": policy.as_ref().and_then(|p| p.rewrite_to),
             "list": detail.as_ref().map(|d| d.list.clone()),
             "category": detail.as_ref().and_then(|d| d.category.clone()),
             "line": detail.as_ref().map(|d| d.line),
             "rule": detail.as_ref().and_then(|d| d.rule.clone()),
             "matched_name": detail.as_ref().map(|d| d.matched_name.clone()),
             "mandatory": detail.as_ref().map(|d| d.mandatory),
-            "ede": if kind == "block" || kind == "rewrite" { detail.as_ref().map(|d| d.ede) } else { None },
+            "schedule": schedule,
+            "ede": ede,
+            "inspect_cnames": profile.inspect_cnames,
+            "rebinding_protection": profile.rebinding.is_some(),
+            "dns64_prefix": profile.dns64.map(|d| d.prefix.to_string()),
         });
         println!("{value}");
         return Ok(());
@@ -146,8 +238,15 @@ pub(crate) fn explain(source: &ConfigSource, raw_name: &str, client: IpAddr, as_
     );
     println!("profile:  {}", profile.name);
     println!("verdict:  {kind}");
-    match detail {
-        None => println!("reason:   no list matches"),
+    if let Some(policy) = &policy {
+        println!("policy:   {} ({})", policy.policy, policy.reason);
+        if let Some(target) = policy.rewrite_to {
+            println!("rewrite:  CNAME {target}");
+        }
+    }
+    match &detail {
+        None if policy.is_none() => println!("reason:   no list matches"),
+        None => {}
         Some(detail) => {
             println!(
                 "list:     {}{}",
@@ -155,16 +254,19 @@ pub(crate) fn explain(source: &ConfigSource, raw_name: &str, client: IpAddr, as_
                 if detail.mandatory { " (mandatory)" } else { "" }
             );
             println!("category: {}", detail.category.as_deref().unwrap_or("-"));
+            if let Some(schedule) = &schedule {
+                println!("schedule: {schedule} (window open)");
+            }
             println!("matched:  {}", detail.matched_name);
             println!("line:     {}", detail.line);
             println!(
                 "rule:     {}",
                 detail.rule.as_deref().unwrap_or("(source no longer readable)")
             );
-            if kind != "allow" {
-                println!("ede:      {} ({})", detail.ede, ede_name(detail.ede));
-            }
         }
+    }
+    if let Some(ede) = ede {
+        println!("ede:      {ede} ({})", ede_name(ede));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use shieldns_index::ProfileConfig;
 use shieldns_resolver::{CacheConfig, ServerConfig, UpstreamConfig};
-use shieldns_sync::ListConfig;
+use shieldns_sync::{ListConfig, SyncConfig};
 
 /// The configuration compiled into the binary, used without `--config`:
 /// loopback only, recursive, with the starter lists.
@@ -30,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) profiles: Vec<ProfileConfig>,
     #[serde(default)]
     pub(crate) metrics: MetricsConfig,
+    #[serde(default)]
+    pub(crate) sync: SyncConfig,
 }
 
 /// `[metrics]`.
@@ -78,7 +80,10 @@ impl ConfigSource {
                 std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
             }
         };
-        parse(&text).with_context(|| format!("invalid configuration in {}", self.describe()))
+        let mut config = parse(&text).with_context(|| format!("invalid configuration in {}", self.describe()))?;
+        // `url` lists are read from `sync.cache_dir`, a key of another table.
+        config.sync.attach(&mut config.lists, &self.base_dir());
+        Ok(config)
     }
 }
 

@@ -38,6 +38,9 @@ fn init_logging() {
 
 async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     let config = source.load()?;
+    // `url` lists with no verified copy yet are downloaded before the first
+    // build; the others are enforced from the cache at once.
+    let syncer = crate::sync_wiring::prepare(&config, &source).await?;
     let built = {
         let (config, source) = (config.clone(), source.clone());
         tokio::task::spawn_blocking(move || build(&config, &source))
@@ -54,19 +57,32 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
         &config.cache,
         snapshot.clone(),
         metrics.clone(),
+        policy_clock()?,
     )
     .await?;
     if let Some(address) = config.metrics.listen {
         crate::exporter::spawn(address, metrics.clone()).await?;
     }
     info!(config = %source.describe(), "shieldns ready");
+    let (sync, mut rebuilds) = crate::sync_wiring::spawn(syncer, &config, &source);
+    // The latest configuration read: sync rebuilds use its lists.
+    let mut policy_config = config.clone();
 
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&source, &config, &snapshot).await,
+            _ = hangup.recv() => {
+                if let Some(new) = reload(&source, &config, &snapshot).await {
+                    // SIGHUP also runs a sync pass (see README, `[sync]`).
+                    sync.reconfigure(&new, &source);
+                    policy_config = new;
+                }
+            }
+            Some(request) = rebuilds.recv() => {
+                crate::sync_wiring::rebuild(request, &source, &policy_config, &snapshot).await;
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             result = resolver.wait() => {
@@ -81,32 +97,71 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-reads the configuration and every list, builds a new snapshot off the
-/// hot path and swaps it in with one store. Any failure keeps the running
-/// snapshot and logs why.
-async fn reload(source: &ConfigSource, running: &Config, snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>) {
+/// Re-reads the configuration and every list (`url` lists from their
+/// verified cached copies), builds a new snapshot off the hot path and swaps
+/// it in with one store. Any failure keeps the running snapshot and logs
+/// why. Returns the configuration if it could be read, even when the build
+/// failed, so sync can fetch lists it names that are not cached yet.
+async fn reload(
+    source: &ConfigSource,
+    running: &Config,
+    snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>,
+) -> Option<Config> {
     info!(config = %source.describe(), "SIGHUP: reloading configuration and lists");
     let task_source = source.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let config = task_source.load()?;
-        let built = build(&config, &task_source)?;
+        let built = build(&config, &task_source);
         anyhow::Ok((config, built))
     })
     .await;
     match outcome {
-        Ok(Ok((config, built))) => {
+        Ok(Ok((config, Ok(built)))) => {
             if config.server != running.server || config.upstream != running.upstream || config.cache != running.cache {
                 warn!("[server], [upstream] and [cache] changes take effect only after a restart");
             }
-            log_build(&built);
-            let old = snapshot.swap(Arc::new(built.snapshot));
-            // Free the old index here, not on a query worker that happens to
-            // drop the last guard.
-            tokio::task::spawn_blocking(move || drop(old));
+            publish(built, snapshot);
             info!("reload complete: new policy in force");
+            Some(config)
         }
-        Ok(Err(error)) => error!("reload failed, previous policy stays in force: {error:#}"),
-        Err(error) => error!("reload failed, previous policy stays in force: {error}"),
+        Ok(Ok((config, Err(error)))) => {
+            error!("reload failed, previous policy stays in force: {error:#}");
+            Some(config)
+        }
+        Ok(Err(error)) => {
+            error!("reload failed, previous policy stays in force: {error:#}");
+            None
+        }
+        Err(error) => {
+            error!("reload failed, previous policy stays in force: {error}");
+            None
+        }
+    }
+}
+
+/// Publishes a built snapshot: one swap. Every policy change (SIGHUP, list
+/// sync) ends here.
+pub(crate) fn publish(built: shieldns_sync::Built, snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>) {
+    log_build(&built);
+    let old = snapshot.swap(Arc::new(built.snapshot));
+    // Free the old index here, not on a query worker that happens to drop
+    // the last guard.
+    tokio::task::spawn_blocking(move || drop(old));
+}
+
+/// The policy clock (schedules). `SHIELDNS_CLOCK=<RFC 3339 time>` starts it
+/// at that time instead of now; the end-to-end tests use it to stand the
+/// daemon just before a schedule edge instead of waiting for one.
+fn policy_clock() -> anyhow::Result<shieldns_resolver::Clock> {
+    match std::env::var("SHIELDNS_CLOCK") {
+        Ok(text) => {
+            let start: shieldns_index::Timestamp = text
+                .parse()
+                .with_context(|| format!("SHIELDNS_CLOCK={text}: not an RFC 3339 time"))?;
+            warn!(%start, "policy clock set by SHIELDNS_CLOCK");
+            Ok(shieldns_resolver::Clock::starting_at(start))
+        }
+        Err(_) => Ok(shieldns_resolver::Clock::default()),
     }
 }
 

@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod daemon;
 mod exporter;
+mod sync_wiring;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -48,6 +49,12 @@ enum Command {
         /// The client address (default 127.0.0.1).
         #[arg(long, default_value = "127.0.0.1")]
         client: IpAddr,
+        /// The query type (default A), for per-type policy.
+        #[arg(long, default_value = "A")]
+        qtype: String,
+        /// The time to evaluate schedules at (RFC 3339; default now).
+        #[arg(long)]
+        at: Option<shieldns_index::Timestamp>,
         /// Configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -75,6 +82,27 @@ enum ListsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Download every list that has a `url` now: verify it and store it in
+    /// the cache. Exits non-zero if a mandatory list failed. A running
+    /// daemon picks the new copies up on SIGHUP.
+    Update {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Lift the shrink guard for this list (repeatable).
+        #[arg(long, value_name = "NAME")]
+        force: Vec<String>,
+    },
+    /// Show each list's source and, for `url` lists, the cached version,
+    /// entries, and the last check, success and failure with its reason.
+    Status {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,12 +113,29 @@ fn main() -> ExitCode {
         Command::Explain {
             name,
             client,
+            qtype,
+            at,
             config,
             json,
-        } => commands::explain(&config::ConfigSource::from_arg(config), &name, client, json),
+        } => commands::explain(
+            &config::ConfigSource::from_arg(config),
+            &commands::ExplainQuery {
+                name,
+                client,
+                qtype,
+                at,
+                json,
+            },
+        ),
         Command::Lists {
             command: ListsCommand::Check { file, format, json },
         } => commands::lists_check(&file, format, json),
+        Command::Lists {
+            command: ListsCommand::Update { config, force },
+        } => sync_wiring::lists_update(&config::ConfigSource::from_arg(config), &force),
+        Command::Lists {
+            command: ListsCommand::Status { config, json },
+        } => sync_wiring::lists_status(&config::ConfigSource::from_arg(config), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -518,12 +518,12 @@ fn rpz_actions_local_data_and_answer_ip_rules() {
         "{out}"
     );
 
-    // An answer whose address is in a blocked prefix is blocked.
+    // An answer whose address is in a blocked prefix is blocked; the EDE names it.
     let out = daemon.dig(&["bad-ip.example.test", "A"]);
     assert_eq!(status(&out), "NXDOMAIN", "{out}");
     assert_eq!(
         ede(&out).as_deref(),
-        Some("; EDE: 15 (Blocked): (list=policy-zone)"),
+        Some("; EDE: 15 (Blocked): (list=policy-zone ip=198.51.100.66)"),
         "{out}"
     );
     // And still after it was cached.

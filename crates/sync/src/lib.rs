@@ -1,72 +1,41 @@
-//! shieldns-sync: turns configured lists into a published snapshot, off the
-//! hot path.
+//! shieldns-sync: keeps every configured list current and turns the lists
+//! into a snapshot, off the hot path.
 //!
-//! This crate reads list files (or lists compiled into the binary, `builtin:`
-//! paths), hands their bytes to the index crate, and returns a complete
-//! [`Snapshot`] or an error naming the list, file and reason. It never
-//! touches the `ArcSwap` itself: the caller stores the result, so a failed
-//! build can never replace the last good snapshot.
+//! Lists come from local files, from starter lists compiled into the binary
+//! (`builtin:` paths), or from publishers over HTTPS (`url`). A [`Syncer`]
+//! downloads `url` lists (conditional GET, gzip, timeouts, a size cap
+//! enforced while streaming, retries with backoff), verifies them (sha256
+//! pin, minisign signature, a parse, the shrink guard) and writes each
+//! verified version atomically to a last-known-good cache. Builds read `url`
+//! lists only from that cache, so the resolver starts with protection on
+//! even while a publisher is down.
 //!
-//! Key design decision: all-or-nothing. A snapshot is built from every list
-//! or not at all; one broken list keeps the previous snapshot in force.
+//! Key design decisions: all-or-nothing, and the caller publishes. A
+//! snapshot is built from every list or not at all, and a download replaces
+//! a list's cached copy only once it is fully verified: a failure at any
+//! step keeps the previous version in force. This crate never touches the
+//! `ArcSwap`; the binary stores the snapshot it returns, so a failed build
+//! or a failed sync can never replace the last good policy.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use serde::Deserialize;
-use shieldns_index::{IndexError, ListAction, ListFormat, ListPolicy, ProfileConfig, Snapshot, SnapshotBuilder};
+use shieldns_index::{IndexError, ProfileConfig, Snapshot, SnapshotBuilder};
 
 mod builtin;
+pub mod cache;
+mod config;
+mod fetch;
+mod syncer;
 
 pub use builtin::BUILTIN_PREFIX;
-
-/// One `[[list]]` table.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListConfig {
-    /// Unique name, shown in EDE text, metrics and `explain`.
-    pub name: String,
-    /// Category profiles block by name; none means every profile.
-    #[serde(default)]
-    pub category: Option<String>,
-    /// File format.
-    pub format: ListFormat,
-    /// Local file, relative to the configuration file's directory, or
-    /// `builtin:NAME` for a starter list compiled into the binary.
-    pub path: PathBuf,
-    /// `block` (default) or `allow`.
-    #[serde(default)]
-    pub action: ListAction,
-    /// Enforced for every client, over every allowlist.
-    #[serde(default)]
-    pub mandatory: bool,
-}
-
-impl ListConfig {
-    /// The index crate's view of this list.
-    pub fn policy(&self) -> ListPolicy {
-        ListPolicy {
-            name: self.name.clone(),
-            category: self.category.clone(),
-            format: self.format,
-            action: self.action,
-            mandatory: self.mandatory,
-        }
-    }
-
-    /// The file this list is read from, resolved against `base_dir`
-    /// (`None` for built-in lists).
-    pub fn resolved_path(&self, base_dir: &Path) -> Option<PathBuf> {
-        if self.path.to_string_lossy().starts_with(BUILTIN_PREFIX) {
-            None
-        } else if self.path.is_absolute() {
-            Some(self.path.clone())
-        } else {
-            Some(base_dir.join(&self.path))
-        }
-    }
-}
+pub use cache::{CachedVersion, Failure, ListState};
+pub use config::{
+    DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES, DEFAULT_MAX_SHRINK, DEFAULT_REFRESH, ListConfig, ListSource, RemoteList,
+    SyncConfig,
+};
+pub use syncer::{ListOutcome, NoProgress, Outcome, PassReport, Progress, Syncer};
 
 /// Errors building a snapshot, each naming the list and file.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +60,130 @@ pub enum SyncError {
         name: String,
         /// What exists.
         available: String,
+    },
+    /// A `url` list has no verified copy in the cache yet.
+    #[error("list `{list}`: no verified copy in {} yet (run `shieldns lists update`, or check `shieldns lists status` for the last failure)", cache_dir.display())]
+    NotCached {
+        /// The list.
+        list: String,
+        /// The cache directory.
+        cache_dir: PathBuf,
+    },
+    /// The cache directory or a file in it could not be read or written.
+    #[error("list `{list}`: cache file {}: {source}", path.display())]
+    Cache {
+        /// The list.
+        list: String,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `sync.ca_file` could not be used.
+    #[error("sync.ca_file {}: {reason}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The publisher answered with a status other than 200 (or 304).
+    #[error("list `{list}`: HTTP {status} {reason} from {url}")]
+    Http {
+        /// The list.
+        list: String,
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
+    /// The connection or the transfer failed (DNS, TCP, TLS, a truncated
+    /// body, bad gzip).
+    #[error("list `{list}`: download from {url} failed: {reason}")]
+    Transport {
+        /// The list.
+        list: String,
+        /// The URL.
+        url: String,
+        /// The error and its causes.
+        reason: String,
+    },
+    /// The download took longer than `sync.timeout` (or the connection than
+    /// `sync.connect_timeout`).
+    #[error("list `{list}`: download from {url} timed out (sync.timeout {})", humantime::format_duration(*after))]
+    Timeout {
+        /// The list.
+        list: String,
+        /// The URL.
+        url: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The body is larger than the list's `max_bytes`.
+    #[error("list `{list}`: {url} is larger than max_bytes ({max_bytes} bytes); download stopped")]
+    TooLarge {
+        /// The list.
+        list: String,
+        /// The URL.
+        url: String,
+        /// The cap.
+        max_bytes: u64,
+    },
+    /// The body does not match the list's `sha256` pin.
+    #[error("list `{list}`: sha256 mismatch: expected {expected}, got {actual}")]
+    Sha256Mismatch {
+        /// The list.
+        list: String,
+        /// The pin.
+        expected: String,
+        /// The body's digest.
+        actual: String,
+    },
+    /// The minisign signature is missing, unreadable or does not verify.
+    #[error("list `{list}`: minisign signature {url}: {reason}")]
+    Signature {
+        /// The list.
+        list: String,
+        /// The signature's URL.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Verification could not run.
+    #[error("list `{list}`: {reason}")]
+    Verify {
+        /// The list.
+        list: String,
+        /// Why.
+        reason: String,
+    },
+    /// A download contains no valid rule (garbage, an error page, empty).
+    #[error("list `{list}`: the download has no valid {format} entries ({rejected} lines rejected{})", first.as_ref().map(|f| format!("; first: {f}")).unwrap_or_default())]
+    NoEntries {
+        /// The list.
+        list: String,
+        /// The list's format.
+        format: String,
+        /// Lines rejected.
+        rejected: u64,
+        /// The first rejected line and why.
+        first: Option<String>,
+    },
+    /// The shrink guard refused an update.
+    #[error(
+        "list `{list}`: update refused: it would shrink the list from {previous} to {new} entries, more than max_shrink ({max_shrink} %); apply it with `shieldns lists update --force {list}`"
+    )]
+    Shrink {
+        /// The list.
+        list: String,
+        /// Entries in force.
+        previous: u64,
+        /// Entries in the download.
+        new: u64,
+        /// The limit, percent.
+        max_shrink: u8,
     },
     /// The index refused a list or profile.
     #[error("{}{source}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
@@ -180,28 +273,77 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
     })
 }
 
-/// Reads one list's bytes: the file, or the built-in copy.
+/// Reads one list's bytes: the file, the built-in copy, or the verified
+/// cached copy of a `url` list (verified again on every read).
 pub fn read_list(list: &ListConfig, base_dir: &Path) -> Result<(Vec<u8>, String, Option<PathBuf>), SyncError> {
-    match list.resolved_path(base_dir) {
-        Some(path) => match std::fs::read(&path) {
-            Ok(bytes) => Ok((bytes, path.display().to_string(), Some(path))),
-            Err(source) => Err(SyncError::Read {
-                list: list.name.clone(),
-                path,
-                source,
-            }),
-        },
-        None => {
-            let text = list.path.to_string_lossy();
-            let name = text.trim_start_matches(BUILTIN_PREFIX);
-            match builtin::get(name) {
-                Some(bytes) => Ok((bytes.to_vec(), text.into_owned(), None)),
-                None => Err(SyncError::UnknownBuiltin {
+    match &list.source {
+        ListSource::File(_) => {
+            let path = list.resolved_path(base_dir).unwrap_or_default();
+            match std::fs::read(&path) {
+                Ok(bytes) => Ok((bytes, path.display().to_string(), Some(path))),
+                Err(source) => Err(SyncError::Read {
                     list: list.name.clone(),
-                    name: name.to_owned(),
-                    available: builtin::names().join(", "),
+                    path,
+                    source,
                 }),
             }
         }
+        ListSource::Builtin(name) => match builtin::get(name) {
+            Some(bytes) => Ok((bytes.to_vec(), format!("{BUILTIN_PREFIX}{name}"), None)),
+            None => Err(SyncError::UnknownBuiltin {
+                list: list.name.clone(),
+                name: name.clone(),
+                available: builtin::names().join(", "),
+            }),
+        },
+        ListSource::Remote(remote) => read_cached(list, remote),
     }
+}
+
+/// Reads a `url` list's cached copy and checks it again: its digest against
+/// the state file, the `sha256` pin and the minisign signature.
+fn read_cached(list: &ListConfig, remote: &RemoteList) -> Result<(Vec<u8>, String, Option<PathBuf>), SyncError> {
+    let not_cached = |dir: &Path| SyncError::NotCached {
+        list: list.name.clone(),
+        cache_dir: dir.to_path_buf(),
+    };
+    let Some(dir) = remote.cache_dir.as_deref() else {
+        return Err(not_cached(Path::new(DEFAULT_CACHE_DIR)));
+    };
+    let current = cache::load_state(dir, &list.name)?
+        .and_then(|state| state.current)
+        .ok_or_else(|| not_cached(dir))?;
+    let path = dir.join(&current.file);
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| SyncError::Cache {
+            list: list.name.clone(),
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let bytes = read(&path)?;
+    let signature = match &current.signature_file {
+        Some(file) => Some(read(&dir.join(file))?),
+        None => None,
+    };
+    let digest = syncer::verify(list, remote, &bytes, signature.as_deref())?;
+    if hex::encode(digest) != current.sha256 {
+        return Err(SyncError::Cache {
+            list: list.name.clone(),
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "sha256 is {}, the state file says {}",
+                    hex::encode(digest),
+                    current.sha256
+                ),
+            ),
+        });
+    }
+    Ok((
+        bytes,
+        format!("{} (cached, serial {})", remote.url, current.serial),
+        Some(path),
+    ))
 }

@@ -23,6 +23,7 @@ pub fn parse(format: ListFormat, text: &[u8], sink: &mut dyn RuleSink) {
         ListFormat::Dnsmasq => dnsmasq::parse(text, sink),
         ListFormat::Rpz => rpz::parse(text, sink),
         ListFormat::Sha256 => plain::parse_sha256(text, sink),
+        ListFormat::Ip => plain::parse_ip(text, sink),
     }
 }
 

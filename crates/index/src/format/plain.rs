@@ -69,6 +69,45 @@ pub(super) fn parse_sha256(text: &[u8], sink: &mut dyn RuleSink) {
     });
 }
 
+/// `ip`: one IPv4/IPv6 address or CIDR prefix a line, `#` comments. The
+/// rules block answers that contain a listed address (like RPZ `rpz-ip`).
+pub(super) fn parse_ip(text: &[u8], sink: &mut dyn RuleSink) {
+    for_each_line(text, sink, |line, raw, sink| {
+        let token = strip_hash_comment(raw);
+        if token.is_empty() {
+            return;
+        }
+        let network = match token.parse::<ipnet::IpNet>() {
+            Ok(network) if network.trunc() == network => network,
+            Ok(_) => {
+                sink.reject(
+                    line,
+                    raw,
+                    LineRejection::Syntax("address bits set past the prefix length"),
+                );
+                return;
+            }
+            Err(_) => match token.parse::<std::net::IpAddr>() {
+                Ok(address) => ipnet::IpNet::from(address),
+                Err(_) => {
+                    sink.reject(
+                        line,
+                        raw,
+                        LineRejection::Syntax("expected an IP address or CIDR prefix"),
+                    );
+                    return;
+                }
+            },
+        };
+        sink.rule(Rule {
+            line,
+            target: RuleTarget::AnswerIp(network),
+            action: RuleAction::Block,
+            local_data: Vec::new(),
+        });
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use crate::format::{CollectingSink, OwnedTarget, parse};
@@ -103,6 +142,26 @@ mod tests {
         let (names, rejected) = names(ListFormat::Wildcard, "*.a.com\nb.com\n*.1.0.209.238\na.*.com\n");
         assert_eq!(names, ["a.com", "b.com"]);
         assert_eq!(rejected, 2);
+    }
+
+    #[test]
+    fn ip_lines() {
+        let mut sink = CollectingSink::default();
+        parse(
+            ListFormat::Ip,
+            b"# c\n192.0.2.1\n198.51.100.0/24 # net\n2001:db8::/32\n10.0.0.1/8\nnope\n",
+            &mut sink,
+        );
+        let nets: Vec<String> = sink
+            .rules
+            .iter()
+            .map(|(_, _, t)| match t {
+                OwnedTarget::AnswerIp(net) => net.to_string(),
+                other => panic!("unexpected target {other:?}"),
+            })
+            .collect();
+        assert_eq!(nets, ["192.0.2.1/32", "198.51.100.0/24", "2001:db8::/32"]);
+        assert_eq!(sink.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), [5, 6]);
     }
 
     #[test]

@@ -56,6 +56,16 @@ impl Daemon {
     }
 
     pub(crate) fn start_in(dir: tempfile::TempDir, config: &str, files: &[(&str, &str)]) -> Self {
+        Self::start_with_env(dir, config, files, &[])
+    }
+
+    /// Like [`Daemon::start_in`], with extra environment variables.
+    pub(crate) fn start_with_env(
+        dir: tempfile::TempDir,
+        config: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port("127.0.0.1");
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).expect("write fixture");
@@ -73,6 +83,7 @@ impl Daemon {
                 "RUST_LOG",
                 "info,hickory_server=warn,hickory_resolver=warn,hickory_proto=warn,hickory_net=warn",
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

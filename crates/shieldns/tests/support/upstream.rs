@@ -46,6 +46,22 @@ fn zone(ttl: u32) -> Zone {
         add(name, RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)));
     }
     add("bad-ip.example.test.", RData::A(A::new(198, 51, 100, 66)));
+    // Policy fixtures: a cloaked tracker, rebinding, an IPv4-only name,
+    // scheduled and safe-search names (targets as the engines document).
+    add(
+        "cloaked.example.test.",
+        RData::CNAME(hickory_proto::rr::rdata::CNAME(
+            Name::from_ascii("tracker.adnet.test.").expect("name"),
+        )),
+    );
+    add("tracker.adnet.test.", RData::A(A::new(192, 0, 2, 77)));
+    add("rebind.example.test.", RData::A(A::new(10, 0, 0, 1)));
+    add("nas.home.arpa.", RData::A(A::new(192, 168, 1, 10)));
+    add("v4only.example.test.", RData::A(A::new(192, 0, 2, 33)));
+    add("games.example.test.", RData::A(A::new(192, 0, 2, 90)));
+    add("forcesafesearch.google.com.", RData::A(A::new(216, 239, 38, 120)));
+    add("restrictmoderate.youtube.com.", RData::A(A::new(216, 239, 38, 119)));
+    add("strict.bing.com.", RData::A(A::new(204, 79, 197, 220)));
     let chunk = "x".repeat(200);
     for i in 0..12 {
         add(
@@ -144,11 +160,24 @@ fn answer(zone: &Zone, query: &[u8], udp_limit: Option<usize>) -> Option<Vec<u8>
     response.metadata.recursion_available = true;
     response.add_query(question.clone());
     let key = (question.name().to_ascii().to_ascii_lowercase(), question.query_type());
-    match zone.get(&key) {
-        Some(records) => {
+    // Like a recursive upstream, follow one CNAME to the target's records.
+    let via_cname = zone
+        .get(&(key.0.clone(), RecordType::CNAME))
+        .filter(|_| key.1 != RecordType::CNAME);
+    match (zone.get(&key), via_cname) {
+        (Some(records), _) => {
             response.add_answers(records.iter().cloned());
         }
-        None => {
+        (None, Some(cnames)) => {
+            response.add_answers(cnames.iter().cloned());
+            for cname in cnames {
+                if let RData::CNAME(target) = &cname.data {
+                    let target_key = (target.0.to_ascii().to_ascii_lowercase(), key.1);
+                    response.add_answers(zone.get(&target_key).into_iter().flatten().cloned());
+                }
+            }
+        }
+        (None, None) => {
             let exists = zone.keys().any(|(name, _)| *name == key.0);
             response.metadata.response_code = if exists {
                 ResponseCode::NoError
