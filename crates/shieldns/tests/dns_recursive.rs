@@ -113,3 +113,45 @@ fn validates_dnssec() {
     let out = daemon.dig(&["www.example.test", "A"]);
     assert_eq!(status(&out), "NOERROR", "{out}");
 }
+
+#[test]
+fn policy_checks_apply_to_recursive_answers() {
+    if !require(&[("dig", "bind9-dnsutils")]) {
+        return;
+    }
+    let Some(hierarchy) = Hierarchy::start(33) else { return };
+    let config = CONFIG
+        .replace("@HINTS@", &hierarchy.root_hints_file().display().to_string())
+        .replace("@ANCHOR@", "")
+        .replace("dnssec = true", "dnssec = false")
+        .replace(
+            "block = [\"adult\"]",
+            "block = [\"adult\"]\nrebinding_protection = true\ndns64 = true",
+        );
+    let daemon = Daemon::start(&config, &[("adult.txt", "blocked.example.test\n")]);
+
+    // CNAME cloaking: the alias is not listed, its target is.
+    let out = daemon.dig(&["cname-to-blocked.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}\n{}", daemon.log_text());
+    assert!(
+        ede(&out).is_some_and(|e| e.contains("cname=blocked.example.test")),
+        "{out}"
+    );
+    // A public name answering with a private address.
+    let out = daemon.dig(&["rebind.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert!(ede(&out).is_some_and(|e| e.contains("rebinding")), "{out}");
+    // DNS64 for an IPv4-only name, through the cross-zone CNAME.
+    let out = daemon.dig(&["alias.example.test", "AAAA"]);
+    assert_eq!(
+        answers(&out),
+        [
+            "alias.example.test. 3600 IN CNAME www.other.test.",
+            "www.other.test. 3600 IN AAAA 64:ff9b::c000:214"
+        ],
+        "{out}"
+    );
+    // Real AAAA records are kept.
+    let out = daemon.dig(&["www.example.test", "AAAA"]);
+    assert_eq!(answers(&out), ["www.example.test. 3600 IN AAAA 2001:db8::10"], "{out}");
+}

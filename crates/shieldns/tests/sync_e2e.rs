@@ -9,9 +9,9 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
-mod support;
 #[path = "../../sync/tests/support/publisher.rs"]
 mod publisher;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -132,7 +132,11 @@ fn sync_pass(daemon: &Daemon) -> String {
     while Instant::now() < deadline {
         let log = daemon.log_text();
         if log.matches(pattern).count() > before {
-            return log.lines().rfind(|l| l.contains(pattern)).unwrap_or_default().to_owned();
+            return log
+                .lines()
+                .rfind(|l| l.contains(pattern))
+                .unwrap_or_default()
+                .to_owned();
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -218,20 +222,43 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
 
     // Each fault: the pass fails, the verdicts stay, the status says why.
     let faults: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
-        ("404", Box::new(|| feed.publisher.mode("national.txt", Mode::Status(404))), "HTTP 404"),
-        ("500", Box::new(|| feed.publisher.mode("national.txt", Mode::Status(500))), "HTTP 500"),
-        ("timeout", Box::new(|| feed.publisher.mode("national.txt", Mode::Hang)), "timed out"),
+        (
+            "404",
+            Box::new(|| feed.publisher.mode("national.txt", Mode::Status(404))),
+            "HTTP 404",
+        ),
+        (
+            "500",
+            Box::new(|| feed.publisher.mode("national.txt", Mode::Status(500))),
+            "HTTP 500",
+        ),
+        (
+            "timeout",
+            Box::new(|| feed.publisher.mode("national.txt", Mode::Hang)),
+            "timed out",
+        ),
         (
             "slow drip",
             Box::new(|| {
-                feed.publisher.mode("national.txt", Mode::SlowDrip {
-                    every: Duration::from_millis(50),
-                });
+                feed.publisher.mode(
+                    "national.txt",
+                    Mode::SlowDrip {
+                        every: Duration::from_millis(50),
+                    },
+                );
             }),
             "timed out",
         ),
-        ("truncated", Box::new(|| feed.publisher.mode("national.txt", Mode::Truncate)), "failed"),
-        ("over the cap", Box::new(|| feed.publisher.mode("national.txt", Mode::Endless)), "larger than max_bytes"),
+        (
+            "truncated",
+            Box::new(|| feed.publisher.mode("national.txt", Mode::Truncate)),
+            "failed",
+        ),
+        (
+            "over the cap",
+            Box::new(|| feed.publisher.mode("national.txt", Mode::Endless)),
+            "larger than max_bytes",
+        ),
         (
             "garbage",
             Box::new(|| feed.publish("<html><body>\u{1}maintenance</body></html>\n")),
@@ -254,7 +281,10 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
     for (fault, inject, reason) in &faults {
         inject();
         let line = sync_pass(&daemon);
-        assert!(line.contains("failed=1") && line.contains("policy unchanged"), "{fault}: {line}");
+        assert!(
+            line.contains("failed=1") && line.contains("policy unchanged"),
+            "{fault}: {line}"
+        );
         assert_version_2(&daemon);
         let national_status = list_status(&daemon, "national");
         let failure = national_status["last_failure"]["reason"].as_str().unwrap_or_default();
@@ -271,7 +301,10 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
     assert_version_2(&daemon);
     let pinned = list_status(&daemon, "pinned");
     assert!(
-        pinned["last_failure"]["reason"].as_str().unwrap().contains("sha256 mismatch"),
+        pinned["last_failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("sha256 mismatch"),
         "{pinned}"
     );
     // The national list came back to version 2's bytes: a success again.
@@ -286,10 +319,17 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
     let output = shieldns(&["lists", "update"], &config);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "a mandatory list failed: {stdout}");
-    assert!(stdout.contains("national: FAILED") && stdout.contains("--force national"), "{stdout}");
+    assert!(
+        stdout.contains("national: FAILED") && stdout.contains("--force national"),
+        "{stdout}"
+    );
     let output = shieldns(&["lists", "update", "--force", "national"], &config);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("national: updated: 41 entries (was 102)"), "{stdout}");
     let line = sync_pass(&daemon);
     assert!(line.contains("failed=1"), "the pin still fails: {line}");
@@ -298,8 +338,14 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
 
     let text = shieldns(&["lists", "status"], &config);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("national  (url, mandatory)") && text.contains("serial 3"), "{text}");
-    assert!(text.contains("last failure:") && text.contains("sha256 mismatch"), "{text}");
+    assert!(
+        text.contains("national  (url, mandatory)") && text.contains("serial 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("last failure:") && text.contains("sha256 mismatch"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -333,7 +379,10 @@ fn a_restart_with_the_publisher_down_enforces_the_cached_lists() {
     assert_blocked(&daemon, "blocked.example.test", "national");
     let national_status = list_status(&daemon, "national");
     let reason = national_status["last_failure"]["reason"].as_str().unwrap();
-    assert!(reason.contains("download from") && reason.contains("failed"), "{reason}");
+    assert!(
+        reason.contains("download from") && reason.contains("failed"),
+        "{reason}"
+    );
     assert_eq!(national_status["serial"], 1);
     drop(daemon);
 
@@ -346,7 +395,10 @@ fn a_restart_with_the_publisher_down_enforces_the_cached_lists() {
     std::fs::write(
         &path,
         config
-            .replace(&cache.path().display().to_string(), &empty_cache.path().display().to_string())
+            .replace(
+                &cache.path().display().to_string(),
+                &empty_cache.path().display().to_string(),
+            )
             .replace("@PORT@", &port.to_string()),
     )
     .unwrap();
@@ -371,7 +423,11 @@ fn lists_refresh_on_their_own_schedule() {
         if status(&out) == "NXDOMAIN" {
             break;
         }
-        assert!(Instant::now() < deadline, "the 1s refresh never applied the update:\n{}", daemon.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "the 1s refresh never applied the update:\n{}",
+            daemon.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_blocked(&daemon, "reload.example.test", "national");
