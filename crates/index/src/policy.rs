@@ -153,6 +153,13 @@ fn default_block_ttl() -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ProfileId(pub(crate) u16);
 
+impl ProfileId {
+    /// The profile's position in [`crate::Snapshot::profiles`].
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
 /// Identifies a list inside one snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListId(pub u16);

@@ -245,9 +245,19 @@ pub struct Snapshot {
     access_v4: PrefixMap<Ipv4Net, ()>,
     access_v6: PrefixMap<Ipv6Net, ()>,
     warnings: Vec<String>,
+    generation: u64,
 }
 
+/// Numbers snapshots in build order, process-wide.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl Snapshot {
+    /// This snapshot's number, unique in the process: caches keyed by it can
+    /// tell answers checked under an older policy from current ones.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether a client may query at all (`server.allow`). The access list
     /// lives in the snapshot so that a reload changes it atomically with
     /// everything else.
@@ -733,6 +743,7 @@ impl SnapshotBuilder {
             access_v4,
             access_v6,
             warnings,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 }

@@ -7,9 +7,9 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
@@ -19,8 +19,8 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use shieldns_index::{BypassDefence, Dns64, ProfileId, Snapshot, Timestamp, Verdict, bypass_defence};
-use shieldns_metrics::{Metrics, PolicyAction};
+use shieldns_index::{BypassDefence, Dns64, Hit, ProfileId, Snapshot, Timestamp, Verdict, bypass_defence};
+use shieldns_metrics::{LoggedBlock, Metrics, PolicyAction, QueryEvent};
 use tracing::{debug, warn};
 
 use crate::answer::{
@@ -60,6 +60,25 @@ struct QueryContext<'a> {
     qname: &'a Name,
     name: NameBuf,
     now: Timestamp,
+    observed: &'a Observed,
+}
+
+/// What the metrics and the query log need to know about a query once it
+/// is answered. Set-once cells, because the policy checks only borrow the
+/// query context.
+#[derive(Default)]
+struct Observed {
+    /// The query's snapshot and profile, once the client passed the ACL.
+    query: OnceLock<(Arc<Snapshot>, ProfileId)>,
+    /// Why the answer was a block, if it was (the first block wins; a
+    /// query is answered once).
+    blocked: OnceLock<Blocked>,
+}
+
+#[derive(Clone, Copy)]
+enum Blocked {
+    List { list: shieldns_index::ListId, ede: u16 },
+    Policy(PolicyAction),
 }
 
 /// Counts a query as in flight until dropped.
@@ -142,7 +161,7 @@ impl ShieldHandler {
             Verdict::Block(hit) => {
                 let list = snapshot.list(hit.list).map_or("?", |l| l.policy.name.as_str());
                 debug!(client = %query.client, name, list, line = hit.line, "blocked");
-                self.inner.metrics.blocked(snapshot.ede_code(&hit));
+                self.count_list_block(query, &hit);
                 return Decision::Block(answer::block_answer(snapshot, profile, &hit, qname, qtype, None));
             }
             Verdict::Allow(_) | Verdict::Pass => {}
@@ -151,6 +170,7 @@ impl ShieldHandler {
             && let Some(defence) = bypass_defence(name)
         {
             self.inner.metrics.policy(PolicyAction::Bypass);
+            let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::Bypass));
             let ttl = profile.block_ttl;
             return Decision::Block(match defence {
                 BypassDefence::Nxdomain(what) => answer::nxdomain(
@@ -167,6 +187,7 @@ impl ShieldHandler {
         }
         if profile.blocked_qtypes.contains(&u16::from(qtype)) {
             self.inner.metrics.policy(PolicyAction::QueryType);
+            let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::QueryType));
             let text = format!("policy=block-qtypes type={qtype}");
             return Decision::Block(answer::nodata(qname, profile.block_ttl, (EDE_FILTERED, text)));
         }
@@ -193,7 +214,7 @@ impl ShieldHandler {
                     }
                     if let Verdict::Block(hit) = snapshot.decide_at(name.as_str(), query.profile, query.now) {
                         debug!(client = %query.client, %qname, cname = name.as_str(), "CNAME target blocked");
-                        self.inner.metrics.blocked(snapshot.ede_code(&hit));
+                        self.count_list_block(query, &hit);
                         self.inner.metrics.policy(PolicyAction::CnameInspection);
                         let extra = format!("cname={}", name.as_str());
                         return Some(answer::block_answer(
@@ -213,7 +234,7 @@ impl ShieldHandler {
             };
             if let Verdict::Block(hit) = snapshot.decide_answer_ip(address, query.profile) {
                 debug!(client = %query.client, %qname, %address, line = hit.line, "answer address blocked");
-                self.inner.metrics.blocked(snapshot.ede_code(&hit));
+                self.count_list_block(query, &hit);
                 self.inner.metrics.policy(PolicyAction::AnswerIp);
                 let extra = format!("ip={address}");
                 return Some(answer::block_answer(
@@ -230,6 +251,7 @@ impl ShieldHandler {
             {
                 debug!(client = %query.client, %qname, %address, "rebinding answer blocked");
                 self.inner.metrics.policy(PolicyAction::Rebinding);
+                let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::Rebinding));
                 let ede = (EDE_BLOCKED, format!("policy=rebinding-protection ip={address}"));
                 return Some(answer::policy_block(profile, qname, qtype, ede));
             }
@@ -318,7 +340,10 @@ impl ShieldHandler {
             return (aged(entry, remaining, false), None);
         }
         self.inner.metrics.cache_miss();
-        match self.inner.upstream.resolve(qname, qtype, key.dnssec_ok).await {
+        let asked = Instant::now();
+        let resolved = self.inner.upstream.resolve(qname, qtype, key.dnssec_ok).await;
+        self.inner.metrics.upstream(asked.elapsed());
+        match resolved {
             Ok(answer) => {
                 self.inner.cache.insert(
                     key,
@@ -430,10 +455,30 @@ fn ede_option(info_code: u16, extra_text: &str) -> EdnsOption {
 
 #[async_trait::async_trait]
 impl RequestHandler for ShieldHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
+        let started = Instant::now();
+        let observed = Observed::default();
+        let info = self.answer(request, response_handle, &observed).await;
+        let datagram = request.protocol().is_datagram();
+        let rcode = u16::from(info.response_code);
+        let query = observed.query.get().map(|(snapshot, profile)| (&**snapshot, *profile));
+        self.inner.metrics.query(query, datagram, rcode, started.elapsed());
+        let blocked = observed.blocked.get().copied();
+        if self.inner.metrics.logs(blocked.is_some()) {
+            self.log(request, &observed, blocked, rcode, started);
+        }
+        info
+    }
+}
+
+impl ShieldHandler {
+    /// Answers one request (the body of `handle_request`, which counts and
+    /// logs what this records in `observed`).
+    async fn answer<R: ResponseHandler>(
         &self,
         request: &Request,
         mut response_handle: R,
+        observed: &Observed,
     ) -> ResponseInfo {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&self.inner.in_flight);
@@ -490,13 +535,16 @@ impl RequestHandler for ShieldHandler {
         // A name that does not fit in 255 bytes cannot have come off the
         // wire; it stays empty and matches no list.
         let _ = write!(name, "{qname}");
+        let profile = snapshot.profile_for(client);
+        let _ = observed.query.set((snapshot.clone(), profile));
         let query = QueryContext {
-            profile: snapshot.profile_for(client),
+            profile,
             snapshot,
             client,
             qname: &qname,
             name,
             now: self.inner.clock.now(),
+            observed,
         };
         match self.decide(&query, qtype) {
             Decision::Block(block) => {
@@ -554,6 +602,60 @@ impl RequestHandler for ShieldHandler {
 }
 
 impl ShieldHandler {
+    /// Counts a list block under the query's profile and list, and marks
+    /// the query blocked for the log.
+    fn count_list_block(&self, query: &QueryContext<'_>, hit: &Hit) {
+        let ede = query.snapshot.ede_code(hit);
+        self.inner
+            .metrics
+            .list_blocked(&query.snapshot, query.profile, hit.list, ede);
+        let _ = query.observed.blocked.set(Blocked::List { list: hit.list, ede });
+    }
+
+    /// Queues a query-log event. Only reached when the log is on; the
+    /// event's strings are built here, never when it is off.
+    fn log(&self, request: &Request, observed: &Observed, blocked: Option<Blocked>, rcode: u16, started: Instant) {
+        let response_time = SystemTime::now();
+        let (name, qtype) = match request.request_info() {
+            Ok(info) => {
+                let mut name = NameBuf::default();
+                let _ = write!(name, "{}", info.query.name());
+                (name.as_str().to_owned(), u16::from(info.query.query_type()))
+            }
+            Err(_) => (String::new(), 0),
+        };
+        let (profile, blocked) = match observed.query.get() {
+            Some((snapshot, profile)) => {
+                let blocked = blocked.map(|b| match b {
+                    Blocked::List { list, ede } => {
+                        let policy = snapshot.list(list).map(|l| &l.policy);
+                        LoggedBlock::List {
+                            list: Arc::from(policy.map_or("?", |p| p.name.as_str())),
+                            category: policy.and_then(|p| p.category.as_deref()).map(Arc::from),
+                            ede,
+                        }
+                    }
+                    Blocked::Policy(action) => LoggedBlock::Policy(action.label()),
+                });
+                (Arc::from(Metrics::profile_name(snapshot, *profile)), blocked)
+            }
+            None => (Arc::from(shieldns_metrics::NO_PROFILE), None),
+        };
+        self.inner.metrics.log(QueryEvent {
+            time: response_time.checked_sub(started.elapsed()).unwrap_or(response_time),
+            response_time,
+            client: request.src(),
+            server: None,
+            datagram: request.protocol().is_datagram(),
+            name,
+            qtype,
+            id: request.metadata.id,
+            rcode,
+            profile,
+            blocked,
+        });
+    }
+
     async fn send_block<R: ResponseHandler>(
         &self,
         block: BlockAnswer,

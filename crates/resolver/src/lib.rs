@@ -16,6 +16,7 @@ mod answer;
 mod cache;
 pub mod config;
 mod error;
+mod fastpath;
 mod handler;
 mod server;
 mod upstream;

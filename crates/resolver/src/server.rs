@@ -10,11 +10,14 @@ use hickory_server::Server;
 use shieldns_index::Snapshot;
 use shieldns_metrics::Metrics;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cache::AnswerCache;
 use crate::config::{CacheConfig, ServerConfig, UpstreamConfig};
 use crate::error::ResolverError;
+use crate::fastpath::{self, FastPath, PacketCache};
 use crate::handler::{Clock, ShieldHandler};
 use crate::upstream::Upstream;
 
@@ -23,6 +26,8 @@ pub struct RunningResolver {
     server: Server<ShieldHandler>,
     handler: ShieldHandler,
     grace: Duration,
+    udp_shutdown: CancellationToken,
+    udp_tasks: JoinSet<()>,
 }
 
 impl std::fmt::Debug for RunningResolver {
@@ -50,6 +55,13 @@ pub async fn start(
         });
     }
     let upstream = Upstream::new(upstream)?;
+    let fast = Arc::new(FastPath {
+        snapshot: snapshot.clone(),
+        packets: PacketCache::new(cache.max_entries),
+        clock,
+        udp_payload: server.udp_payload,
+        metrics: metrics.clone(),
+    });
     let handler = ShieldHandler::new(
         snapshot,
         upstream,
@@ -58,10 +70,20 @@ pub async fn start(
         metrics,
         clock,
     );
+    // UDP is served by our own loops (the fast path, falling back to the
+    // handler); TCP by hickory's listener, which calls the same handler.
     let mut hickory = Server::new(handler.clone());
+    let udp_shutdown = CancellationToken::new();
+    let mut udp_tasks = JoinSet::new();
     for &address in &server.listen {
         for _ in 0..server.udp_sockets.max(1) {
-            hickory.register_socket(bind_udp(address, server.udp_sockets > 1)?);
+            let socket = bind_udp(address, server.udp_sockets > 1)?;
+            udp_tasks.spawn(fastpath::serve(
+                socket,
+                fast.clone(),
+                handler.clone(),
+                udp_shutdown.clone(),
+            ));
         }
         let tcp = bind_tcp(address)?;
         hickory.register_listener(tcp, Duration::from_secs(server.tcp_idle_timeout.max(1)), 64);
@@ -71,6 +93,8 @@ pub async fn start(
         server: hickory,
         handler,
         grace: Duration::from_secs(server.shutdown_grace),
+        udp_shutdown,
+        udp_tasks,
     })
 }
 
@@ -78,6 +102,9 @@ impl RunningResolver {
     /// Stops serving: waits up to the grace period for in-flight queries to
     /// finish, then closes every listener.
     pub async fn shutdown(mut self) -> Result<(), ResolverError> {
+        // Stop reading UDP first, so the in-flight count can only fall.
+        self.udp_shutdown.cancel();
+        while self.udp_tasks.join_next().await.is_some() {}
         let deadline = tokio::time::Instant::now() + self.grace;
         while self.handler.in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -32,6 +32,10 @@ pub(crate) struct Config {
     pub(crate) metrics: MetricsConfig,
     #[serde(default)]
     pub(crate) sync: SyncConfig,
+    #[serde(default)]
+    pub(crate) storage: crate::store::StorageConfig,
+    #[serde(default)]
+    pub(crate) query_log: crate::querylog::QueryLogConfig,
 }
 
 /// `[metrics]`.

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use shieldns_metrics::Metrics;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
@@ -48,9 +47,14 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
             .context("policy build panicked")??
     };
     log_build(&built);
+    // Metrics, the compliance store and the list status poller; the first
+    // snapshot's metric handles are resolved before anything can load it.
+    let telemetry = crate::telemetry::init(&config, &source)?;
+    let metrics = telemetry.metrics.clone();
+    let first = Arc::new(built.snapshot);
+    crate::telemetry::before_publish(&first);
     // The one ArcSwap: the resolver loads from it, reloads store into it.
-    let snapshot = Arc::new(ArcSwap::from_pointee(built.snapshot));
-    let metrics = Arc::new(Metrics::new()?);
+    let snapshot = Arc::new(ArcSwap::new(first));
     let mut resolver = shieldns_resolver::start(
         &config.server,
         &config.upstream,
@@ -63,6 +67,8 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     if let Some(address) = config.metrics.listen {
         crate::exporter::spawn(address, metrics.clone()).await?;
     }
+    crate::querylog::start(&config.query_log, &source.base_dir(), &metrics)?;
+    telemetry.spawn_poller();
     info!(config = %source.describe(), "shieldns ready");
     let (sync, mut rebuilds) = crate::sync_wiring::spawn(syncer, &config, &source);
     // The latest configuration read: sync rebuilds use its lists.
@@ -93,6 +99,10 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     }
     info!("stopping: finishing in-flight queries");
     resolver.shutdown().await?;
+    // Final rollup flush and the stop time (availability in reports).
+    if tokio::task::spawn_blocking(move || telemetry.stop()).await.is_err() {
+        error!("the compliance store did not record the stop");
+    }
     info!("stopped");
     Ok(())
 }
@@ -121,18 +131,22 @@ async fn reload(
                 warn!("[server], [upstream] and [cache] changes take effect only after a restart");
             }
             publish(built, snapshot);
+            crate::telemetry::reloaded(Ok(&config), source);
             info!("reload complete: new policy in force");
             Some(config)
         }
         Ok(Ok((config, Err(error)))) => {
+            crate::telemetry::reloaded(Err(format!("{error:#}")), source);
             error!("reload failed, previous policy stays in force: {error:#}");
             Some(config)
         }
         Ok(Err(error)) => {
+            crate::telemetry::reloaded(Err(format!("{error:#}")), source);
             error!("reload failed, previous policy stays in force: {error:#}");
             None
         }
         Err(error) => {
+            crate::telemetry::reloaded(Err(error.to_string()), source);
             error!("reload failed, previous policy stays in force: {error}");
             None
         }
@@ -143,7 +157,10 @@ async fn reload(
 /// sync) ends here.
 pub(crate) fn publish(built: shieldns_sync::Built, snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>) {
     log_build(&built);
-    let old = snapshot.swap(Arc::new(built.snapshot));
+    let new = Arc::new(built.snapshot);
+    // Metric handles first, so no query sees a snapshot without its table.
+    crate::telemetry::before_publish(&new);
+    let old = snapshot.swap(new);
     // Free the old index here, not on a query worker that happens to drop
     // the last guard.
     tokio::task::spawn_blocking(move || drop(old));

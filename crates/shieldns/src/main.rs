@@ -9,7 +9,11 @@ mod commands;
 mod config;
 mod daemon;
 mod exporter;
+mod querylog;
+mod report;
+mod store;
 mod sync_wiring;
+mod telemetry;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -61,6 +65,23 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// The compliance report for a period, from the compliance store
+    /// (`storage.dir`): availability, queries, blocks per category and list,
+    /// mandatory-list freshness, sync failures, profiles and list versions.
+    Report {
+        /// First day of the period (YYYY-MM-DD, UTC, inclusive).
+        #[arg(long)]
+        from: String,
+        /// Last day of the period (YYYY-MM-DD, UTC, inclusive).
+        #[arg(long)]
+        to: String,
+        /// Output format: md, csv, json or html.
+        #[arg(long, default_value = "md")]
+        format: report::ReportFormat,
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// List tools.
     Lists {
@@ -127,6 +148,12 @@ fn main() -> ExitCode {
                 json,
             },
         ),
+        Command::Report {
+            from,
+            to,
+            format,
+            config,
+        } => report::run(&config::ConfigSource::from_arg(config), &from, &to, format),
         Command::Lists {
             command: ListsCommand::Check { file, format, json },
         } => commands::lists_check(&file, format, json),

@@ -228,9 +228,10 @@ pub(crate) fn lists_status(source: &ConfigSource, as_json: bool) -> anyhow::Resu
 }
 
 fn kind(list: &ListConfig) -> &'static str {
-    match list.source {
+    match &list.source {
         ListSource::File(_) => "file",
         ListSource::Builtin(_) => "builtin",
+        ListSource::Remote(remote) if remote.transfer.is_some() => "axfr",
         ListSource::Remote(_) => "url",
     }
 }
@@ -403,7 +404,18 @@ impl SyncTask {
             return;
         }
         let due: Vec<&ListConfig> = due.iter().collect();
-        let report = syncer.update(&due, &[], &shieldns_sync::NoProgress).await;
+        // A panic in a pass (a bug, in this code or a dependency) must not
+        // end list sync for good: log it, re-read the states from the
+        // cache, and pause before the next pass.
+        let pass = std::panic::AssertUnwindSafe(syncer.update(&due, &[], &shieldns_sync::NoProgress));
+        let Ok(report) = futures_util::FutureExt::catch_unwind(pass).await else {
+            error!("sync pass panicked; the lists in force stay in force, next pass in 60 s");
+            for error in syncer.load(&self.lists) {
+                warn!("{error}");
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return;
+        };
         log_report(&report, syncer);
         let failed = report
             .outcomes

@@ -221,7 +221,9 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
     assert_eq!(daemon.log_text().matches("sync: new lists verified").count(), 1);
 
     // Each fault: the pass fails, the verdicts stay, the status says why.
-    let faults: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    // (fault, how to inject it, what the status must say)
+    type Fault<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let faults: Vec<Fault<'_>> = vec![
         (
             "404",
             Box::new(|| feed.publisher.mode("national.txt", Mode::Status(404))),
@@ -431,4 +433,38 @@ fn lists_refresh_on_their_own_schedule() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_blocked(&daemon, "reload.example.test", "national");
+}
+
+#[test]
+fn sighup_adopts_a_new_url_list_once_it_is_downloaded() {
+    if !require(TOOLS) {
+        return;
+    }
+    let feed = Feed::new();
+    let config = feed.config("1h");
+    let daemon = Daemon::start(&config, &[]);
+    assert_resolves(&daemon, "www.example.test");
+
+    // A new, non-mandatory list: the reload enforces it empty (it has no
+    // verified copy yet), the pass that SIGHUP starts downloads it, and the
+    // rebuild it triggers puts it in force.
+    feed.publisher.put("extra.txt", "www.example.test\n");
+    let text = std::fs::read_to_string(daemon.path("shieldns.toml")).unwrap();
+    let extra = format!(
+        "{text}\n[[list]]\nname = \"extra\"\nformat = \"domains\"\nurl = \"{}\"\n",
+        feed.publisher.url("extra.txt")
+    );
+    std::fs::write(daemon.path("shieldns.toml"), extra).unwrap();
+    let line = sync_pass(&daemon);
+    assert!(
+        line.contains("new policy in force") && line.contains("lists=3"),
+        "{line}"
+    );
+    assert_blocked(&daemon, "www.example.test", "extra");
+    assert_blocked(&daemon, "blocked.example.test", "national");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("no verified copy yet: empty until the first successful download"),
+        "{log}"
+    );
 }

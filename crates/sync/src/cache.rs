@@ -45,6 +45,9 @@ pub struct CachedVersion {
     /// This cache's version counter: 1 for the first version, then +1 for
     /// each accepted change.
     pub serial: u64,
+    /// For a zone transfer, the zone's SOA serial.
+    #[serde(default)]
+    pub soa_serial: Option<u32>,
 }
 
 /// A failed attempt.
@@ -86,6 +89,9 @@ impl ListState {
     pub fn version(&self) -> Option<String> {
         let current = self.current.as_ref()?;
         let mut parts = vec![format!("serial {}", current.serial)];
+        if let Some(soa) = current.soa_serial {
+            parts.push(format!("SOA serial {soa}"));
+        }
         if let Some(etag) = &current.etag {
             parts.push(format!("etag {etag}"));
         }

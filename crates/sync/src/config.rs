@@ -38,22 +38,27 @@ pub struct ListConfig {
     pub mandatory: bool,
 }
 
-/// Where a list is read from: exactly one of `path` and `url`.
+/// Where a list is read from: exactly one of `path`, `url` and `source`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListSource {
     /// A local file, relative to the configuration file's directory.
     File(PathBuf),
     /// A starter list compiled into the binary (`path = "builtin:NAME"`).
     Builtin(String),
-    /// A list downloaded by the sync task and used from its cache.
+    /// A list downloaded by the sync task (`url`, or `source` for a zone
+    /// transfer) and used from its cache.
     Remote(Box<RemoteList>),
 }
 
-/// The download settings of a `url` list.
+/// The download settings of a `url` (or `source`) list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteList {
-    /// `url`: `https://` (or `http://`, for lab use).
+    /// `url`: `https://` (or `http://`, for lab use); for a zone transfer,
+    /// the `source` (`axfr://host:port/zone`).
     pub url: reqwest::Url,
+    /// Set for `source = "axfr://…"`: the zone transfer to run instead of a
+    /// GET.
+    pub transfer: Option<Transfer>,
     /// `refresh`: the interval between checks.
     pub refresh: Duration,
     /// `max_bytes`: the size cap, enforced while the body streams in.
@@ -72,6 +77,41 @@ pub struct RemoteList {
     /// [`SyncConfig::attach`] after the whole configuration is read, since
     /// it comes from another table.
     pub cache_dir: Option<PathBuf>,
+}
+
+/// An RPZ feed taken by zone transfer (AXFR, then IXFR on SOA serial
+/// change), as Unbound and PowerDNS take RPZ feeds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// The primary server's host (an address or a name).
+    pub host: String,
+    /// Its port (default 53).
+    pub port: u16,
+    /// The zone, fully qualified (`rpz.example.`).
+    pub zone: String,
+    /// `tsig`: the key transfers are signed with.
+    pub tsig: Option<TsigKey>,
+}
+
+/// A TSIG key, `tsig = "ALGORITHM:NAME:BASE64-SECRET"` (the `dig -y` form).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TsigKey {
+    /// `hmac-sha256`, `hmac-sha384` or `hmac-sha512`.
+    pub algorithm: String,
+    /// The key's name, as the server knows it.
+    pub name: String,
+    /// The shared secret.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for TsigKey {
+    // The secret stays out of logs and error messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TsigKey")
+            .field("algorithm", &self.algorithm)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ListConfig {
@@ -132,6 +172,10 @@ struct RawListConfig {
     path: Option<PathBuf>,
     #[serde(default)]
     url: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    tsig: Option<String>,
     #[serde(default, with = "humantime_serde::option")]
     refresh: Option<Duration>,
     #[serde(default)]
@@ -156,10 +200,34 @@ impl TryFrom<RawListConfig> for ListConfig {
     fn try_from(raw: RawListConfig) -> Result<Self, String> {
         let name = raw.name.clone();
         let fail = |reason: String| format!("list `{name}`: {reason}");
-        let source = match (&raw.path, &raw.url) {
-            (Some(_), Some(_)) => return Err(fail("give either `path` or `url`, not both".into())),
-            (None, None) => return Err(fail("needs `path` (a file or builtin:NAME) or `url`".into())),
-            (Some(path), None) => {
+        let given: Vec<&str> = [
+            ("path", raw.path.is_some()),
+            ("url", raw.url.is_some()),
+            ("source", raw.source.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| *key)
+        .collect();
+        if given.len() > 1 {
+            return Err(fail(format!(
+                "give exactly one of `path`, `url` and `source`, not `{}`",
+                given.join("` and `")
+            )));
+        }
+        if raw.tsig.is_some() && raw.source.is_none() {
+            return Err(fail(
+                "`tsig` applies only to lists with a `source` (zone transfer)".into(),
+            ));
+        }
+        let source = match (&raw.path, &raw.url, &raw.source) {
+            (None, None, None) => {
+                return Err(fail(
+                    "needs `path` (a file or builtin:NAME), `url` (https://) or `source` (axfr://)".into(),
+                ));
+            }
+            (None, None, Some(source)) => ListSource::Remote(Box::new(transfer(&raw, source).map_err(fail)?)),
+            (Some(path), _, _) => {
                 let remote_only = [
                     ("refresh", raw.refresh.is_some()),
                     ("max_bytes", raw.max_bytes.is_some()),
@@ -176,7 +244,7 @@ impl TryFrom<RawListConfig> for ListConfig {
                     None => ListSource::File(path.clone()),
                 }
             }
-            (None, Some(url)) => ListSource::Remote(Box::new(remote(&raw, url).map_err(fail)?)),
+            (None, Some(url), _) => ListSource::Remote(Box::new(remote(&raw, url).map_err(fail)?)),
         };
         Ok(Self {
             name: raw.name,
@@ -240,6 +308,7 @@ fn remote(raw: &RawListConfig, url: &str) -> Result<RemoteList, String> {
     }
     Ok(RemoteList {
         url,
+        transfer: None,
         refresh,
         max_bytes,
         sha256,
@@ -247,6 +316,68 @@ fn remote(raw: &RawListConfig, url: &str) -> Result<RemoteList, String> {
         signature_url,
         max_shrink,
         cache_dir: None,
+    })
+}
+
+/// Checks and converts a zone-transfer list: `source = "axfr://host[:port]/zone"`.
+fn transfer(raw: &RawListConfig, source: &str) -> Result<RemoteList, String> {
+    if raw.format != ListFormat::Rpz {
+        return Err(format!(
+            "a zone transfer carries an RPZ zone: set `format = \"rpz\"`, not `{}`",
+            raw.format
+        ));
+    }
+    for (key, set) in [
+        ("sha256", raw.sha256.is_some()),
+        ("minisign", raw.minisign.is_some()),
+        ("signature_url", raw.signature_url.is_some()),
+    ] {
+        if set {
+            return Err(format!(
+                "`{key}` applies to `url` lists; a zone transfer is authenticated with `tsig`"
+            ));
+        }
+    }
+    let url = reqwest::Url::parse(source).map_err(|e| format!("`source` `{source}` is not a URL: {e}"))?;
+    let zone = url.path().trim_matches('/');
+    let host = url.host_str().unwrap_or_default();
+    if url.scheme() != "axfr" || host.is_empty() || zone.is_empty() || zone.contains('/') {
+        return Err(format!("`source` `{source}` must be axfr://HOST[:PORT]/ZONE"));
+    }
+    let tsig = raw.tsig.as_deref().map(tsig_key).transpose()?;
+    // The HTTP-only settings get their defaults so one type serves both.
+    let mut remote = remote(raw, &format!("https://{host}/"))?;
+    remote.transfer = Some(Transfer {
+        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        port: url.port().unwrap_or(53),
+        zone: format!("{}.", zone.trim_end_matches('.').to_ascii_lowercase()),
+        tsig,
+    });
+    remote.url = url;
+    Ok(remote)
+}
+
+fn tsig_key(text: &str) -> Result<TsigKey, String> {
+    let mut parts = text.splitn(3, ':');
+    let (Some(algorithm), Some(name), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("`tsig` must be ALGORITHM:NAME:BASE64-SECRET (e.g. hmac-sha256:xfr-key:c2VjcmV0)".into());
+    };
+    let algorithm = algorithm.to_ascii_lowercase();
+    if !matches!(algorithm.as_str(), "hmac-sha256" | "hmac-sha384" | "hmac-sha512") {
+        return Err(format!(
+            "`tsig` algorithm `{algorithm}` is not supported (hmac-sha256, hmac-sha384, hmac-sha512)"
+        ));
+    }
+    let secret = data_encoding::BASE64
+        .decode(secret.trim().as_bytes())
+        .map_err(|_| "`tsig` secret is not base64".to_owned())?;
+    if name.is_empty() || secret.is_empty() {
+        return Err("`tsig` needs a key name and a secret".into());
+    }
+    Ok(TsigKey {
+        algorithm,
+        name: name.to_owned(),
+        secret,
     })
 }
 

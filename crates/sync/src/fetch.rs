@@ -63,6 +63,8 @@ pub(crate) enum Fetched {
         bytes: Vec<u8>,
         etag: Option<String>,
         last_modified: Option<String>,
+        /// A zone transfer's SOA serial.
+        soa_serial: Option<u32>,
     },
 }
 
@@ -105,11 +107,11 @@ pub(crate) async fn get(
 
 /// `base · 2^attempt`, capped at 2^10 · base so a large retry count cannot
 /// overflow.
-fn backoff(base: Duration, attempt: u32) -> Duration {
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(1 << attempt.min(10))
 }
 
-fn retryable(error: &SyncError) -> bool {
+pub(crate) fn retryable(error: &SyncError) -> bool {
     match error {
         SyncError::Http { status, .. } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -220,6 +222,7 @@ async fn exchange(client: &reqwest::Client, config: &SyncConfig, request: &Reque
         bytes,
         etag,
         last_modified,
+        soa_serial: None,
     })
 }
 

@@ -28,12 +28,13 @@ pub mod cache;
 mod config;
 mod fetch;
 mod syncer;
+mod xfr;
 
 pub use builtin::BUILTIN_PREFIX;
 pub use cache::{CachedVersion, Failure, ListState};
 pub use config::{
     DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES, DEFAULT_MAX_SHRINK, DEFAULT_REFRESH, ListConfig, ListSource, RemoteList,
-    SyncConfig,
+    SyncConfig, Transfer, TsigKey,
 };
 pub use syncer::{ListOutcome, NoProgress, Outcome, PassReport, Progress, Syncer};
 
@@ -108,6 +109,16 @@ pub enum SyncError {
         /// The URL.
         url: String,
         /// The error and its causes.
+        reason: String,
+    },
+    /// A zone transfer was refused or malformed.
+    #[error("list `{list}`: zone transfer from {server}: {reason}")]
+    Transfer {
+        /// The list.
+        list: String,
+        /// The `source`.
+        server: String,
+        /// Why.
         reason: String,
     },
     /// The download took longer than `sync.timeout` (or the connection than
@@ -244,7 +255,22 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
     builder.set_access(sources.allow.to_vec());
     let mut loads = Vec::with_capacity(sources.lists.len());
     for list in sources.lists {
-        let (bytes, source, file) = read_list(list, sources.base_dir)?;
+        let (bytes, source, file) = match read_list(list, sources.base_dir) {
+            // A non-mandatory `url` list that was never downloaded has no
+            // last-known-good version: it is enforced empty (keeping list
+            // ids aligned with the configuration) until its first verified
+            // download, rather than keeping the resolver from starting. A
+            // mandatory list without a copy fails the build.
+            Err(SyncError::NotCached { .. }) if !list.mandatory => (
+                Vec::new(),
+                format!(
+                    "{} (no verified copy yet: empty until the first successful download)",
+                    list.describe_source()
+                ),
+                None,
+            ),
+            other => other?,
+        };
         let info = builder
             .add_list(list.policy(), &bytes)
             .map_err(|source| SyncError::Index {

@@ -318,13 +318,36 @@ impl Syncer {
             validators: validators.as_ref(),
             progress,
         };
-        let (body, etag, last_modified) = match fetch::get(&self.client, &self.config, &request).await? {
+        let fetched = match &remote.transfer {
+            Some(transfer) => {
+                // The zone in force, for IXFR: its SOA serial and text.
+                let zone = match current.and_then(|c| c.soa_serial.map(|serial| (serial, &c.file))) {
+                    Some((serial, file)) => tokio::fs::read(self.cache_dir.join(file))
+                        .await
+                        .ok()
+                        .map(|text| (serial, text)),
+                    None => None,
+                };
+                crate::xfr::get(
+                    &self.config,
+                    &list.name,
+                    remote.url.as_str(),
+                    transfer,
+                    remote.max_bytes,
+                    zone,
+                )
+                .await?
+            }
+            None => fetch::get(&self.client, &self.config, &request).await?,
+        };
+        let (body, etag, last_modified, soa_serial) = match fetched {
             Fetched::NotModified => return Ok(Accepted::NotModified),
             Fetched::Body {
                 bytes,
                 etag,
                 last_modified,
-            } => (bytes, etag, last_modified),
+                soa_serial,
+            } => (bytes, etag, last_modified, soa_serial),
         };
         let signature = match &remote.minisign {
             Some(_) => {
@@ -351,6 +374,7 @@ impl Syncer {
             signature,
             etag,
             last_modified,
+            soa_serial,
             previous: current.cloned(),
             forced,
             cache_dir: self.cache_dir.clone(),
@@ -385,6 +409,7 @@ struct AcceptJob {
     signature: Option<Vec<u8>>,
     etag: Option<String>,
     last_modified: Option<String>,
+    soa_serial: Option<u32>,
     previous: Option<CachedVersion>,
     forced: bool,
     cache_dir: PathBuf,
@@ -431,6 +456,7 @@ impl AcceptJob {
             entries,
             bytes: u64::try_from(self.body.len()).unwrap_or(u64::MAX),
             serial: self.previous.as_ref().map_or(1, |p| p.serial + 1),
+            soa_serial: self.soa_serial,
         }))
     }
 }

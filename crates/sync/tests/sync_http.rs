@@ -2,6 +2,8 @@
 //! gzip, retries, timeouts, the size cap, integrity checks, the shrink
 //! guard and the last-known-good cache.
 
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
 mod support {
     pub(crate) mod publisher;
 }
@@ -315,7 +317,28 @@ async fn an_untrusted_certificate_is_refused() {
 fn list_keys_are_checked_and_errors_name_the_list() {
     let parse = |text: &str| toml::from_str::<Config>(text).map(|_| ()).unwrap_err().to_string();
     let both = parse("[[list]]\nname = \"x\"\nformat = \"domains\"\npath = \"a\"\nurl = \"https://127.0.0.1/a\"\n");
-    assert!(both.contains("list `x`") && both.contains("not both"), "{both}");
+    assert!(both.contains("list `x`") && both.contains("exactly one of"), "{both}");
+    let transfer = |extra: &str| parse(&format!("[[list]]\nname = \"x\"\n{extra}\n"));
+    let error = transfer("format = \"domains\"\nsource = \"axfr://127.0.0.1/rpz.test\"");
+    assert!(error.contains("format = \"rpz\""), "{error}");
+    let error = transfer("format = \"rpz\"\nsource = \"https://127.0.0.1/rpz.test\"");
+    assert!(error.contains("axfr://HOST[:PORT]/ZONE"), "{error}");
+    let error = transfer("format = \"rpz\"\npath = \"a\"\ntsig = \"hmac-sha256:k:c2VjcmV0\"");
+    assert!(error.contains("`tsig` applies only"), "{error}");
+    let error = transfer("format = \"rpz\"\nsource = \"axfr://127.0.0.1/rpz.test\"\ntsig = \"hmac-md5:k:c2VjcmV0\"");
+    assert!(error.contains("not supported"), "{error}");
+    let error = transfer("format = \"rpz\"\nsource = \"axfr://127.0.0.1/rpz.test\"\nminisign = \"x\"");
+    assert!(error.contains("authenticated with `tsig`"), "{error}");
+    let config: Config = toml::from_str(
+        "[[list]]\nname = \"x\"\nformat = \"rpz\"\nsource = \"axfr://127.0.0.1:5300/RPZ.test.\"\ntsig = \"hmac-sha256:k:c2VjcmV0\"\n",
+    )
+    .unwrap();
+    let transfer = config.lists[0].remote().unwrap().transfer.clone().unwrap();
+    assert_eq!(
+        (transfer.host.as_str(), transfer.port, transfer.zone.as_str()),
+        ("127.0.0.1", 5300, "rpz.test.")
+    );
+    assert_eq!(transfer.tsig.unwrap().secret, b"secret");
     let neither = parse("[[list]]\nname = \"x\"\nformat = \"domains\"\n");
     assert!(
         neither.contains("list `x`") && neither.contains("needs `path`"),
@@ -351,4 +374,32 @@ fn list_keys_are_checked_and_errors_name_the_list() {
     assert_eq!(remote.refresh, Duration::from_secs(3600));
     assert_eq!(remote.max_shrink, 50);
     assert_eq!(config.sync, SyncConfig::default());
+}
+
+#[test]
+fn a_list_never_downloaded_is_empty_unless_mandatory() {
+    use shieldns_sync::{PolicySources, SyncError, build_snapshot};
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[sync]\ncache_dir = \"cache\"\n[[list]]\nname = \"feed\"\nformat = \"domains\"\nurl = \"https://127.0.0.1:9/feed.txt\"\n";
+    let mut config: Config = toml::from_str(text).unwrap();
+    config.sync.attach(&mut config.lists, dir.path());
+    let sources = |lists| PolicySources {
+        lists,
+        profiles: &[],
+        allow: &[],
+        base_dir: dir.path(),
+    };
+    let built = build_snapshot(sources(&config.lists)).unwrap();
+    assert_eq!(built.lists[0].rules, 0);
+    assert!(
+        built.lists[0].source.contains("no verified copy yet"),
+        "{}",
+        built.lists[0].source
+    );
+
+    let mut mandatory = config.lists.clone();
+    mandatory[0].mandatory = true;
+    let error = build_snapshot(sources(&mandatory)).unwrap_err();
+    assert!(matches!(error, SyncError::NotCached { .. }), "{error}");
+    assert!(error.to_string().contains("list `feed`: no verified copy"), "{error}");
 }

@@ -1,0 +1,810 @@
+//! The UDP fast path: blocked names and cached answers straight from wire
+//! bytes.
+//!
+//! Each UDP socket gets one task that reads a datagram, parses only the
+//! header, the question and an optional OPT record, and asks the policy
+//! snapshot. A plain list block is encoded directly into a reused buffer; an
+//! allowed name whose encoded answer sits in the packet cache is copied out
+//! with its ID, flags, question case and TTLs patched. Everything else
+//! (other opcodes, policy rewrites, cache misses, malformed packets) goes to
+//! the full hickory handler, whose UDP answers for allowed names fill the
+//! packet cache. The fast path therefore never decides differently from the
+//! handler: it only serves the two answers whose bytes it can produce
+//! exactly, and it does so without allocating.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+use shieldns_index::{BlockResponse, Hit, Matched, Profile, RuleAction, Snapshot, Verdict};
+use shieldns_metrics::Metrics;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::handler::{Clock, ShieldHandler};
+
+/// Record types and classes used on the wire.
+const TYPE_A: u16 = 1;
+const TYPE_SOA: u16 = 6;
+const TYPE_AAAA: u16 = 28;
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+const EDE_OPTION: u16 = 15;
+
+/// The parts of a query the fast path needs, all borrowed from the datagram.
+#[derive(Debug)]
+struct Query<'a> {
+    packet: &'a [u8],
+    /// End of the question section.
+    question_end: usize,
+    /// The query name, lower case, dotted, without the trailing dot.
+    name: NameBytes,
+    /// The number of labels in the name.
+    labels: u8,
+    qtype: u16,
+    /// The client's EDNS payload size, when it sent an OPT record.
+    edns_payload: Option<u16>,
+    dnssec_ok: bool,
+}
+
+impl Query<'_> {
+    fn id(&self) -> [u8; 2] {
+        [self.packet[0], self.packet[1]]
+    }
+
+    /// The largest response this client accepts over UDP.
+    fn max_response(&self, server_payload: u16) -> usize {
+        usize::from(self.edns_payload.map_or(512, |p| p.clamp(512, server_payload.max(512))))
+    }
+}
+
+/// A query name in presentation form on the stack.
+#[derive(Debug)]
+struct NameBytes {
+    bytes: [u8; 256],
+    len: usize,
+}
+
+impl NameBytes {
+    fn as_str(&self) -> &str {
+        // Only `[a-z0-9_-]` and dots are ever written (see `parse`).
+        std::str::from_utf8(self.bytes.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+/// Parses a standard query, or returns `None` for anything the fast path
+/// leaves to the full handler.
+fn parse(packet: &[u8]) -> Option<Query<'_>> {
+    let header = packet.get(..12)?;
+    // QR=0, opcode QUERY, TC=0; one question, no answers or authorities, at
+    // most one additional record (the OPT).
+    if header[2] & 0xfa != 0 || header[4..8] != [0, 1, 0, 0] || header[8..10] != [0, 0] || header[10] != 0 {
+        return None;
+    }
+    let additional = header[11];
+    if additional > 1 {
+        return None;
+    }
+    let mut name = NameBytes {
+        bytes: [0; 256],
+        len: 0,
+    };
+    let mut labels = 0u8;
+    let mut at = 12;
+    loop {
+        let length = usize::from(*packet.get(at)?);
+        at += 1;
+        if length == 0 {
+            break;
+        }
+        // Compression pointers and extended labels never appear in a
+        // well-formed question; escapes are left to the full parser.
+        if length > 63 {
+            return None;
+        }
+        let label = packet.get(at..at + length)?;
+        if name.len > 0 {
+            *name.bytes.get_mut(name.len)? = b'.';
+            name.len += 1;
+        }
+        for &byte in label {
+            let lower = byte.to_ascii_lowercase();
+            if !(lower.is_ascii_lowercase() || lower.is_ascii_digit() || lower == b'-' || lower == b'_') {
+                return None;
+            }
+            *name.bytes.get_mut(name.len)? = lower;
+            name.len += 1;
+        }
+        labels = labels.checked_add(1)?;
+        at += length;
+    }
+    let qtype = u16::from_be_bytes(packet.get(at..at + 2)?.try_into().ok()?);
+    let qclass = u16::from_be_bytes(packet.get(at + 2..at + 4)?.try_into().ok()?);
+    let question_end = at + 4;
+    if qclass != CLASS_IN || name.len == 0 {
+        return None;
+    }
+    let (edns_payload, dnssec_ok) = if additional == 1 {
+        // The OPT record: root owner, TYPE 41, CLASS = payload size, TTL =
+        // extended rcode, version, flags; its options are not needed here.
+        let opt = packet.get(question_end..question_end + 11)?;
+        if opt[0] != 0 || u16::from_be_bytes([opt[1], opt[2]]) != TYPE_OPT || opt[6] != 0 {
+            return None;
+        }
+        let rdlength = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
+        if packet.len() != question_end + 11 + rdlength {
+            return None;
+        }
+        (Some(u16::from_be_bytes([opt[3], opt[4]])), opt[7] & 0x80 != 0)
+    } else {
+        if packet.len() != question_end {
+            return None;
+        }
+        (None, false)
+    };
+    Some(Query {
+        packet,
+        question_end,
+        name,
+        labels,
+        qtype,
+        edns_payload,
+        dnssec_ok,
+    })
+}
+
+//------------ Block answers --------------------------------------------------
+
+/// Writes the answer for a list block, or returns `false` when the hit needs
+/// the full handler (RPZ local data, drop).
+fn write_block(
+    out: &mut Vec<u8>,
+    query: &Query<'_>,
+    snapshot: &Snapshot,
+    profile: &Profile,
+    hit: &Hit,
+    payload: u16,
+) -> bool {
+    let nodata = match hit.action {
+        RuleAction::Block | RuleAction::BlockImportant => false,
+        RuleAction::NoData => true,
+        _ => return false,
+    };
+    let ttl = profile.block_ttl;
+    let address: Option<Vec<u8>> = if nodata {
+        None
+    } else {
+        match (profile.block_response, query.qtype) {
+            (BlockResponse::Null, TYPE_A) => Some(vec![0; 4]),
+            (BlockResponse::Null, TYPE_AAAA) => Some(vec![0; 16]),
+            (BlockResponse::Sinkhole, TYPE_A) => profile.sinkhole_ipv4.map(|a| a.octets().to_vec()),
+            (BlockResponse::Sinkhole, TYPE_AAAA) => profile.sinkhole_ipv6.map(|a| a.octets().to_vec()),
+            _ => None,
+        }
+    };
+    let rcode = match profile.block_response {
+        _ if nodata || address.is_some() => 0,
+        BlockResponse::Nxdomain => 3,
+        BlockResponse::Refused => 5,
+        BlockResponse::Nodata | BlockResponse::Null | BlockResponse::Sinkhole => 0,
+    };
+    let with_soa = address.is_none() && rcode != 5;
+    write_header(out, query, rcode, u16::from(address.is_some()), u16::from(with_soa));
+    if let Some(rdata) = &address {
+        // The owner is the question name: a pointer to offset 12.
+        out.extend_from_slice(&[0xc0, 0x0c]);
+        out.extend_from_slice(&query.qtype.to_be_bytes());
+        out.extend_from_slice(&CLASS_IN.to_be_bytes());
+        out.extend_from_slice(&ttl.to_be_bytes());
+        out.extend_from_slice(&u16::try_from(rdata.len()).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(rdata);
+    }
+    if with_soa {
+        // The SOA is owned by the blocked name that matched: a pointer to
+        // that suffix inside the question.
+        let labels = match hit.matched {
+            Matched::Name { labels, .. } | Matched::Digest { labels } => labels,
+            Matched::Pattern | Matched::AnswerIp { .. } => query.labels,
+        };
+        out.extend_from_slice(&suffix_pointer(query, labels));
+        out.extend_from_slice(&TYPE_SOA.to_be_bytes());
+        out.extend_from_slice(&CLASS_IN.to_be_bytes());
+        out.extend_from_slice(&ttl.to_be_bytes());
+        let rdata_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        write_name(out, "blocked.shieldns.invalid");
+        write_name(out, "hostmaster.shieldns.invalid");
+        for value in [1, 3600, 600, 86_400, ttl] {
+            out.extend_from_slice(&u32::to_be_bytes(value));
+        }
+        let rdlength = u16::try_from(out.len() - rdata_at - 2).unwrap_or(0).to_be_bytes();
+        out[rdata_at..rdata_at + 2].copy_from_slice(&rdlength);
+    }
+    if query.edns_payload.is_some() {
+        write_opt_with_ede(out, query, snapshot, hit, payload);
+    }
+    true
+}
+
+/// The response header: ID and the RD and CD bits from the query, QR and RA
+/// set, one question.
+fn write_header(out: &mut Vec<u8>, query: &Query<'_>, rcode: u8, answers: u16, authorities: u16) {
+    out.extend_from_slice(&query.id());
+    out.push(0x80 | (query.packet[2] & 0x01));
+    out.push(0x80 | (query.packet[3] & 0x10) | rcode);
+    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&answers.to_be_bytes());
+    out.extend_from_slice(&authorities.to_be_bytes());
+    out.extend_from_slice(&u16::from(query.edns_payload.is_some()).to_be_bytes());
+    // The question exactly as asked, in the client's case.
+    out.extend_from_slice(&query.packet[12..query.question_end]);
+}
+
+/// A compression pointer to the question name's last `labels` labels.
+fn suffix_pointer(query: &Query<'_>, labels: u8) -> [u8; 2] {
+    let mut at = 12usize;
+    for _ in 0..query.labels.saturating_sub(labels) {
+        at += 1 + usize::from(query.packet.get(at).copied().unwrap_or(0));
+    }
+    let pointer = 0xc000 | u16::try_from(at).unwrap_or(12);
+    pointer.to_be_bytes()
+}
+
+fn write_name(out: &mut Vec<u8>, name: &str) {
+    for label in name.split('.') {
+        out.push(u8::try_from(label.len()).unwrap_or(0));
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+}
+
+/// The OPT record with the EDE option: `list=NAME category=CATEGORY`.
+fn write_opt_with_ede(out: &mut Vec<u8>, query: &Query<'_>, snapshot: &Snapshot, hit: &Hit, payload: u16) {
+    out.push(0);
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    let payload = u16::try_from(query.max_response(payload)).unwrap_or(u16::MAX);
+    out.extend_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&[0, 0, if query.dnssec_ok { 0x80 } else { 0 }, 0]);
+    let rdlength_at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&EDE_OPTION.to_be_bytes());
+    let length_at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&snapshot.ede_code(hit).to_be_bytes());
+    match snapshot.list(hit.list) {
+        Some(list) => {
+            out.extend_from_slice(b"list=");
+            out.extend_from_slice(list.policy.name.as_bytes());
+            if let Some(category) = &list.policy.category {
+                out.extend_from_slice(b" category=");
+                out.extend_from_slice(category.as_bytes());
+            }
+        }
+        None => out.extend_from_slice(b"blocked by policy"),
+    }
+    let option_length = u16::try_from(out.len() - length_at - 2).unwrap_or(0);
+    out[length_at..length_at + 2].copy_from_slice(&option_length.to_be_bytes());
+    let rdlength = u16::try_from(out.len() - rdlength_at - 2).unwrap_or(0);
+    out[rdlength_at..rdlength_at + 2].copy_from_slice(&rdlength.to_be_bytes());
+}
+
+//------------ Packet cache ---------------------------------------------------
+
+/// An encoded answer, with where its TTLs sit so they can be aged.
+#[derive(Debug)]
+struct Packet {
+    key: PacketKey,
+    bytes: Vec<u8>,
+    question_end: usize,
+    ttls: Vec<(usize, u32)>,
+    inserted: Instant,
+    lifetime: Duration,
+}
+
+/// What an encoded answer depends on: the policy that checked it, the
+/// question, and the client's EDNS and DO bits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PacketKey {
+    generation: u64,
+    profile: usize,
+    name: Vec<u8>,
+    qtype: u16,
+    edns: bool,
+    dnssec_ok: bool,
+}
+
+/// Encoded answers for allowed names, keyed by a hash of [`PacketKey`] so a
+/// lookup allocates nothing; the stored key confirms the match.
+#[derive(Debug)]
+pub(crate) struct PacketCache {
+    entries: moka::sync::Cache<u64, Arc<Packet>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl PacketCache {
+    pub(crate) fn new(max_entries: u64) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(Duration::from_secs(86_400))
+                .build(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    fn hash(&self, generation: u64, profile: usize, name: &[u8], qtype: u16, edns: bool, dnssec_ok: bool) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher
+            .hash_one((generation, profile, name, qtype, edns, dnssec_ok))
+    }
+
+    /// Copies a fresh cached answer for `query` into `out`.
+    fn answer(&self, query: &Query<'_>, generation: u64, profile: usize, payload: u16, out: &mut Vec<u8>) -> bool {
+        let name = query.name.as_str().as_bytes();
+        let edns = query.edns_payload.is_some();
+        let hash = self.hash(generation, profile, name, query.qtype, edns, query.dnssec_ok);
+        let Some(packet) = self.entries.get(&hash) else {
+            return false;
+        };
+        let key = &packet.key;
+        if key.generation != generation
+            || key.profile != profile
+            || key.name != name
+            || key.qtype != query.qtype
+            || key.edns != edns
+            || key.dnssec_ok != query.dnssec_ok
+            || packet.question_end != query.question_end
+            || packet.bytes.len() > query.max_response(payload)
+        {
+            return false;
+        }
+        let age = packet.inserted.elapsed();
+        if age >= packet.lifetime {
+            return false;
+        }
+        let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&packet.bytes);
+        out[..2].copy_from_slice(&query.id());
+        out[2] = (out[2] & !0x01) | (query.packet[2] & 0x01);
+        out[3] = (out[3] & !0x10) | (query.packet[3] & 0x10);
+        out[12..query.question_end].copy_from_slice(&query.packet[12..query.question_end]);
+        for &(offset, ttl) in &packet.ttls {
+            if let Some(slot) = out.get_mut(offset..offset + 4) {
+                slot.copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+            }
+        }
+        true
+    }
+
+    /// Stores an encoded NOERROR or NXDOMAIN answer without EDE, for as
+    /// long as its shortest TTL.
+    fn insert(&self, key: PacketKey, bytes: &[u8], question_end: usize) {
+        let Some((ttls, has_ede)) = record_ttls(bytes, question_end) else {
+            return;
+        };
+        let rcode = bytes.get(3).map_or(2, |b| b & 0x0f);
+        let truncated = bytes.get(2).is_some_and(|b| b & 0x02 != 0);
+        let Some(lifetime) = ttls.iter().map(|&(_, ttl)| ttl).min() else {
+            return;
+        };
+        if has_ede || truncated || !(rcode == 0 || rcode == 3) || lifetime == 0 {
+            return;
+        }
+        let hash = self.hash(
+            key.generation,
+            key.profile,
+            &key.name,
+            key.qtype,
+            key.edns,
+            key.dnssec_ok,
+        );
+        let packet = Packet {
+            key,
+            bytes: bytes.to_vec(),
+            question_end,
+            ttls,
+            inserted: Instant::now(),
+            lifetime: Duration::from_secs(u64::from(lifetime)),
+        };
+        self.entries.insert(hash, Arc::new(packet));
+    }
+}
+
+/// The offset and value of every record TTL after the question (the OPT's
+/// TTL field carries flags, not a TTL, and is skipped), and whether the OPT
+/// carries an EDE option. `None` for anything it cannot walk.
+fn record_ttls(bytes: &[u8], question_end: usize) -> Option<(Vec<(usize, u32)>, bool)> {
+    let count = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let records = count(6)? + count(8)? + count(10)?;
+    let mut ttls = Vec::with_capacity(records);
+    let mut has_ede = false;
+    let mut at = question_end;
+    for _ in 0..records {
+        // Skip the owner name: labels ending in a zero or a pointer.
+        loop {
+            let length = *bytes.get(at)?;
+            if length & 0xc0 == 0xc0 {
+                at += 2;
+                break;
+            }
+            at += 1 + usize::from(length);
+            if length == 0 {
+                break;
+            }
+        }
+        let rtype = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
+        let ttl = u32::from_be_bytes(bytes.get(at + 4..at + 8)?.try_into().ok()?);
+        let rdlength = usize::from(u16::from_be_bytes(bytes.get(at + 8..at + 10)?.try_into().ok()?));
+        if rtype == TYPE_OPT {
+            let options = bytes.get(at + 10..at + 10 + rdlength)?;
+            let mut option_at = 0;
+            while let Some(code) = options.get(option_at..option_at + 4) {
+                has_ede |= u16::from_be_bytes([code[0], code[1]]) == EDE_OPTION;
+                option_at += 4 + usize::from(u16::from_be_bytes([code[2], code[3]]));
+            }
+        } else {
+            ttls.push((at + 4, ttl));
+        }
+        at += 10 + rdlength;
+    }
+    (at == bytes.len()).then_some((ttls, has_ede))
+}
+
+//------------ The UDP loop ---------------------------------------------------
+
+/// What the fast path did with a datagram.
+enum Outcome {
+    /// `out` holds the answer.
+    Answered,
+    /// The full handler answers; an allowed name's answer may be cached
+    /// under this key.
+    Slow(Option<PacketKey>),
+}
+
+/// Shared state of every UDP worker.
+#[derive(Debug)]
+pub(crate) struct FastPath {
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) packets: PacketCache,
+    pub(crate) clock: Clock,
+    pub(crate) udp_payload: u16,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl FastPath {
+    fn handle(&self, packet: &[u8], client: IpAddr, snapshot: &Snapshot, out: &mut Vec<u8>) -> Outcome {
+        let Some(query) = parse(packet) else {
+            return Outcome::Slow(None);
+        };
+        if !snapshot.client_allowed(client) {
+            return Outcome::Slow(None);
+        }
+        let profile_id = snapshot.profile_for(client);
+        let profile = snapshot.profile(profile_id);
+        // Policy beyond lists (bypass, query types, safe search, DNS64,
+        // rewrites) is the handler's: its answers are not plain bytes.
+        if profile.bypass_protection
+            || !profile.blocked_qtypes.is_empty()
+            || profile.safe_search.is_enabled()
+            || (profile.dns64.is_some() && query.qtype == TYPE_AAAA)
+        {
+            return Outcome::Slow(None);
+        }
+        match snapshot.decide_at(query.name.as_str(), profile_id, self.clock.now()) {
+            Verdict::Block(hit) => {
+                if write_block(out, &query, snapshot, profile, &hit, self.udp_payload) {
+                    self.metrics.blocked(snapshot.ede_code(&hit));
+                    Outcome::Answered
+                } else {
+                    out.clear();
+                    Outcome::Slow(None)
+                }
+            }
+            // With schedules, the answer checks (CNAME targets against
+            // the lists) depend on the time, so a cached answer checked in
+            // one window must not be served in another.
+            Verdict::Allow(_) | Verdict::Pass if !profile.schedules.is_empty() => Outcome::Slow(None),
+            Verdict::Allow(_) | Verdict::Pass => {
+                let index = profile_id.index();
+                if self
+                    .packets
+                    .answer(&query, snapshot.generation(), index, self.udp_payload, out)
+                {
+                    self.metrics.cache_hit();
+                    self.metrics.answered(u16::from(out.get(3).map_or(0, |b| b & 0x0f)));
+                    return Outcome::Answered;
+                }
+                out.clear();
+                Outcome::Slow(Some(PacketKey {
+                    generation: snapshot.generation(),
+                    profile: index,
+                    name: query.name.as_str().as_bytes().to_vec(),
+                    qtype: query.qtype,
+                    edns: query.edns_payload.is_some(),
+                    dnssec_ok: query.dnssec_ok,
+                }))
+            }
+        }
+    }
+}
+
+/// Serves one UDP socket until `shutdown` is cancelled.
+pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: ShieldHandler, shutdown: CancellationToken) {
+    let socket = Arc::new(socket);
+    let mut snapshots = arc_swap::Cache::new(fast.snapshot.clone());
+    let mut buffer = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(1232);
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buffer) => received,
+            () = shutdown.cancelled() => break,
+        };
+        let (length, peer) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                debug!(%error, "UDP receive failed");
+                continue;
+            }
+        };
+        let Some(packet) = buffer.get(..length) else { continue };
+        out.clear();
+        let snapshot = snapshots.load();
+        match fast.handle(packet, peer.ip(), snapshot, &mut out) {
+            Outcome::Answered => {
+                if let Err(error) = socket.try_send_to(&out, peer) {
+                    if error.kind() == std::io::ErrorKind::WouldBlock {
+                        let _ = socket.send_to(&out, peer).await;
+                    } else {
+                        debug!(%error, %peer, "UDP send failed");
+                    }
+                }
+            }
+            Outcome::Slow(key) => {
+                let request = packet.to_vec();
+                let responder = UdpResponder {
+                    socket: socket.clone(),
+                    peer,
+                    cache: key.map(|k| (k, fast.clone())),
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move { answer_slowly(handler, request, peer, responder).await });
+            }
+        }
+    }
+}
+
+/// Hands a datagram to the full handler. Packets hickory cannot parse get
+/// FORMERR when their header is readable, and nothing otherwise.
+async fn answer_slowly(handler: ShieldHandler, packet: Vec<u8>, peer: SocketAddr, responder: UdpResponder) {
+    let header = packet.get(..12).map(|h| [h[0], h[1], h[2]]);
+    match Request::from_bytes(packet, peer, Protocol::Udp) {
+        Ok(request) => {
+            handler.handle_request::<_, TokioTime>(&request, responder).await;
+        }
+        Err(error) => {
+            debug!(%error, %peer, "malformed query");
+            if let Some([id0, id1, flags]) = header
+                && flags & 0x80 == 0
+            {
+                let formerr = [id0, id1, 0x80 | (flags & 0x79), 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+                let _ = responder.socket.send_to(&formerr, peer).await;
+            }
+        }
+    }
+}
+
+/// Sends the handler's answer on the UDP socket, truncated to the client's
+/// payload size, and caches answers for allowed names.
+#[derive(Clone)]
+struct UdpResponder {
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    cache: Option<(PacketKey, Arc<FastPath>)>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        // RFC 1035 §4.2.1: 512 bytes without EDNS, else the payload size the
+        // handler put in its response OPT (already capped by our own).
+        let max_size = response.edns().map_or(512, |edns| edns.max_payload());
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max_size);
+        let info = response.destructive_emit(&mut encoder)?;
+        self.socket.send_to(&bytes, self.peer).await?;
+        if let Some((key, fast)) = self.cache.take()
+            && let Some(question_end) = question_end(&bytes)
+        {
+            fast.packets.insert(key, &bytes, question_end);
+        }
+        Ok(info)
+    }
+}
+
+impl std::fmt::Debug for UdpResponder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpResponder").field("peer", &self.peer).finish()
+    }
+}
+
+/// Where the (single) question of a message ends.
+fn question_end(message: &[u8]) -> Option<usize> {
+    let mut at = 12;
+    loop {
+        let length = *message.get(at)?;
+        if length > 63 {
+            return None;
+        }
+        at += 1 + usize::from(length);
+        if length == 0 {
+            break;
+        }
+    }
+    (message.len() >= at + 4).then_some(at + 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::{Message, Query as HickoryQuery, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+    use shieldns_index::{ListAction, ListFormat, ListPolicy, ProfileConfig, SnapshotBuilder};
+
+    use super::*;
+
+    fn query_bytes(name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = 0x1234;
+        message.metadata.recursion_desired = true;
+        message.add_query(HickoryQuery::query(Name::from_ascii(name).unwrap(), qtype));
+        if edns {
+            let mut opt = hickory_proto::op::Edns::new();
+            opt.set_max_payload(1232);
+            message.set_edns(opt);
+        }
+        message.to_vec().unwrap()
+    }
+
+    fn snapshot(response: BlockResponse) -> Snapshot {
+        let mut builder = SnapshotBuilder::new();
+        builder.set_access(vec!["0.0.0.0/0".parse().unwrap()]);
+        let policy = ListPolicy {
+            name: "adult".into(),
+            category: Some("adult".into()),
+            format: ListFormat::Domains,
+            action: ListAction::Block,
+            mandatory: false,
+        };
+        builder.add_list(policy, b"bad.example.com\n").unwrap();
+        builder.add_profile(ProfileConfig {
+            block: vec!["adult".into()],
+            block_response: response,
+            block_ttl: 42,
+            sinkhole_ipv4: Some("192.0.2.80".parse().unwrap()),
+            ..ProfileConfig::new("p", vec!["0.0.0.0/0".parse().unwrap()])
+        });
+        builder.build().unwrap()
+    }
+
+    fn fast_answer(snapshot: &Snapshot, packet: &[u8]) -> Option<Message> {
+        let query = parse(packet)?;
+        let profile_id = snapshot.profile_for("192.0.2.1".parse().unwrap());
+        let Verdict::Block(hit) = snapshot.decide(query.name.as_str(), profile_id) else {
+            return None;
+        };
+        let mut out = Vec::new();
+        assert!(write_block(
+            &mut out,
+            &query,
+            snapshot,
+            snapshot.profile(profile_id),
+            &hit,
+            1232
+        ));
+        Some(Message::from_vec(&out).unwrap())
+    }
+
+    #[test]
+    fn parses_standard_queries_and_refuses_the_rest() {
+        let packet = query_bytes("WWW.Example.COM.", RecordType::AAAA, true);
+        let query = parse(&packet).unwrap();
+        assert_eq!(query.name.as_str(), "www.example.com");
+        assert_eq!((query.qtype, query.labels, query.edns_payload), (28, 3, Some(1232)));
+        assert!(parse(&packet[..packet.len() - 1]).is_none());
+        // A byte that needs escaping in presentation form goes to hickory.
+        let mut odd = query_bytes("ab.example.com.", RecordType::A, false);
+        odd[13] = b' ';
+        assert!(parse(&odd).is_none());
+        let mut response = packet.clone();
+        response[2] |= 0x80;
+        assert!(parse(&response).is_none());
+    }
+
+    #[test]
+    fn block_answers_decode_like_the_handlers() {
+        let nxdomain = snapshot(BlockResponse::Nxdomain);
+        let message = fast_answer(&nxdomain, &query_bytes("www.bad.example.com.", RecordType::A, true)).unwrap();
+        assert_eq!(message.metadata.id, 0x1234);
+        assert_eq!(message.metadata.response_code, ResponseCode::NXDomain);
+        assert!(message.metadata.recursion_desired && message.metadata.recursion_available);
+        let soa = &message.authorities[0];
+        assert_eq!((soa.name.to_ascii().as_str(), soa.ttl), ("bad.example.com.", 42));
+        let edns = message.edns.unwrap();
+        let ede = edns
+            .option(hickory_proto::rr::rdata::opt::EdnsCode::Unknown(15))
+            .unwrap();
+        let hickory_proto::rr::rdata::opt::EdnsOption::Unknown(15, data) = ede else {
+            panic!()
+        };
+        assert_eq!(&data[..2], &17u16.to_be_bytes());
+        assert_eq!(&data[2..], b"list=adult category=adult");
+
+        let sinkhole = snapshot(BlockResponse::Sinkhole);
+        let message = fast_answer(&sinkhole, &query_bytes("bad.example.com.", RecordType::A, false)).unwrap();
+        assert_eq!(message.answers[0].data.ip_addr(), Some("192.0.2.80".parse().unwrap()));
+        assert!(message.edns.is_none());
+        let message = fast_answer(&sinkhole, &query_bytes("bad.example.com.", RecordType::MX, false)).unwrap();
+        assert_eq!(
+            (message.metadata.response_code, message.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        assert_eq!(message.authorities.len(), 1);
+    }
+
+    #[test]
+    fn cached_packets_get_the_new_id_case_and_aged_ttls() {
+        let cache = PacketCache::new(100);
+        let query_packet = query_bytes("www.example.com.", RecordType::A, false);
+        let mut response = Message::from_vec(&query_packet).unwrap();
+        response.metadata.message_type = hickory_proto::op::MessageType::Response;
+        response.add_answer(hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii("www.example.com.").unwrap(),
+            300,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
+        ));
+        let bytes = response.to_vec().unwrap();
+        let query = parse(&query_packet).unwrap();
+        let key = PacketKey {
+            generation: 7,
+            profile: 0,
+            name: b"www.example.com".to_vec(),
+            qtype: 1,
+            edns: false,
+            dnssec_ok: false,
+        };
+        cache.insert(key, &bytes, query.question_end);
+        let mut again = query_bytes("WWW.example.com.", RecordType::A, false);
+        again[0] = 0x99;
+        let query = parse(&again).unwrap();
+        let mut out = Vec::new();
+        assert!(
+            !cache.answer(&query, 8, 0, 1232, &mut out),
+            "another snapshot generation misses"
+        );
+        assert!(cache.answer(&query, 7, 0, 1232, &mut out));
+        let message = Message::from_vec(&out).unwrap();
+        assert_eq!(message.metadata.id, 0x9934);
+        assert_eq!(message.queries[0].name().to_ascii(), "WWW.example.com.");
+        assert!(message.answers[0].ttl <= 300);
+    }
+}
