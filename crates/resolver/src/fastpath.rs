@@ -483,6 +483,7 @@ pub(crate) struct FastPath {
 
 impl FastPath {
     fn handle(&self, packet: &[u8], client: IpAddr, snapshot: &Snapshot, out: &mut Vec<u8>) -> Outcome {
+        let started = Instant::now();
         let Some(query) = parse(packet) else {
             return Outcome::Slow(None);
         };
@@ -501,9 +502,16 @@ impl FastPath {
             return Outcome::Slow(None);
         }
         match snapshot.decide_at(query.name.as_str(), profile_id, self.clock.now()) {
+            // Queries the query log wants go through the handler, which
+            // builds the log event.
+            Verdict::Block(_) if self.metrics.logs(true) => Outcome::Slow(None),
             Verdict::Block(hit) => {
                 if write_block(out, &query, snapshot, profile, &hit, self.udp_payload) {
-                    self.metrics.blocked(snapshot.ede_code(&hit));
+                    self.metrics
+                        .list_blocked(snapshot, profile_id, hit.list, snapshot.ede_code(&hit));
+                    let rcode = u16::from(out.get(3).map_or(0, |b| b & 0x0f));
+                    self.metrics
+                        .query(Some((snapshot, profile_id)), true, rcode, started.elapsed());
                     Outcome::Answered
                 } else {
                     out.clear();
@@ -512,16 +520,22 @@ impl FastPath {
             }
             // With schedules, the answer checks (CNAME targets against
             // the lists) depend on the time, so a cached answer checked in
-            // one window must not be served in another.
-            Verdict::Allow(_) | Verdict::Pass if !profile.schedules.is_empty() => Outcome::Slow(None),
+            // one window must not be served in another; and logged queries
+            // go through the handler, which builds the log event.
+            Verdict::Allow(_) | Verdict::Pass if !profile.schedules.is_empty() || self.metrics.logs(false) => {
+                Outcome::Slow(None)
+            }
             Verdict::Allow(_) | Verdict::Pass => {
                 let index = profile_id.index();
                 if self
                     .packets
                     .answer(&query, snapshot.generation(), index, self.udp_payload, out)
                 {
+                    let rcode = u16::from(out.get(3).map_or(0, |b| b & 0x0f));
                     self.metrics.cache_hit();
-                    self.metrics.answered(u16::from(out.get(3).map_or(0, |b| b & 0x0f)));
+                    self.metrics.answered(rcode);
+                    self.metrics
+                        .query(Some((snapshot, profile_id)), true, rcode, started.elapsed());
                     return Outcome::Answered;
                 }
                 out.clear();
