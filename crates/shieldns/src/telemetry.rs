@@ -254,8 +254,12 @@ impl Telemetry {
                 }
                 ListSource::Builtin(name) => {
                     if first_sight {
-                        let label = format!("{}{name}", shieldns_sync::BUILTIN_PREFIX);
-                        version = Some((env!("CARGO_PKG_VERSION").to_owned(), label));
+                        // Built-in lists change only with the binary: the
+                        // version is the binary's, the digest the bytes'.
+                        let digest = shieldns_sync::builtin_list(name)
+                            .map(|bytes| hex::encode(Sha256::digest(bytes)))
+                            .unwrap_or_else(|| format!("{}{name}", shieldns_sync::BUILTIN_PREFIX));
+                        version = Some((env!("CARGO_PKG_VERSION").to_owned(), digest));
                     } else {
                         current.version.clone_from(&previous.version);
                     }

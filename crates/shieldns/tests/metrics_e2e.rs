@@ -226,6 +226,58 @@ fn known_traffic_gives_exact_counters_and_a_report_after_restart() {
         !html.contains("<script") && !html.contains("src=\"http"),
         "not self-contained: {html}"
     );
+    check_in_chromium(&html);
+}
+
+/// Renders the HTML report in headless Chromium: the DOM it builds keeps
+/// the charts and the figures, and the page prints to a PDF.
+fn check_in_chromium(html: &str) {
+    let Some(chromium) = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| support::daemon::have(c))
+    else {
+        eprintln!("SKIP: headless Chromium check: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("report.html");
+    std::fs::write(&page, html).unwrap();
+    let pdf = dir.path().join("report.pdf");
+    let run = |extra: &[String]| {
+        let output = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom".to_owned()]);
+    assert!(
+        dom.contains("<svg") && dom.contains("id=\"total-queries\">9</td>"),
+        "{dom}"
+    );
+    run(&[
+        format!("--print-to-pdf={}", pdf.display()),
+        "--no-pdf-header-footer".to_owned(),
+    ]);
+    let printed = std::fs::read(&pdf).unwrap();
+    assert!(
+        printed.starts_with(b"%PDF") && printed.len() > 2_000,
+        "printed {} bytes",
+        printed.len()
+    );
 }
 
 #[test]

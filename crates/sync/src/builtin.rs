@@ -30,7 +30,7 @@ const LISTS: &[(&str, &[u8])] = &[
 ];
 
 /// A built-in list's bytes.
-pub(crate) fn get(name: &str) -> Option<&'static [u8]> {
+pub fn get(name: &str) -> Option<&'static [u8]> {
     LISTS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
 }
 

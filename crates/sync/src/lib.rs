@@ -30,7 +30,7 @@ mod fetch;
 mod syncer;
 mod xfr;
 
-pub use builtin::BUILTIN_PREFIX;
+pub use builtin::{BUILTIN_PREFIX, get as builtin_list};
 pub use cache::{CachedVersion, Failure, ListState};
 pub use config::{
     DEFAULT_CACHE_DIR, DEFAULT_MAX_BYTES, DEFAULT_MAX_SHRINK, DEFAULT_REFRESH, ListConfig, ListSource, RemoteList,
