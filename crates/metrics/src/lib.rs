@@ -136,6 +136,7 @@ pub struct Metrics {
     registry: Registry,
     answered: [IntCounter; tables::RCODES.len()],
     refused: IntCounter,
+    overload_drops: IntCounter,
     blocked_by_ede: [IntCounter; 3],
     cache_hits: IntCounter,
     cache_misses: IntCounter,
@@ -205,6 +206,11 @@ impl Metrics {
         )?;
         let refused = IntCounter::new("shieldns_acl_refused_total", "Queries refused by the access list.")?;
         registry.register(Box::new(refused.clone()))?;
+        let overload_drops = IntCounter::new(
+            "shieldns_resolver_overload_drops_total",
+            "UDP queries dropped because server.max_in_flight queries were already being resolved.",
+        )?;
+        registry.register(Box::new(overload_drops.clone()))?;
         let cache = counter_vec("shieldns_cache_lookups_total", "Cache lookups by result.", &["result"])?;
         let policy = counter_vec(
             "shieldns_policy_actions_total",
@@ -309,6 +315,7 @@ impl Metrics {
         Ok(Self {
             answered: tables::RCODES.map(|rcode| responses.with_label_values(&[rcode])),
             refused,
+            overload_drops,
             blocked_by_ede: ["15", "16", "17"].map(|ede| blocked_by_ede.with_label_values(&[ede])),
             cache_hits: cache.with_label_values(&["hit"]),
             cache_misses: cache.with_label_values(&["miss"]),
@@ -438,6 +445,11 @@ impl Metrics {
     /// Counts a query refused by the access list.
     pub fn refused(&self) {
         self.refused.inc();
+    }
+
+    /// Counts a UDP query dropped for overload.
+    pub fn overload_drop(&self) {
+        self.overload_drops.inc();
     }
 
     /// Counts a cache hit.

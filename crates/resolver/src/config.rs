@@ -30,6 +30,11 @@ pub struct ServerConfig {
     /// Seconds to wait for in-flight queries on SIGTERM before exiting.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: u64,
+    /// UDP queries the full handler may work on at once (cache misses,
+    /// upstream waits). Past it new ones are dropped and counted, as an
+    /// overloaded resolver must: clients retry, and memory stays bounded.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +46,7 @@ impl Default for ServerConfig {
             udp_sockets: default_udp_sockets(),
             tcp_idle_timeout: default_tcp_idle_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            max_in_flight: default_max_in_flight(),
         }
     }
 }
@@ -68,6 +74,9 @@ fn default_udp_sockets() -> usize {
 }
 fn default_tcp_idle_timeout() -> u64 {
     10
+}
+fn default_max_in_flight() -> usize {
+    20_000
 }
 fn default_shutdown_grace() -> u64 {
     5

@@ -479,6 +479,8 @@ pub(crate) struct FastPath {
     pub(crate) clock: Clock,
     pub(crate) udp_payload: u16,
     pub(crate) metrics: Arc<Metrics>,
+    /// Bounds the UDP queries the full handler works on at once.
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl FastPath {
@@ -600,6 +602,10 @@ pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: Shiel
                     }
                 }
                 Outcome::Slow(key) => {
+                    let Ok(permit) = fast.in_flight.clone().try_acquire_owned() else {
+                        fast.metrics.overload_drop();
+                        continue;
+                    };
                     let request = packet.to_vec();
                     let responder = UdpResponder {
                         socket: socket.clone(),
@@ -607,7 +613,10 @@ pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: Shiel
                         cache: key.map(|k| (k, fast.clone())),
                     };
                     let handler = handler.clone();
-                    tokio::spawn(async move { answer_slowly(handler, request, peer, responder).await });
+                    tokio::spawn(async move {
+                        answer_slowly(handler, request, peer, responder).await;
+                        drop(permit);
+                    });
                 }
             }
         }

@@ -61,6 +61,7 @@ pub async fn start(
         clock,
         udp_payload: server.udp_payload,
         metrics: metrics.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(server.max_in_flight.max(1))),
     });
     let handler = ShieldHandler::new(
         snapshot,

@@ -568,3 +568,55 @@ fn exports_counters_on_the_metrics_endpoint() {
         assert!(body.lines().any(|l| l == line), "missing `{line}` in:\n{body}");
     }
 }
+
+#[test]
+fn overload_drops_slow_queries_but_keeps_answering_blocked_ones() {
+    use std::io::{Read, Write};
+    if skip() {
+        return;
+    }
+    // An upstream that never answers keeps every allowed query in flight.
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    upstream.set_answering(false);
+    let metrics_port = support::daemon::free_port("127.0.0.1");
+    let config = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        CONFIG
+            .replace("@UPSTREAMS@", &format!("\"{}\"", upstream.addr))
+            .replace("timeout_ms = 400", "timeout_ms = 3000")
+            .replace(
+                "allow = [\"127.0.0.0/25\", \"::1/128\"]",
+                "allow = [\"127.0.0.0/25\", \"::1/128\"]\nmax_in_flight = 4"
+            )
+    );
+    let daemon = Daemon::start(&config, FILES);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..40u8 {
+        let mut query = vec![0, i, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 5];
+        query.extend_from_slice(format!("slow{:01}", i % 10).as_bytes());
+        query.extend_from_slice(&[7]);
+        query.extend_from_slice(b"example");
+        query.extend_from_slice(&[4]);
+        query.extend_from_slice(b"test");
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        socket.send_to(&query, daemon.addr).unwrap();
+    }
+    // The fast path still answers blocks at once while the handler is full.
+    let out = daemon.dig(&["blocked.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    let drops: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("shieldns_resolver_overload_drops_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        drops >= 30,
+        "at most 4 of 40 slow queries are admitted, dropped {drops}:\n{body}"
+    );
+}
