@@ -23,6 +23,11 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponse;
 use shieldns_index::{BlockResponse, Hit, Matched, Profile, RuleAction, Snapshot, Verdict};
 use shieldns_metrics::Metrics;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -554,18 +559,89 @@ impl FastPath {
     }
 }
 
-/// Datagrams handled per readiness wake-up before yielding to other tasks.
-const DRAIN_BATCH: usize = 64;
+/// Datagrams moved per `recvmmsg`/`sendmmsg` call.
+const BATCH: usize = 32;
+/// Receive buffer per datagram: queries are small, and a longer one is
+/// truncated by the kernel and then refused by the parser.
+const DATAGRAM: usize = 4096;
 
-/// Serves one UDP socket until `shutdown` is cancelled.
+/// Buffers for batched receive and send, reused for the socket's lifetime.
+/// The kernel message headers are built per call: they hold raw pointers,
+/// which cannot live across the loop's awaits, and cost a few small
+/// allocations per batch rather than per datagram.
+struct Batch {
+    buffers: Vec<[u8; DATAGRAM]>,
+    received: Vec<(usize, SocketAddr)>,
+    answers: Vec<(Vec<u8>, SocketAddr)>,
+    answered: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            buffers: vec![[0; DATAGRAM]; BATCH],
+            received: Vec::with_capacity(BATCH),
+            answers: (0..BATCH)
+                .map(|_| (Vec::with_capacity(1232), SocketAddr::from(([0, 0, 0, 0], 0))))
+                .collect(),
+            answered: 0,
+        }
+    }
+
+    /// Receives up to [`BATCH`] datagrams in one system call.
+    fn receive(&mut self, fd: RawFd) -> std::io::Result<()> {
+        self.received.clear();
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
+            .buffers
+            .iter_mut()
+            .map(|buffer| [IoSliceMut::new(buffer)])
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let results = recvmmsg(fd, &mut headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
+            .map_err(std::io::Error::from)?;
+        for message in results {
+            if let Some(peer) = message.address.as_ref().and_then(socket_addr) {
+                self.received.push((message.bytes, peer));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the answers gathered in this batch, in one system call when the
+    /// socket takes them all; returns how many went out.
+    fn send(&mut self, fd: RawFd) -> std::io::Result<usize> {
+        let answers = self.answers.get(..self.answered).unwrap_or_default();
+        let slices: Vec<[IoSlice<'_>; 1]> = answers.iter().map(|(bytes, _)| [IoSlice::new(bytes)]).collect();
+        let addresses: Vec<Option<SockaddrStorage>> = answers
+            .iter()
+            .map(|(_, peer)| Some(SockaddrStorage::from(*peer)))
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(answers.len(), None);
+        let sent = sendmmsg(fd, &mut headers, slices.iter(), addresses, [], MsgFlags::MSG_DONTWAIT)
+            .map_err(std::io::Error::from)?;
+        Ok(sent.count())
+    }
+}
+
+fn socket_addr(storage: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = storage.as_sockaddr_in() {
+        return Some(SocketAddr::V4(std::net::SocketAddrV4::from(*v4)));
+    }
+    storage
+        .as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(std::net::SocketAddrV6::from(*v6)))
+}
+
+/// Serves one UDP socket until `shutdown` is cancelled: waits for readiness,
+/// receives a batch with one `recvmmsg`, answers what the fast path can into
+/// per-slot buffers, sends those with one `sendmmsg`, and hands the rest to
+/// the handler.
 pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: ShieldHandler, shutdown: CancellationToken) {
     let socket = Arc::new(socket);
+    let fd = socket.as_raw_fd();
     let mut snapshots = arc_swap::Cache::new(fast.snapshot.clone());
-    let mut buffer = vec![0u8; 4096];
-    let mut out = Vec::with_capacity(1232);
+    let mut batch = Batch::new();
     loop {
-        // Wait for readiness once, then drain every queued datagram without
-        // going back to the scheduler: one wake-up per burst, not per query.
         tokio::select! {
             ready = socket.readable() => {
                 if let Err(error) = ready {
@@ -575,31 +651,33 @@ pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: Shiel
             }
             () = shutdown.cancelled() => break,
         }
-        // A bounded batch, so slow-path tasks and TCP on the same worker
-        // thread still run under sustained load.
-        for _ in 0..DRAIN_BATCH {
-            let (length, peer) = match socket.try_recv_from(&mut buffer) {
-                Ok(received) => received,
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(error) => {
-                    // ICMP errors surface here on Linux; they concern an
-                    // earlier send, not this socket's health.
-                    debug!(%error, "UDP receive failed");
-                    continue;
-                }
+        match socket.try_io(Interest::READABLE, || batch.receive(fd)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(error) => {
+                // ICMP errors surface here on Linux; they concern an earlier
+                // send, not this socket's health.
+                debug!(%error, "UDP receive failed");
+                continue;
+            }
+        }
+        batch.answered = 0;
+        let snapshot = snapshots.load();
+        for index in 0..batch.received.len() {
+            let Some(&(length, peer)) = batch.received.get(index) else {
+                break;
             };
-            let Some(packet) = buffer.get(..length) else { continue };
+            let Some(packet) = batch.buffers.get(index).and_then(|b| b.get(..length)) else {
+                continue;
+            };
+            let Some((out, destination)) = batch.answers.get_mut(batch.answered) else {
+                break;
+            };
             out.clear();
-            let snapshot = snapshots.load();
-            match fast.handle(packet, peer.ip(), snapshot, &mut out) {
+            match fast.handle(packet, peer.ip(), snapshot, out) {
                 Outcome::Answered => {
-                    if let Err(error) = socket.try_send_to(&out, peer) {
-                        if error.kind() == std::io::ErrorKind::WouldBlock {
-                            let _ = socket.send_to(&out, peer).await;
-                        } else {
-                            debug!(%error, %peer, "UDP send failed");
-                        }
-                    }
+                    *destination = peer;
+                    batch.answered += 1;
                 }
                 Outcome::Slow(key) => {
                     let Ok(permit) = fast.in_flight.clone().try_acquire_owned() else {
@@ -620,6 +698,16 @@ pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: Shiel
                 }
             }
         }
+        if batch.answered > 0 {
+            let sent = socket.try_io(Interest::WRITABLE, || batch.send(fd)).unwrap_or(0);
+            // Whatever the socket did not take at once is sent one by one.
+            for (bytes, peer) in batch.answers.iter().take(batch.answered).skip(sent) {
+                if let Err(error) = socket.send_to(bytes, *peer).await {
+                    debug!(%error, %peer, "UDP send failed");
+                }
+            }
+        }
+        // Let slow-path tasks and TCP on this worker run between batches.
         tokio::task::yield_now().await;
     }
 }
