@@ -68,10 +68,13 @@ impl CachedAnswer {
     /// and no prefetch is running.
     pub(crate) fn should_prefetch(&self, now: Instant) -> bool {
         let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
-        let remaining = self.remaining(now);
+        // Milliseconds, so a 10-second answer enters its last tenth at 9 s,
+        // not when whole seconds round it down to zero.
+        let ttl = Duration::from_secs(u64::from(self.ttl));
+        let remaining = ttl.saturating_sub(now.saturating_duration_since(self.inserted));
         hits >= 2
             && self.ttl >= 10
-            && remaining.saturating_mul(10) < self.ttl
+            && remaining.as_millis() * 10 < ttl.as_millis()
             && !self.prefetching.swap(true, Ordering::AcqRel)
     }
 }
