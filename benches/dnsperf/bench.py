@@ -1,30 +1,55 @@
 #!/usr/bin/env python3
-"""Throughput, CPU per query, memory and load time of shieldns next to a
-ceiling responder, driven by dnsperf on loopback.
+"""Throughput, latency percentiles, CPU per query, memory and load time of
+shieldns side by side with Unbound and a ceiling responder, driven by dnsperf
+on loopback.
 
-    python3 benches/dnsperf/bench.py [--names 1000000] [--seconds 10] [--threads 1]
+    python3 benches/dnsperf/bench.py --names 1000000 --seconds 8 --threads 1,2 --json results.jsonl
 
 Starts, all on 127.0.30.0/24 and torn down at the end:
-  * nsd on 127.0.30.1:53 serving `bench.test` (the upstream for allowed names);
+  * nsd on 127.0.30.1:53 serving `bench.test` (allowed names of the `cached`
+    workload) and, when ../shared is present, a root zone `.` whose wildcard
+    answers every other name (the allowed names of the `zipf` workload), so
+    every upstream query ends at this nsd;
   * the ceiling responder (echo.c: flips QR, parses nothing) on 127.0.30.2;
-  * shieldns (release build) on 127.0.30.3, forward mode to the nsd, with a
-    synthetic N-name blocklist.
-Workloads: `blocked` (listed names and subdomains of them) and `cached`
-(allowed names, warmed first). For each: queries/s, lost %, mean latency and
-the server's CPU µs per answered query (utime+stime of all its threads /
-completed queries, which does not depend on which side saturated), plus the
-ratios to the ceiling. Also the list load time and RSS after load.
-Unbound side-by-side runs are left to the performance issue (issue 7).
-Needs: dnsperf, nsd, gcc (apt-get install dnsperf nsd gcc). Run as root
-(nsd binds port 53).
+  * shieldns (release build) on 127.0.30.3, forward mode to the nsd;
+  * Unbound (Debian package) on 127.0.30.4 (`unbound.py` writes its config:
+    the same list as an RPZ zone, `respip iterator`, everything forwarded
+    to the nsd, no validator or trust-anchor traffic);
+  * dnsperf and the load probe send from 127.0.30.9.
+Both servers get the same list: N synthetic names plus, for `zipf`, 5 % of the
+Umbrella top-100k names. Each thread count in `--threads` restarts both servers
+with that many workers (shieldns `udp_sockets` + TOKIO_WORKER_THREADS, Unbound
+`num-threads` + `so-reuseport`).
+
+Workloads: `blocked` (listed names and subdomains of them), `cached` (allowed
+names of bench.test, warmed first) and `zipf` (Zipf s=1 over
+../shared/data/ranking/umbrella-top-100k.txt, 95 % allowed names warmed first,
+5 % listed ones; skipped with a message when ../shared is absent). Per
+workload: the ceiling once, then shieldns, Unbound, shieldns, Unbound at
+saturation (dnsperf -c 8 -q 500): queries/s, lost %, mean latency and the
+server's CPU µs per answered query (utime+stime of all its threads /
+completed queries); then each server once at a fixed offered rate
+(`--rate`, default 20k q/s) with dnsperf -v, whose per-response latencies
+give p50/p99/p99.9. Summary: the mean of the two saturation runs, the ratios
+shieldns/Unbound and each/ceiling. Also each server's list load time (start
+until a listed name answers NXDOMAIN) and RSS after load and after the runs.
+`--json FILE` appends one JSON line per measurement.
+
+Needs: dnsperf, nsd, gcc, unbound (apt-get install dnsperf nsd gcc unbound,
+with a policy-rc.d that keeps the packages' own services from starting). Run as
+root (nsd binds port 53).
 """
 
 import argparse
+import datetime
+import json
 import os
 import random
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,24 +57,41 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-NSD_IP, ECHO_IP, SHIELD_IP = "127.0.30.1", "127.0.30.2", "127.0.30.3"
+sys.dont_write_bytecode = True  # no __pycache__ in the repo
+sys.path.insert(0, HERE)
+import unbound  # noqa: E402  (benches/dnsperf/unbound.py)
+import workloads  # noqa: E402  (benches/dnsperf/workloads.py)
+
+NSD_IP, ECHO_IP, SHIELD_IP, UNBOUND_IP, CLIENT_IP = "127.0.30.1", "127.0.30.2", "127.0.30.3", "127.0.30.4", "127.0.30.9"
 PORT = 5300
-ALLOWED = 20_000
-TLDS = ["com", "net", "org", "vn", "xyz", "info", "ru", "io"]
+RANKING = os.path.join(ROOT, "..", "shared", "data", "ranking", "umbrella-top-100k.txt")
+RCODES = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
 
 
-def synthetic_names(n, seed=7):
-    rng = random.Random(seed)
-    syllables = ["ka", "lo", "mi", "zen", "tor", "bex", "qua", "ri", "don", "vel", "sa", "nu"]
-    for i in range(n):
-        word = "".join(rng.choice(syllables) for _ in range(rng.randint(2, 4)))
-        yield f"{word}{i:x}.{TLDS[i % len(TLDS)]}"
+class Record:
+    """Prints nothing; appends JSON lines (command, date, run id, figures)."""
+
+    def __init__(self, path, args):
+        self.file = open(path, "a") if path else None
+        self.base = {"command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+                     "run": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+                     "names": args.names, "seconds": args.seconds}
+
+    def __call__(self, **figures):
+        if self.file:
+            line = dict(self.base, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+            line.update(figures)
+            self.file.write(json.dumps(line) + "\n")
+            self.file.flush()
 
 
 def cpu_seconds(pid):
     total = 0
     for task in os.listdir(f"/proc/{pid}/task"):
-        fields = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
+        try:
+            fields = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -61,106 +103,275 @@ def rss_mib(pid):
     return 0.0
 
 
-def dnsperf(server, port, queries, seconds):
-    out = subprocess.run(
-        ["dnsperf", "-s", server, "-p", str(port), "-d", queries, "-l", str(seconds), "-c", "8", "-q", "500"],
-        capture_output=True, text=True, check=True).stdout
+def probe_rcode(server, port, name, timeout=0.2):
+    """One A query from CLIENT_IP; the rcode, or None without an answer."""
+    qid = random.randrange(65536)
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+    packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((CLIENT_IP, 0))
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(packet, (server, port))
+            while True:
+                data = sock.recv(4096)
+                if len(data) >= 4 and struct.unpack(">H", data[:2])[0] == qid:
+                    return data[3] & 0x0F
+        except OSError:  # timeout, or ICMP port unreachable before the server binds
+            return None
+
+
+def wait_blocked(name, proc, server, probe, limit=600):
+    """Seconds from now until `probe` answers NXDOMAIN (the list is in force)."""
+    started = time.time()
+    while time.time() - started < limit:
+        if proc.poll() is not None:
+            return None
+        if probe_rcode(server, PORT, probe) == 3:
+            return time.time() - started
+        time.sleep(0.05)
+    return None
+
+
+def dnsperf(server, queries, extra):
+    command = ["dnsperf", "-s", server, "-p", str(PORT), "-a", CLIENT_IP, "-d", queries, "-c", "8"] + extra
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def parse(out):
     number = lambda label: float(re.search(label + r":\s+([0-9.]+)", out).group(1))
+    codes = re.search(r"Response codes:\s+(.*)", out)
     return {
         "completed": number("Queries completed"),
         "qps": number("Queries per second"),
         "lost_pct": float(re.search(r"Queries lost:\s+\d+ \(([0-9.]+)%\)", out).group(1)),
         "latency_ms": number(r"Average Latency \(s\)") * 1000,
-        "servfail": "SERVFAIL" in out,
+        "rcodes": dict((code, int(count)) for code, count in re.findall(r"([A-Z]+) (\d+) \(", codes.group(1)))
+        if codes else {},
     }
 
 
-def measure(name, pid, server, port, queries, seconds):
-    before = cpu_seconds(pid)
-    result = dnsperf(server, port, queries, seconds)
-    used = cpu_seconds(pid) - before
-    result["cpu_us_per_query"] = used / max(result["completed"], 1) * 1e6
-    print(f"  {name:8} {result['qps']:>9.0f} q/s  lost {result['lost_pct']:.2f} %  "
-          f"mean {result['latency_ms']:.3f} ms  {result['cpu_us_per_query']:.1f} µs CPU/query", flush=True)
-    return result
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, max(0, int(q * len(sorted_values) + 0.999999) - 1))]
+
+
+class Server:
+    def __init__(self, name, proc, ip):
+        self.name, self.proc, self.ip = name, proc, ip
+
+    def measure(self, queries, extra, latencies=False):
+        before = cpu_seconds(self.proc.pid)
+        out = dnsperf(self.ip, queries, extra)
+        used = cpu_seconds(self.proc.pid) - before
+        result = parse(out)
+        result["cpu_us_per_query"] = used / max(result["completed"], 1) * 1e6
+        if latencies:
+            values = sorted(float(line.split()[-1]) * 1000 for line in out.splitlines()
+                            if line.startswith("> ") and line.split()[1] != "T")
+            result.update(p50_ms=percentile(values, 0.50), p99_ms=percentile(values, 0.99),
+                          p999_ms=percentile(values, 0.999), max_ms=values[-1] if values else float("nan"))
+        return result
+
+
+def row(label, r):
+    extra = ""
+    if "p50_ms" in r:
+        extra = f"  p50 {r['p50_ms']:.3f}  p99 {r['p99_ms']:.3f}  p99.9 {r['p999_ms']:.3f} ms"
+    odd = {code: n for code, n in r["rcodes"].items() if code not in ("NOERROR", "NXDOMAIN")}
+    return (f"  {label:12} {r['qps']:>9.0f} q/s  lost {r['lost_pct']:5.2f} %  mean {r['latency_ms']:.3f} ms  "
+            f"{r['cpu_us_per_query']:5.1f} µs CPU/query{extra}" + (f"  rcodes {odd}" if odd else ""))
+
+
+def mean(results, key):
+    return sum(r[key] for r in results) / len(results)
+
+
+def start_shieldns(work, threads, lists):
+    with open(f"{work}/shieldns.toml", "w") as f:
+        f.write(f'[server]\nlisten = ["{SHIELD_IP}:{PORT}"]\nallow = ["127.0.0.0/8"]\nudp_sockets = {threads}\n'
+                f'[upstream]\nmode = "forward"\nforward = ["{NSD_IP}:53"]\n[cache]\nmax_entries = 400000\n')
+        for index, path in enumerate(lists):
+            f.write(f'[[list]]\nname = "bench{index}"\ncategory = "adult"\nformat = "domains"\npath = "{path}"\n')
+        f.write('[[profile]]\nname = "all"\nclients = ["0.0.0.0/0"]\nblock = ["adult"]\n')
+    log = open(f"{work}/shieldns.log", "w")
+    env = dict(os.environ, RUST_LOG="warn,shieldns=info", TOKIO_WORKER_THREADS=str(threads))
+    proc = subprocess.Popen([f"{ROOT}/target/release/shieldns", "run", "--config", f"{work}/shieldns.toml"],
+                            stderr=log, env=env)
+    return Server("shieldns", proc, SHIELD_IP), f"{work}/shieldns.log"
+
+
+def start_unbound(work, threads, rpz):
+    conf = unbound.write_config(work, UNBOUND_IP, PORT, threads, rpz, NSD_IP)
+    log = open(f"{work}/unbound.stderr", "w")
+    proc = subprocess.Popen(["unbound", "-d", "-c", conf], stdout=log, stderr=log)
+    return Server("unbound", proc, UNBOUND_IP), f"{work}/unbound.log"
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--names", type=int, default=1_000_000)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--names", type=int, default=1_000_000, help="synthetic listed names")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each saturation run")
+    parser.add_argument("--threads", default="1", help="worker threads, a comma list such as 1,2")
+    parser.add_argument("--peers", default="shieldns,unbound", help="servers besides the ceiling")
+    parser.add_argument("--peer", action="append", default=[], help="add a peer (e.g. --peer unbound)")
+    parser.add_argument("--workloads", default="blocked,cached,zipf")
+    parser.add_argument("--rate", type=int, default=20_000, help="offered q/s of the latency runs")
+    parser.add_argument("--rate-seconds", type=int, default=5, help="length of each latency run")
+    parser.add_argument("--json", help="append one JSON line per measurement to this file")
+    parser.add_argument("--no-build", action="store_true", help="use target/release/shieldns as it is")
     args = parser.parse_args()
-    for tool in ["dnsperf", "nsd", "gcc"]:
+    peers = [p for p in dict.fromkeys(args.peers.split(",") + args.peer) if p]
+    unknown = set(peers) - {"shieldns", "unbound"}
+    if unknown:
+        sys.exit(f"unknown peer(s): {', '.join(sorted(unknown))} (known: shieldns, unbound)")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    wanted = args.workloads.split(",")
+    tools = ["dnsperf", "nsd", "gcc"] + (["unbound"] if "unbound" in peers else [])
+    for tool in tools:
         if not shutil.which(tool):
-            sys.exit(f"{tool} is not installed (apt-get install dnsperf nsd gcc)")
-    subprocess.run(["cargo", "build", "--release", "-p", "shieldns"], cwd=ROOT, check=True)
+            sys.exit(f"{tool} is not installed (apt-get install {' '.join(tools)})")
+    if "zipf" in wanted and not os.path.exists(RANKING):
+        print(f"zipf workload skipped: {os.path.normpath(RANKING)} is absent (../shared not mounted)", flush=True)
+        wanted.remove("zipf")
+    if "shieldns" in peers and not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "shieldns"], cwd=ROOT, check=True)
+    record = Record(args.json, args)
     work = tempfile.mkdtemp(prefix="shieldns-bench-")
     children = []
     try:
-        # The blocklist, the allowed zone and the query files.
-        names = list(synthetic_names(args.names))
-        with open(f"{work}/blocked.txt", "w") as f:
-            f.write("\n".join(names) + "\n")
-        with open(f"{work}/bench.test.zone", "w") as f:
-            f.write("$TTL 86400\n@ SOA ns.bench.test. h.bench.test. 1 3600 600 86400 300\n@ NS ns.bench.test.\n"
-                    f"ns A {NSD_IP}\n")
-            for i in range(ALLOWED):
-                f.write(f"h{i} A 192.0.2.{i % 250 + 1}\n")
-        rng = random.Random(11)
-        with open(f"{work}/q-blocked.txt", "w") as f:
-            for _ in range(100_000):
-                name = rng.choice(names)
-                f.write(f"{'www.' if rng.random() < 0.5 else ''}{name} A\n")
-        with open(f"{work}/q-cached.txt", "w") as f:
-            for _ in range(100_000):
-                f.write(f"h{rng.randrange(ALLOWED)}.bench.test A\n")
+        data = workloads.generate(work, args.names, NSD_IP, RANKING if "zipf" in wanted else None)
+        print(f"list: {args.names} synthetic names + {data['zipf_listed']} Umbrella names "
+              f"({data['zipf_listed_share']:.1%} of zipf queries hit them); RPZ {data['rpz_records']} records",
+              flush=True)
         with open(f"{work}/nsd.conf", "w") as f:
             f.write(f'server:\n  ip-address: {NSD_IP}@53\n  username: ""\n  chroot: ""\n  zonesdir: "{work}"\n'
                     f'  pidfile: "{work}/nsd.pid"\n  database: ""\n  zonelistfile: "{work}/zone.list"\n'
                     f'  xfrdfile: "{work}/xfrd.state"\n  do-ip6: no\n  verbosity: 0\n'
                     f'zone:\n  name: bench.test\n  zonefile: bench.test.zone\n')
+            if data["root_zone"]:
+                f.write("zone:\n  name: .\n  zonefile: root.zone\n")
         children.append(subprocess.Popen(["nsd", "-d", "-c", f"{work}/nsd.conf"], stderr=subprocess.DEVNULL))
         subprocess.run(["gcc", "-O2", "-o", f"{work}/echo", f"{HERE}/echo.c"], check=True)
-        echo = subprocess.Popen([f"{work}/echo", ECHO_IP, str(PORT)])
-        children.append(echo)
-        with open(f"{work}/shieldns.toml", "w") as f:
-            f.write(f'[server]\nlisten = ["{SHIELD_IP}:{PORT}"]\nallow = ["127.0.0.0/8"]\nudp_sockets = {args.threads}\n'
-                    f'[upstream]\nmode = "forward"\nforward = ["{NSD_IP}:53"]\n[cache]\nmax_entries = 100000\n'
-                    f'[[list]]\nname = "bench"\ncategory = "adult"\nformat = "domains"\npath = "{work}/blocked.txt"\n'
-                    f'[[profile]]\nname = "all"\nclients = ["0.0.0.0/0"]\nblock = ["adult"]\n')
-        log = open(f"{work}/shieldns.log", "w")
-        started = time.time()
-        env = dict(os.environ, RUST_LOG="warn,shieldns=info", TOKIO_WORKER_THREADS=str(args.threads))
-        shield = subprocess.Popen([f"{ROOT}/target/release/shieldns", "run", "--config", f"{work}/shieldns.toml"],
-                                  stderr=log, env=env)
-        children.append(shield)
-        while "shieldns ready" not in open(f"{work}/shieldns.log").read():
-            if shield.poll() is not None:
-                sys.exit(open(f"{work}/shieldns.log").read())
-            time.sleep(0.02)
-        print(f"shieldns: {args.names} names loaded in {time.time() - started:.2f} s, "
-              f"RSS {rss_mib(shield.pid):.1f} MiB, {args.threads} worker thread(s)", flush=True)
-        # Warm the cache with every allowed name.
-        subprocess.run(["dnsperf", "-s", SHIELD_IP, "-p", str(PORT), "-d", f"{work}/q-cached.txt", "-n", "1",
-                        "-c", "8", "-q", "200"], capture_output=True, check=True)
-        results = {}
-        for workload in ["blocked", "cached"]:
-            print(f"{workload}:", flush=True)
-            queries = f"{work}/q-{workload}.txt"
-            ceiling = measure("ceiling", echo.pid, ECHO_IP, PORT, queries, args.seconds)
-            ours = measure("shieldns", shield.pid, SHIELD_IP, PORT, queries, args.seconds)
-            results[workload] = (ceiling, ours)
-            print(f"  ratio    {ours['qps'] / ceiling['qps']:.2f} of the ceiling's q/s, "
-                  f"{ours['cpu_us_per_query'] / max(ceiling['cpu_us_per_query'], 0.01):.2f}x its CPU per query",
-                  flush=True)
-        print(f"shieldns RSS after the runs: {rss_mib(shield.pid):.1f} MiB")
+        echo = Server("ceiling", subprocess.Popen([f"{work}/echo", ECHO_IP, str(PORT)]), ECHO_IP)
+        children.append(echo.proc)
+        for _ in range(100):  # nsd answers for bench.test before anything depends on it
+            if probe_rcode(NSD_IP, 53, "h0.bench.test") == 0:
+                break
+            time.sleep(0.05)
+        else:
+            sys.exit("nsd did not answer on 127.0.30.1:53")
+
+        summary = []
+        for threads in thread_counts:
+            print(f"\n=== {threads} worker thread(s) ===", flush=True)
+            servers = []
+            for peer in peers:
+                started = time.time()
+                if peer == "shieldns":
+                    server, log = start_shieldns(work, threads, [data["list"]])
+                else:
+                    server, log = start_unbound(work, threads, data["rpz"])
+                children.append(server.proc)
+                waited = wait_blocked(peer, server.proc, server.ip, data["probe"])
+                if waited is None:
+                    logs = "".join(open(p).read()[-3000:] for p in (log, f"{work}/unbound.stderr") if os.path.exists(p))
+                    sys.exit(f"{peer} did not block {data['probe']}:\n{logs}")
+                load_s, rss = time.time() - started, rss_mib(server.proc.pid)
+                print(f"{peer:9} list in force {load_s:6.2f} s after start, RSS {rss:7.1f} MiB", flush=True)
+                record(kind="load", server=peer, threads=threads, load_s=round(load_s, 3), rss_mib=round(rss, 1),
+                       listed=data["listed"])
+                servers.append(server)
+            for server in servers:  # warm the caches: two passes, few outstanding, so none is dropped
+                for workload in ("cached", "zipf"):
+                    if workload in wanted:
+                        for _ in range(2):
+                            dnsperf(server.ip, data[workload], ["-n", "1", "-q", "100"])
+            for workload in wanted:
+                queries = data[workload]
+                print(f"{workload} (saturation, -c 8 -q 500, {args.seconds} s each; ceiling, then A B A B):",
+                      flush=True)
+                saturate = ["-l", str(args.seconds), "-q", "500"]
+                ceiling = echo.measure(queries, saturate)
+                print(row("ceiling", ceiling), flush=True)
+                record(kind="saturation", workload=workload, server="ceiling", threads=threads, repeat=1, **ceiling)
+                runs = {s.name: [] for s in servers}
+                for repeat in (1, 2):
+                    for server in servers:
+                        r = server.measure(queries, saturate)
+                        runs[server.name].append(r)
+                        print(row(f"{server.name} #{repeat}", r), flush=True)
+                        record(kind="saturation", workload=workload, server=server.name, threads=threads,
+                               repeat=repeat, **r)
+                print(f"{workload} (fixed rate {args.rate} q/s, {args.rate_seconds} s each):", flush=True)
+                fixed = {}
+                for server in [echo] + servers:
+                    r = server.measure(queries, ["-l", str(args.rate_seconds), "-Q", str(args.rate), "-q", "2000", "-v"],
+                                       latencies=True)
+                    fixed[server.name] = r
+                    print(row(server.name, r), flush=True)
+                    record(kind="fixed_rate", workload=workload, server=server.name, threads=threads,
+                           offered_qps=args.rate, **r)
+                for name, results in runs.items():
+                    entry = {"threads": threads, "workload": workload, "server": name,
+                             "qps": mean(results, "qps"), "lost_pct": mean(results, "lost_pct"),
+                             "latency_ms": mean(results, "latency_ms"),
+                             "cpu_us_per_query": mean(results, "cpu_us_per_query"),
+                             "p50_ms": fixed[name]["p50_ms"], "p99_ms": fixed[name]["p99_ms"],
+                             "qps_vs_ceiling": mean(results, "qps") / ceiling["qps"],
+                             "cpu_vs_ceiling": mean(results, "cpu_us_per_query") / max(ceiling["cpu_us_per_query"], 0.01)}
+                    summary.append(entry)
+                summary.append({"threads": threads, "workload": workload, "server": "ceiling",
+                                "qps": ceiling["qps"], "lost_pct": ceiling["lost_pct"],
+                                "latency_ms": ceiling["latency_ms"], "cpu_us_per_query": ceiling["cpu_us_per_query"],
+                                "p50_ms": fixed["ceiling"]["p50_ms"], "p99_ms": fixed["ceiling"]["p99_ms"],
+                                "qps_vs_ceiling": 1.0, "cpu_vs_ceiling": 1.0})
+            for server in servers:
+                rss = rss_mib(server.proc.pid)
+                print(f"{server.name:9} RSS after the runs {rss:7.1f} MiB", flush=True)
+                record(kind="rss_after_runs", server=server.name, threads=threads, rss_mib=round(rss, 1))
+                stop(server.proc)
+                children.remove(server.proc)
+
+        print("\nSummary (saturation figures: mean of the two runs; p50/p99 at the fixed rate):")
+        print(f"  {'thr':>3} {'workload':8} {'server':9} {'q/s':>9} {'lost %':>7} {'mean ms':>8} {'p50 ms':>7} "
+              f"{'p99 ms':>7} {'µs/q':>6} {'q/s÷ceil':>9} {'µs÷ceil':>8}")
+        for e in summary:
+            print(f"  {e['threads']:>3} {e['workload']:8} {e['server']:9} {e['qps']:>9.0f} {e['lost_pct']:>7.2f} "
+                  f"{e['latency_ms']:>8.3f} {e['p50_ms']:>7.3f} {e['p99_ms']:>7.3f} {e['cpu_us_per_query']:>6.1f} "
+                  f"{e['qps_vs_ceiling']:>9.2f} {e['cpu_vs_ceiling']:>8.2f}")
+        if {"shieldns", "unbound"} <= set(peers):
+            print("\nshieldns ÷ Unbound:")
+            for threads in thread_counts:
+                for workload in wanted:
+                    pick = {e["server"]: e for e in summary if e["threads"] == threads and e["workload"] == workload}
+                    s, u = pick["shieldns"], pick["unbound"]
+                    ratios = {"qps": s["qps"] / u["qps"], "cpu_us_per_query": s["cpu_us_per_query"] / u["cpu_us_per_query"],
+                              "p50": s["p50_ms"] / u["p50_ms"], "p99": s["p99_ms"] / u["p99_ms"]}
+                    print(f"  {threads} thr {workload:8} q/s {ratios['qps']:.2f}x  CPU/query {ratios['cpu_us_per_query']:.2f}x  "
+                          f"p50 {ratios['p50']:.2f}x  p99 {ratios['p99']:.2f}x")
+                    record(kind="ratio_shieldns_unbound", workload=workload, threads=threads,
+                           **{k: round(v, 3) for k, v in ratios.items()})
+        for e in summary:
+            record(kind="summary", **e)
     finally:
         for child in children:
-            child.send_signal(signal.SIGTERM)
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
         for child in children:
             try:
-                child.wait(timeout=10)
+                child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
         shutil.rmtree(work, ignore_errors=True)

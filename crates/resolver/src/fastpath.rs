@@ -328,17 +328,18 @@ struct PacketKey {
 /// lookup allocates nothing; the stored key confirms the match.
 #[derive(Debug)]
 pub(crate) struct PacketCache {
-    entries: moka::sync::Cache<u64, Arc<Packet>>,
+    /// quick_cache rather than moka (which the answer cache uses): a hit here
+    /// is the whole cost of a cached answer, and quick_cache's lock-striped
+    /// CLOCK lookup does no bookkeeping on reads that moka's buffered
+    /// TinyLFU does. Expiry is checked on use against the answer's TTL.
+    entries: quick_cache::sync::Cache<u64, Arc<Packet>>,
     hasher: foldhash::fast::RandomState,
 }
 
 impl PacketCache {
     pub(crate) fn new(max_entries: u64) -> Self {
         Self {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(Duration::from_secs(86_400))
-                .build(),
+            entries: quick_cache::sync::Cache::new(usize::try_from(max_entries.max(1)).unwrap_or(usize::MAX)),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
