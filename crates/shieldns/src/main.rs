@@ -20,6 +20,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// jemalloc rather than the system allocator: a reload frees a whole
+/// snapshot (tens of MB at 1M names) after building the next one, and glibc
+/// kept that memory, so RSS grew with every reload; jemalloc's background
+/// thread returns freed pages to the system.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use shieldns_index::ListFormat;
 
 /// DNS-level harmful-content filtering resolver for ISPs and schools.

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Reload under load: shieldns with an N-name list answers dnsperf at a fixed
+rate while the script sends SIGHUP R times, each reload swapping in a list
+that moves one name from allowed to blocked.
+
+    python3 benches/dnsperf/reload.py [--names 1000000] [--rate 5000] [--reloads 20]
+
+Prints queries sent/lost, every rcode dnsperf saw (no SERVFAIL allowed), the
+time each reload took, RSS after the first load, the peak RSS seen during the
+reloads (the extra memory of a swap) and RSS after the last reload, and
+checks that a name answered from the cache before it was listed is blocked
+right after the reload that lists it. Loopback only (127.0.30.0/24); needs
+dnsperf and dig; builds nothing (run bench.py or `cargo build --release`
+first).
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+SHIELD_IP, PORT = "127.0.30.3", 5300
+
+
+def rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def dig_status(name):
+    out = subprocess.run(["dig", f"@{SHIELD_IP}", "-p", str(PORT), name, "A", "+time=2", "+tries=1"],
+                         capture_output=True, text=True).stdout
+    match = re.search(r"status: (\w+)", out)
+    return match.group(1) if match else "NO-ANSWER"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--names", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--reloads", type=int, default=20)
+    args = parser.parse_args()
+    for tool in ["dnsperf", "dig"]:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is not installed (apt-get install dnsperf bind9-dnsutils)")
+    binary = f"{ROOT}/target/release/shieldns"
+    if not os.path.exists(binary):
+        sys.exit("build first: cargo build --release -p shieldns")
+    work = tempfile.mkdtemp(prefix="shieldns-reload-")
+    shield = None
+    try:
+        names = list(workloads.synthetic_names(args.names))
+        base = "\n".join(names) + "\n"
+
+        def write_list(extra):
+            with open(f"{work}/list.tmp", "w") as f:
+                f.write(base + extra)
+            os.replace(f"{work}/list.tmp", f"{work}/list.txt")
+
+        write_list("")
+        # The names that flip from allowed to blocked answer from RPZ local
+        # data, so the run needs no upstream and measures the resolver alone.
+        with open(f"{work}/local.rpz", "w") as f:
+            f.write("$TTL 300\n@ SOA localhost. root.localhost. 1 3600 600 86400 300\n  NS localhost.\n")
+            for i in range(args.reloads + 1):
+                f.write(f"flip{i}.reload.test A 192.0.2.{i + 1}\n")
+        with open(f"{work}/shieldns.toml", "w") as f:
+            f.write(f'[server]\nlisten = ["{SHIELD_IP}:{PORT}"]\nallow = ["127.0.0.0/8"]\n'
+                    f'[upstream]\nmode = "forward"\nforward = ["127.0.30.1:53"]\ntimeout_ms = 500\n'
+                    f'[[list]]\nname = "bench"\ncategory = "adult"\nformat = "domains"\npath = "{work}/list.txt"\n'
+                    f'[[list]]\nname = "local"\nformat = "rpz"\npath = "{work}/local.rpz"\n'
+                    f'[[profile]]\nname = "all"\nclients = ["0.0.0.0/0"]\nblock = ["adult"]\n')
+        with open(f"{work}/queries.txt", "w") as f:
+            for i in range(0, len(names), max(1, len(names) // 5000)):
+                f.write(f"{names[i]} A\n")
+        log = open(f"{work}/shieldns.log", "w")
+        shield = subprocess.Popen([binary, "run", "--config", f"{work}/shieldns.toml"], stderr=log,
+                                  env=dict(os.environ, RUST_LOG="warn,shieldns=info"))
+        while "shieldns ready" not in open(f"{work}/shieldns.log").read():
+            if shield.poll() is not None:
+                sys.exit(open(f"{work}/shieldns.log").read())
+            time.sleep(0.02)
+        # RSS once the allocator has returned the build's scratch memory
+        # (jemalloc's dirty pages decay within a second, see .cargo/config.toml).
+        time.sleep(2)
+        first_rss = rss_mib(shield.pid)
+        seconds = max(10, args.reloads * 2 + 6)
+        dnsperf = subprocess.Popen(["dnsperf", "-s", SHIELD_IP, "-p", str(PORT), "-d", f"{work}/queries.txt",
+                                    "-l", str(seconds), "-Q", str(args.rate), "-c", "4", "-t", "3"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        peak = [first_rss]
+        sampling = threading.Event()
+
+        def sample():
+            while not sampling.is_set():
+                peak[0] = max(peak[0], rss_mib(shield.pid))
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        time.sleep(2)
+        durations, stale = [], []
+        for i in range(args.reloads):
+            flip = f"flip{i}.reload.test"
+            before = dig_status(flip)  # answered (and cached) while allowed
+            write_list(f"{flip}\n")
+            done_before = open(f"{work}/shieldns.log").read().count("reload complete")
+            started = time.time()
+            shield.send_signal(signal.SIGHUP)
+            while open(f"{work}/shieldns.log").read().count("reload complete") == done_before:
+                if time.time() - started > 60:
+                    sys.exit("reload did not complete:\n" + open(f"{work}/shieldns.log").read())
+                time.sleep(0.01)
+            durations.append(time.time() - started)
+            after = dig_status(flip)
+            if before != "NOERROR" or after != "NXDOMAIN":
+                stale.append((flip, before, after))
+        out = dnsperf.communicate()[0]
+        sampling.set()
+        sampler.join()
+        time.sleep(2)
+        last_rss = rss_mib(shield.pid)
+        sent = re.search(r"Queries sent:\s+(\d+)", out).group(1)
+        lost = re.search(r"Queries lost:\s+(\d+ \([0-9.]+%\))", out).group(1)
+        codes = re.search(r"Response codes:\s+(.*)", out).group(1)
+        print(f"{args.names} names, {args.rate} q/s offered for {seconds} s, {args.reloads} reloads")
+        print(f"  queries sent {sent}, lost {lost}; rcodes: {codes}")
+        print(f"  reload time: min {min(durations):.2f} s, max {max(durations):.2f} s, "
+              f"mean {sum(durations) / len(durations):.2f} s")
+        print(f"  RSS: {first_rss:.1f} MiB after the first load, peak {peak[0]:.1f} MiB during reloads, "
+              f"{last_rss:.1f} MiB after the last ({last_rss / first_rss:.2f}x the first)")
+        print(f"  cached-then-listed names blocked right after their reload: "
+              f"{args.reloads - len(stale)}/{args.reloads}" + (f"  FAILED: {stale}" if stale else ""))
+        if "SERVFAIL" in codes or stale:
+            sys.exit(1)
+    finally:
+        if shield is not None:
+            shield.send_signal(signal.SIGTERM)
+            try:
+                shield.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                shield.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
