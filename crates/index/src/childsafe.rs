@@ -323,6 +323,35 @@ pub fn bypass_defence(name: &str) -> Option<BypassDefence> {
     }
 }
 
+/// A verdict of profile policy beyond the lists, for a name the lists let
+/// through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfilePolicy {
+    /// A bypass defence answer.
+    Bypass(BypassDefence),
+    /// The query type is blocked (answered NODATA).
+    BlockedQueryType,
+    /// A safe-search rewrite.
+    SafeSearch(SafeSearchRewrite),
+}
+
+impl crate::policy::Profile {
+    /// Profile policy for a name the lists let through, in the one
+    /// precedence the resolver and `explain` share: bypass defences, then
+    /// blocked query types, then safe search.
+    pub fn policy_for(&self, name: &str, qtype: u16) -> Option<ProfilePolicy> {
+        if self.bypass_protection
+            && let Some(defence) = bypass_defence(name)
+        {
+            return Some(ProfilePolicy::Bypass(defence));
+        }
+        if self.blocked_qtypes.contains(&qtype) {
+            return Some(ProfilePolicy::BlockedQueryType);
+        }
+        self.safe_search.rewrite(name).map(ProfilePolicy::SafeSearch)
+    }
+}
+
 /// Parses a record type name (`A`, `HTTPS`, `ANY`, `TYPE65`) to its code.
 pub fn qtype_code(name: &str) -> Option<u16> {
     let upper = name.to_ascii_uppercase();

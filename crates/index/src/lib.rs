@@ -29,7 +29,9 @@ pub mod policy;
 mod snapshot;
 mod suffix;
 
-pub use childsafe::{BypassDefence, Dns64, Rebinding, SafeSearch, SafeSearchRewrite, Schedule, bypass_defence};
+pub use childsafe::{
+    BypassDefence, Dns64, ProfilePolicy, Rebinding, SafeSearch, SafeSearchRewrite, Schedule, bypass_defence,
+};
 pub use digest::name_digest;
 pub use jiff::Timestamp;
 pub use policy::{BlockResponse, ListAction, ListId, ListPolicy, Profile, ProfileConfig, ProfileId};

@@ -19,7 +19,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use shieldns_index::{BypassDefence, Dns64, Hit, ProfileId, Snapshot, Timestamp, Verdict, bypass_defence};
+use shieldns_index::{BypassDefence, Dns64, Hit, ProfileId, ProfilePolicy, Snapshot, Timestamp, Verdict};
 use shieldns_metrics::{LoggedBlock, Metrics, PolicyAction, QueryEvent};
 use tracing::{debug, warn};
 
@@ -166,36 +166,36 @@ impl ShieldHandler {
             }
             Verdict::Allow(_) | Verdict::Pass => {}
         }
-        if profile.bypass_protection
-            && let Some(defence) = bypass_defence(name)
-        {
-            self.inner.metrics.policy(PolicyAction::Bypass);
-            let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::Bypass));
-            let ttl = profile.block_ttl;
-            return Decision::Block(match defence {
-                BypassDefence::Nxdomain(what) => answer::nxdomain(
-                    qname,
-                    ttl,
-                    (EDE_FILTERED, format!("policy=bypass-protection reason={what}")),
-                ),
-                BypassDefence::Nodata(what) => answer::nodata(
-                    qname,
-                    ttl,
-                    (EDE_FILTERED, format!("policy=bypass-protection reason={what}")),
-                ),
-            });
-        }
-        if profile.blocked_qtypes.contains(&u16::from(qtype)) {
-            self.inner.metrics.policy(PolicyAction::QueryType);
-            let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::QueryType));
-            let text = format!("policy=block-qtypes type={qtype}");
-            return Decision::Block(answer::nodata(qname, profile.block_ttl, (EDE_FILTERED, text)));
-        }
-        if let Some(rewrite) = profile.safe_search.rewrite(name) {
-            self.inner.metrics.policy(PolicyAction::SafeSearch);
-            return Decision::Block(answer::cname(qname, rewrite.target, profile.block_ttl));
-        }
-        Decision::Resolve
+        let ttl = profile.block_ttl;
+        let decision = match profile.policy_for(name, u16::from(qtype)) {
+            None => return Decision::Resolve,
+            Some(ProfilePolicy::Bypass(defence)) => {
+                let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::Bypass));
+                self.inner.metrics.policy(PolicyAction::Bypass);
+                match defence {
+                    BypassDefence::Nxdomain(what) => answer::nxdomain(
+                        qname,
+                        ttl,
+                        (EDE_FILTERED, format!("policy=bypass-protection reason={what}")),
+                    ),
+                    BypassDefence::Nodata(what) => answer::nodata(
+                        qname,
+                        ttl,
+                        (EDE_FILTERED, format!("policy=bypass-protection reason={what}")),
+                    ),
+                }
+            }
+            Some(ProfilePolicy::BlockedQueryType) => {
+                let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::QueryType));
+                self.inner.metrics.policy(PolicyAction::QueryType);
+                answer::nodata(qname, ttl, (EDE_FILTERED, format!("policy=block-qtypes type={qtype}")))
+            }
+            Some(ProfilePolicy::SafeSearch(rewrite)) => {
+                self.inner.metrics.policy(PolicyAction::SafeSearch);
+                answer::cname(qname, rewrite.target, ttl)
+            }
+        };
+        Decision::Block(decision)
     }
 
     /// Checks an upstream answer for this client: every name in its CNAME

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde_json::json;
 use shieldns_index::{
-    BypassDefence, Hit, ListAction, ListFormat, ListPolicy, Matched, Profile, RuleAction, SnapshotBuilder, Timestamp,
-    Verdict, bypass_defence,
+    BypassDefence, Hit, ListAction, ListFormat, ListPolicy, Matched, Profile, ProfilePolicy, RuleAction,
+    SnapshotBuilder, Timestamp, Verdict,
 };
 use shieldns_sync::{Built, PolicySources, build_snapshot};
 
@@ -127,38 +127,37 @@ fn profile_policy(profile: &Profile, name: &str, qtype: &str, list_verdict: &Ver
     if matches!(list_verdict, Verdict::Block(_)) {
         return None;
     }
-    if profile.bypass_protection
-        && let Some(defence) = bypass_defence(name)
-    {
-        let (verdict, reason) = match defence {
-            BypassDefence::Nxdomain(what) => ("block", format!("NXDOMAIN ({what})")),
-            BypassDefence::Nodata(what) => ("block", format!("NODATA ({what})")),
-        };
-        return Some(PolicyVerdict {
-            verdict,
-            policy: "bypass_protection",
-            reason,
-            ede: Some(17),
-            rewrite_to: None,
-        });
-    }
-    let qtype_code = shieldns_index::childsafe::qtype_code(qtype);
-    if qtype_code.is_some_and(|code| profile.blocked_qtypes.contains(&code)) {
-        let reason = format!("NODATA for {}", qtype.to_ascii_uppercase());
-        return Some(PolicyVerdict {
+    // An unknown type name blocks no query type but still meets the other
+    // policies, as before.
+    let qtype_code = shieldns_index::childsafe::qtype_code(qtype).unwrap_or(0);
+    Some(match profile.policy_for(name, qtype_code)? {
+        ProfilePolicy::Bypass(defence) => {
+            let reason = match defence {
+                BypassDefence::Nxdomain(what) => format!("NXDOMAIN ({what})"),
+                BypassDefence::Nodata(what) => format!("NODATA ({what})"),
+            };
+            PolicyVerdict {
+                verdict: "block",
+                policy: "bypass_protection",
+                reason,
+                ede: Some(17),
+                rewrite_to: None,
+            }
+        }
+        ProfilePolicy::BlockedQueryType => PolicyVerdict {
             verdict: "block",
             policy: "block_qtypes",
-            reason,
+            reason: format!("NODATA for {}", qtype.to_ascii_uppercase()),
             ede: Some(17),
             rewrite_to: None,
-        });
-    }
-    profile.safe_search.rewrite(name).map(|rewrite| PolicyVerdict {
-        verdict: "rewrite",
-        policy: "safe_search",
-        reason: format!("{} safe search", rewrite.engine),
-        ede: None,
-        rewrite_to: Some(rewrite.target),
+        },
+        ProfilePolicy::SafeSearch(rewrite) => PolicyVerdict {
+            verdict: "rewrite",
+            policy: "safe_search",
+            reason: format!("{} safe search", rewrite.engine),
+            ede: None,
+            rewrite_to: Some(rewrite.target),
+        },
     })
 }
 
