@@ -151,26 +151,6 @@ block = []
     )
 }
 
-/// SIGHUP, then wait for the sync pass it starts; returns its summary line.
-fn sync_pass(daemon: &Daemon) -> String {
-    let pattern = "sync pass complete";
-    let before = daemon.log_text().matches(pattern).count();
-    daemon.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let log = daemon.log_text();
-        if log.matches(pattern).count() > before {
-            return log
-                .lines()
-                .rfind(|l| l.contains(pattern))
-                .unwrap_or_default()
-                .to_owned();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no sync pass finished:\n{}", daemon.log_text());
-}
-
 fn status_of(daemon: &Daemon) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_shieldns"))
         .args(["lists", "status", "--json", "--config"])
@@ -218,12 +198,12 @@ fn rpz_by_zone_transfer_follows_serial_bumps_and_survives_refusals() {
     assert_eq!(status["entries"], 2);
 
     // An unchanged serial: no transfer, no rebuild.
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(line.contains("policy unchanged") && line.contains("failed=0"), "{line}");
 
     // Serial 2 removes www and adds reload.
     nsd.publish(&zone(2, &["blocked.example.test", "reload.example.test"]), 2);
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(line.contains("new policy in force"), "{line}");
     assert!(blocked(&daemon, "reload.example.test"));
     assert!(!blocked(&daemon, "www.example.test"));
@@ -238,7 +218,7 @@ fn rpz_by_zone_transfer_follows_serial_bumps_and_survives_refusals() {
             .replace("@PORT@", &daemon.addr.port().to_string()),
     )
     .unwrap();
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(line.contains("failed=1") && line.contains("policy unchanged"), "{line}");
     assert!(blocked(&daemon, "reload.example.test"));
     let status = status_of(&daemon);
@@ -255,7 +235,7 @@ fn rpz_by_zone_transfer_follows_serial_bumps_and_survives_refusals() {
         text.replace("@PORT@", &daemon.addr.port().to_string()),
     )
     .unwrap();
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(line.contains("new policy in force"), "{line}");
     assert!(!blocked(&daemon, "reload.example.test"));
     assert!(blocked(&daemon, "blocked.example.test"));

@@ -122,27 +122,6 @@ fn national(extra: &[&str], filler: usize) -> String {
     body
 }
 
-/// SIGHUP, then wait for the sync pass it starts to finish; returns the
-/// pass's summary line.
-fn sync_pass(daemon: &Daemon) -> String {
-    let pattern = "sync pass complete";
-    let before = daemon.log_text().matches(pattern).count();
-    daemon.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let log = daemon.log_text();
-        if log.matches(pattern).count() > before {
-            return log
-                .lines()
-                .rfind(|l| l.contains(pattern))
-                .unwrap_or_default()
-                .to_owned();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no sync pass finished:\n{}", daemon.log_text());
-}
-
 fn shieldns(args: &[&str], config: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_shieldns"))
         .args(args)
@@ -205,7 +184,7 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
     // 200 with a new signed version: in force after one pass (one swap).
     let version_2 = national(&["blocked.example.test", "reload.example.test"], 100);
     feed.publish(&version_2);
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(line.contains("new policy in force"), "{line}");
     assert_version_2(&daemon);
     assert_eq!(list_status(&daemon, "national")["serial"], 2);
@@ -213,7 +192,7 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
 
     // 304: nothing changes, no rebuild.
     let requests = feed.publisher.requests("national.txt").len();
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(line.contains("policy unchanged") && line.contains("failed=0"), "{line}");
     let last = feed.publisher.requests("national.txt");
     assert_eq!(last.len(), requests + 1);
@@ -282,7 +261,7 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
     ];
     for (fault, inject, reason) in &faults {
         inject();
-        let line = sync_pass(&daemon);
+        let line = daemon.sync_pass();
         assert!(
             line.contains("failed=1") && line.contains("policy unchanged"),
             "{fault}: {line}"
@@ -298,7 +277,7 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
     // A pinned list whose bytes change: refused.
     feed.publish(&version_2);
     feed.publisher.put("pinned.txt", "other.example.test\n");
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(line.contains("failed=1"), "{line}");
     assert_version_2(&daemon);
     let pinned = list_status(&daemon, "pinned");
@@ -333,7 +312,7 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("national: updated: 41 entries (was 102)"), "{stdout}");
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(line.contains("failed=1"), "the pin still fails: {line}");
     assert_blocked(&daemon, "blocked.example.test", "national");
     assert_resolves(&daemon, "reload.example.test");
@@ -376,7 +355,7 @@ fn a_restart_with_the_publisher_down_enforces_the_cached_lists() {
     assert_blocked(&daemon, "blocked.example.test", "national");
     assert_blocked(&daemon, "global.example.test", "pinned");
     assert_resolves(&daemon, "www.example.test");
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(line.contains("failed=2"), "{line}");
     assert_blocked(&daemon, "blocked.example.test", "national");
     let national_status = list_status(&daemon, "national");
@@ -455,7 +434,7 @@ fn sighup_adopts_a_new_url_list_once_it_is_downloaded() {
         feed.publisher.url("extra.txt")
     );
     std::fs::write(daemon.path("shieldns.toml"), extra).unwrap();
-    let line = sync_pass(&daemon);
+    let line = daemon.sync_pass();
     assert!(
         line.contains("new policy in force") && line.contains("lists=3"),
         "{line}"

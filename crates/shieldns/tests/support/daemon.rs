@@ -149,6 +149,27 @@ impl Daemon {
         panic!("reload did not finish:\n{}", self.log_text());
     }
 
+    /// SIGHUP, then wait for the list sync pass it starts to finish;
+    /// returns the pass's summary line.
+    pub(crate) fn sync_pass(&self) -> String {
+        let pattern = "sync pass complete";
+        let before = self.log_text().matches(pattern).count();
+        self.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let log = self.log_text();
+            if log.matches(pattern).count() > before {
+                return log
+                    .lines()
+                    .rfind(|l| l.contains(pattern))
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no sync pass finished:\n{}", self.log_text());
+    }
+
     /// SIGTERM and wait for exit; returns the exit status code.
     pub(crate) fn stop(mut self) -> Option<i32> {
         self.signal("TERM");
