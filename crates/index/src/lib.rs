@@ -36,7 +36,7 @@ pub use digest::name_digest;
 pub use jiff::Timestamp;
 pub use policy::{BlockResponse, ListAction, ListId, ListPolicy, Profile, ProfileConfig, ProfileId};
 pub use snapshot::{
-    Hit, IndexError, ListInfo, Matched, REJECTED_EXAMPLES, RejectedLine, Snapshot, SnapshotBuilder, UNMATCHED_PROFILE,
-    Verdict,
+    Hit, IndexError, ListInfo, Matched, NameWarmer, REJECTED_EXAMPLES, RejectedLine, Snapshot, SnapshotBuilder,
+    UNMATCHED_PROFILE, Verdict,
 };
 pub use suffix::MAX_LISTS;

@@ -377,6 +377,11 @@ impl Snapshot {
         tiers.verdict()
     }
 
+    /// A [`NameWarmer`] for a batch of names about to be decided.
+    pub fn warmer(&self) -> NameWarmer<'_> {
+        NameWarmer(crate::suffix::Warmer::new(&self.names))
+    }
+
     /// The lists a profile uses at `at`: its own plus those of open schedules.
     fn enabled_at(profile: &Profile, at: Timestamp) -> ListSet {
         let mut enabled = profile.enabled;
@@ -859,5 +864,26 @@ impl RuleSink for BuilderSink<'_> {
 
     fn skip(&mut self, _line: u32, _reason: SkipReason) {
         self.info.counts.skipped += 1;
+    }
+}
+
+/// Prepares the name index for a batch of lookups: [`NameWarmer::add`]
+/// every name of the batch, then [`NameWarmer::load`] once, then decide
+/// each name. The lookups then find the index's lines in the cache, their
+/// misses having been taken together (see `suffix::Warmer`). Only a
+/// speed-up: verdicts are the same with or without it.
+#[derive(Debug)]
+pub struct NameWarmer<'a>(crate::suffix::Warmer<'a>);
+
+impl NameWarmer<'_> {
+    /// Notes the index buckets deciding `name` will read.
+    pub fn add(&mut self, name: &str) {
+        self.0.add(name);
+    }
+
+    /// Loads the noted buckets; pass the result to
+    /// [`std::hint::black_box`] so the loads are kept.
+    pub fn load(self) -> u64 {
+        self.0.load()
     }
 }

@@ -282,6 +282,77 @@ impl SuffixIndex {
     }
 }
 
+/// The most buckets one [`Warmer`] loads: a receive batch of 64 names with
+/// one or two probed depths each.
+const WARM_BUCKETS: usize = 128;
+
+/// Loads the parts of a [`SuffixIndex`] that lookups of a batch of names
+/// will read, before any of them is looked up.
+///
+/// One lookup's cache misses depend on each other (a bucket's bounds give
+/// where its hashes are), and hashing the next name keeps the processor
+/// busy long enough that the misses of two lookups in a row never overlap.
+/// The warmer first hashes every name of the batch, then loads every
+/// probed bucket's bounds in one tight loop, then the first entry of every
+/// bucket in another: loads in one loop do not depend on each other, so
+/// their misses overlap, and the lookups that follow find the lines cached.
+#[derive(Debug)]
+pub(crate) struct Warmer<'a> {
+    index: &'a SuffixIndex,
+    buckets: [usize; WARM_BUCKETS],
+    count: usize,
+}
+
+impl<'a> Warmer<'a> {
+    pub(crate) fn new(index: &'a SuffixIndex) -> Self {
+        Self {
+            index,
+            buckets: [0; WARM_BUCKETS],
+            count: 0,
+        }
+    }
+
+    /// Notes the buckets a lookup of `name` probes.
+    #[inline]
+    pub(crate) fn add(&mut self, name: &str) {
+        let index = self.index;
+        if index.hashes.is_empty() {
+            return;
+        }
+        let mut hash = index.hasher.root();
+        for (depth, label) in name.rsplit('.').enumerate().take(MAX_WALK) {
+            hash = index.hasher.child(hash, label.as_bytes());
+            if index.depths & depth_bit(depth + 1) == 0 {
+                continue;
+            }
+            let Some(slot) = self.buckets.get_mut(self.count) else {
+                return;
+            };
+            *slot = bucket_of(hash, index.bucket_bits);
+            self.count += 1;
+        }
+    }
+
+    /// Loads the noted buckets; returns a value derived from the loads, to
+    /// be passed to [`std::hint::black_box`] so they are not optimised away.
+    pub(crate) fn load(self) -> u64 {
+        let index = self.index;
+        let buckets = self.buckets.get(..self.count).unwrap_or_default();
+        let mut starts = [0u32; WARM_BUCKETS];
+        for (start, &bucket) in starts.iter_mut().zip(buckets) {
+            *start = index.offsets.get(bucket).copied().unwrap_or(0);
+        }
+        let mut loaded = 0u64;
+        for &start in starts.get(..self.count).unwrap_or_default() {
+            let start = start as usize;
+            loaded ^= index.hashes.get(start).copied().unwrap_or(0)
+                ^ u64::from(index.lines.get(start).copied().unwrap_or(0))
+                ^ u64::from(index.tags.get(start).copied().unwrap_or(0));
+        }
+        loaded
+    }
+}
+
 fn depth_bit(labels: usize) -> u128 {
     1u128 << labels.min(127)
 }
