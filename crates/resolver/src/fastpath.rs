@@ -21,15 +21,13 @@ use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
-use shieldns_index::{BlockResponse, Hit, Matched, Profile, RuleAction, Snapshot, Verdict};
+use shieldns_index::{BlockResponse, Hit, ListId, Matched, Profile, ProfileId, RuleAction, Snapshot, Verdict};
 use shieldns_metrics::Metrics;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-use tokio_util::sync::CancellationToken;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendto};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::debug;
 
 use crate::handler::{Clock, ShieldHandler};
@@ -223,8 +221,7 @@ fn write_block(
         out.extend_from_slice(&ttl.to_be_bytes());
         let rdata_at = out.len();
         out.extend_from_slice(&[0, 0]);
-        write_name(out, "blocked.shieldns.invalid");
-        write_name(out, "hostmaster.shieldns.invalid");
+        out.extend_from_slice(BLOCK_SOA_NAMES);
         for value in [1, 3600, 600, 86_400, ttl] {
             out.extend_from_slice(&u32::to_be_bytes(value));
         }
@@ -261,13 +258,10 @@ fn suffix_pointer(query: &Query<'_>, labels: u8) -> [u8; 2] {
     pointer.to_be_bytes()
 }
 
-fn write_name(out: &mut Vec<u8>, name: &str) {
-    for label in name.split('.') {
-        out.push(u8::try_from(label.len()).unwrap_or(0));
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-}
+/// MNAME and RNAME of the block answer's SOA, `blocked.shieldns.invalid.`
+/// and `hostmaster.shieldns.invalid.`, in wire form (the handler builds the
+/// same names; the tests compare both answers).
+const BLOCK_SOA_NAMES: &[u8] = b"\x07blocked\x08shieldns\x07invalid\x00\x0ahostmaster\x08shieldns\x07invalid\x00";
 
 /// The OPT record with the EDE option: `list=NAME category=CATEGORY`.
 fn write_opt_with_ede(out: &mut Vec<u8>, query: &Query<'_>, snapshot: &Snapshot, hit: &Hit, payload: u16) {
@@ -471,10 +465,19 @@ fn record_ttls(bytes: &[u8], question_end: usize) -> Option<(Vec<(usize, u32)>, 
 /// What the fast path did with a datagram.
 enum Outcome {
     /// `out` holds the answer.
-    Answered,
+    Answered(Answered),
     /// The full handler answers; an allowed name's answer may be cached
     /// under this key.
     Slow(Option<PacketKey>),
+}
+
+/// What the metrics need of a fast-path answer, counted once the batch is
+/// sent.
+#[derive(Clone, Copy, Debug)]
+struct Answered {
+    profile: ProfileId,
+    /// The list and EDE code of a block; `None` for a packet-cache hit.
+    block: Option<(ListId, u16)>,
 }
 
 /// Shared state of every UDP worker.
@@ -491,7 +494,6 @@ pub(crate) struct FastPath {
 
 impl FastPath {
     fn handle(&self, packet: &[u8], client: IpAddr, snapshot: &Snapshot, out: &mut Vec<u8>) -> Outcome {
-        let started = Instant::now();
         let Some(query) = parse(packet) else {
             return Outcome::Slow(None);
         };
@@ -509,18 +511,23 @@ impl FastPath {
         {
             return Outcome::Slow(None);
         }
-        match snapshot.decide_at(query.name.as_str(), profile_id, self.clock.now()) {
+        // Only schedules make a verdict depend on the time; reading the clock
+        // for every query would cost more than the rest of a block answer.
+        let at = if profile.schedules.is_empty() {
+            jiff::Timestamp::UNIX_EPOCH
+        } else {
+            self.clock.now()
+        };
+        match snapshot.decide_at(query.name.as_str(), profile_id, at) {
             // Queries the query log wants go through the handler, which
             // builds the log event.
             Verdict::Block(_) if self.metrics.logs(true) => Outcome::Slow(None),
             Verdict::Block(hit) => {
                 if write_block(out, &query, snapshot, profile, &hit, self.udp_payload) {
-                    self.metrics
-                        .list_blocked(snapshot, profile_id, hit.list, snapshot.ede_code(&hit));
-                    let rcode = u16::from(out.get(3).map_or(0, |b| b & 0x0f));
-                    self.metrics
-                        .query(Some((snapshot, profile_id)), true, rcode, started.elapsed());
-                    Outcome::Answered
+                    Outcome::Answered(Answered {
+                        profile: profile_id,
+                        block: Some((hit.list, snapshot.ede_code(&hit))),
+                    })
                 } else {
                     out.clear();
                     Outcome::Slow(None)
@@ -539,12 +546,10 @@ impl FastPath {
                     .packets
                     .answer(&query, snapshot.generation(), index, self.udp_payload, out)
                 {
-                    let rcode = u16::from(out.get(3).map_or(0, |b| b & 0x0f));
-                    self.metrics.cache_hit();
-                    self.metrics.answered(rcode);
-                    self.metrics
-                        .query(Some((snapshot, profile_id)), true, rcode, started.elapsed());
-                    return Outcome::Answered;
+                    return Outcome::Answered(Answered {
+                        profile: profile_id,
+                        block: None,
+                    });
                 }
                 out.clear();
                 Outcome::Slow(Some(PacketKey {
@@ -561,20 +566,26 @@ impl FastPath {
 }
 
 /// Datagrams moved per `recvmmsg`/`sendmmsg` call.
-const BATCH: usize = 32;
+const BATCH: usize = 64;
 /// Receive buffer per datagram: queries are small, and a longer one is
 /// truncated by the kernel and then refused by the parser.
 const DATAGRAM: usize = 4096;
+/// How often a UDP thread blocked in `recvmmsg` wakes to see whether it
+/// should stop (the socket's `SO_RCVTIMEO`).
+pub(crate) const STOP_CHECK: Duration = Duration::from_millis(100);
 
-/// Buffers for batched receive and send, reused for the socket's lifetime.
-/// The kernel message headers are built per call: they hold raw pointers,
-/// which cannot live across the loop's awaits, and cost a few small
-/// allocations per batch rather than per datagram.
+/// Buffers and kernel message headers for batched receive and send, reused
+/// for the thread's lifetime. Only the small slice and address vectors that
+/// borrow the buffers are built per call.
 struct Batch {
     buffers: Vec<[u8; DATAGRAM]>,
     received: Vec<(usize, SocketAddr)>,
     answers: Vec<(Vec<u8>, SocketAddr)>,
+    /// What each answer in `answers` was, for the metrics.
+    counts: Vec<Answered>,
     answered: usize,
+    receive_headers: MultiHeaders<SockaddrStorage>,
+    send_headers: MultiHeaders<SockaddrStorage>,
 }
 
 impl Batch {
@@ -585,21 +596,29 @@ impl Batch {
             answers: (0..BATCH)
                 .map(|_| (Vec::with_capacity(1232), SocketAddr::from(([0, 0, 0, 0], 0))))
                 .collect(),
+            counts: Vec::with_capacity(BATCH),
             answered: 0,
+            receive_headers: MultiHeaders::preallocate(BATCH, None),
+            send_headers: MultiHeaders::preallocate(BATCH, None),
         }
     }
 
-    /// Receives up to [`BATCH`] datagrams in one system call.
-    fn receive(&mut self, fd: RawFd) -> std::io::Result<()> {
+    /// Waits for at least one datagram (or the socket's receive timeout),
+    /// then takes up to [`BATCH`] in the same system call.
+    fn receive(&mut self, fd: RawFd) -> nix::Result<()> {
         self.received.clear();
         let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
             .buffers
             .iter_mut()
             .map(|buffer| [IoSliceMut::new(buffer)])
             .collect();
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-        let results = recvmmsg(fd, &mut headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
-            .map_err(std::io::Error::from)?;
+        let results = recvmmsg(
+            fd,
+            &mut self.receive_headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )?;
         for message in results {
             if let Some(peer) = message.address.as_ref().and_then(socket_addr) {
                 self.received.push((message.bytes, peer));
@@ -608,19 +627,36 @@ impl Batch {
         Ok(())
     }
 
-    /// Sends the answers gathered in this batch, in one system call when the
-    /// socket takes them all; returns how many went out.
-    fn send(&mut self, fd: RawFd) -> std::io::Result<usize> {
-        let answers = self.answers.get(..self.answered).unwrap_or_default();
-        let slices: Vec<[IoSlice<'_>; 1]> = answers.iter().map(|(bytes, _)| [IoSlice::new(bytes)]).collect();
-        let addresses: Vec<Option<SockaddrStorage>> = answers
-            .iter()
-            .map(|(_, peer)| Some(SockaddrStorage::from(*peer)))
-            .collect();
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(answers.len(), None);
-        let sent = sendmmsg(fd, &mut headers, slices.iter(), addresses, [], MsgFlags::MSG_DONTWAIT)
-            .map_err(std::io::Error::from)?;
-        Ok(sent.count())
+    /// Sends the answers gathered in this batch, looping while the kernel
+    /// takes only part of them. The socket is blocking, so a full send
+    /// buffer slows this thread down instead of dropping answers.
+    fn send(&mut self, fd: RawFd) {
+        let mut sent = 0;
+        while sent < self.answered {
+            let answers = self.answers.get(sent..self.answered).unwrap_or_default();
+            let slices: Vec<[IoSlice<'_>; 1]> = answers.iter().map(|(bytes, _)| [IoSlice::new(bytes)]).collect();
+            let addresses: Vec<Option<SockaddrStorage>> = answers
+                .iter()
+                .map(|(_, peer)| Some(SockaddrStorage::from(*peer)))
+                .collect();
+            match sendmmsg(
+                fd,
+                &mut self.send_headers,
+                slices.iter(),
+                addresses,
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(results) => sent += results.count().max(1),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(error) => {
+                    // An unreachable or refused peer fails its own datagram
+                    // (and the call, when it comes first); skip it.
+                    debug!(%error, "UDP send failed");
+                    sent += 1;
+                }
+            }
+        }
     }
 }
 
@@ -633,28 +669,31 @@ fn socket_addr(storage: &SockaddrStorage) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::V6(std::net::SocketAddrV6::from(*v6)))
 }
 
-/// Serves one UDP socket until `shutdown` is cancelled: waits for readiness,
-/// receives a batch with one `recvmmsg`, answers what the fast path can into
-/// per-slot buffers, sends those with one `sendmmsg`, and hands the rest to
-/// the handler.
-pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: ShieldHandler, shutdown: CancellationToken) {
-    let socket = Arc::new(socket);
+/// Serves one UDP socket on the calling (dedicated) thread until `stop` is
+/// set: blocks in one `recvmmsg` for a batch, answers what the fast path can
+/// into per-slot buffers, sends those with one `sendmmsg`, and spawns the
+/// rest onto the Tokio runtime, where the full handler answers them.
+///
+/// A thread of its own rather than a Tokio task: a task must poll for
+/// readiness (`epoll_wait`), drain the socket until `EAGAIN` and yield to the
+/// scheduler, three system calls and a scheduler round per wake-up that a
+/// blocking `recvmmsg` does not pay. At moderate load most wake-ups carry a
+/// single datagram, so that overhead was half the CPU per answer.
+pub(crate) fn serve_thread(
+    socket: Arc<std::net::UdpSocket>,
+    fast: Arc<FastPath>,
+    handler: ShieldHandler,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) {
     let fd = socket.as_raw_fd();
     let mut snapshots = arc_swap::Cache::new(fast.snapshot.clone());
     let mut batch = Batch::new();
-    loop {
-        tokio::select! {
-            ready = socket.readable() => {
-                if let Err(error) = ready {
-                    debug!(%error, "UDP socket failed");
-                    break;
-                }
-            }
-            () = shutdown.cancelled() => break,
-        }
-        match socket.try_io(Interest::READABLE, || batch.receive(fd)) {
+    while !stop.load(Ordering::Relaxed) {
+        match batch.receive(fd) {
             Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            // The receive timeout: look at `stop` again.
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
             Err(error) => {
                 // ICMP errors surface here on Linux; they concern an earlier
                 // send, not this socket's health.
@@ -662,8 +701,23 @@ pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: Shiel
                 continue;
             }
         }
+        // One clock reading per batch: every datagram in it arrived by now.
+        let received_at = Instant::now();
         batch.answered = 0;
+        batch.counts.clear();
         let snapshot = snapshots.load();
+        if batch.received.len() > 1 {
+            // Overlap the index's cache misses across the batch (see
+            // `Snapshot::warmer`); with one datagram there is nothing to
+            // overlap.
+            let mut warmer = snapshot.warmer();
+            for (&(length, _), buffer) in batch.received.iter().zip(&batch.buffers) {
+                if let Some(query) = buffer.get(..length).and_then(parse) {
+                    warmer.add(query.name.as_str());
+                }
+            }
+            std::hint::black_box(warmer.load());
+        }
         for index in 0..batch.received.len() {
             let Some(&(length, peer)) = batch.received.get(index) else {
                 break;
@@ -676,9 +730,10 @@ pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: Shiel
             };
             out.clear();
             match fast.handle(packet, peer.ip(), snapshot, out) {
-                Outcome::Answered => {
+                Outcome::Answered(answered) => {
                     *destination = peer;
                     batch.answered += 1;
+                    batch.counts.push(answered);
                 }
                 Outcome::Slow(key) => {
                     let Ok(permit) = fast.in_flight.clone().try_acquire_owned() else {
@@ -692,25 +747,39 @@ pub(crate) async fn serve(socket: UdpSocket, fast: Arc<FastPath>, handler: Shiel
                         cache: key.map(|k| (k, fast.clone())),
                     };
                     let handler = handler.clone();
-                    tokio::spawn(async move {
+                    runtime.spawn(async move {
                         answer_slowly(handler, request, peer, responder).await;
                         drop(permit);
                     });
                 }
             }
         }
-        if batch.answered > 0 {
-            let sent = socket.try_io(Interest::WRITABLE, || batch.send(fd)).unwrap_or(0);
-            // Whatever the socket did not take at once is sent one by one.
-            for (bytes, peer) in batch.answers.iter().take(batch.answered).skip(sent) {
-                if let Err(error) = socket.send_to(bytes, *peer).await {
-                    debug!(%error, %peer, "UDP send failed");
-                }
-            }
+        batch.send(fd);
+        let elapsed = received_at.elapsed();
+        for (count, (bytes, _)) in batch.counts.iter().zip(&batch.answers) {
+            let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
+            fast.metrics
+                .fast_answer(snapshot, count.profile, count.block, rcode, elapsed);
         }
-        // Let slow-path tasks and TCP on this worker run between batches.
-        tokio::task::yield_now().await;
     }
+}
+
+/// Sends one datagram from an async task on the (blocking) UDP socket
+/// without blocking the runtime: `MSG_DONTWAIT`, and a short sleep and retry
+/// while the send buffer is full. Gives up after about 50 ms; the client
+/// retries an unanswered UDP query.
+async fn send_datagram(socket: &std::net::UdpSocket, bytes: &[u8], peer: SocketAddr) -> std::io::Result<()> {
+    let address = SockaddrStorage::from(peer);
+    for _ in 0..50 {
+        match sendto(socket.as_raw_fd(), bytes, &address, MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(std::io::ErrorKind::WouldBlock.into())
 }
 
 /// Hands a datagram to the full handler. Packets hickory cannot parse get
@@ -727,7 +796,7 @@ async fn answer_slowly(handler: ShieldHandler, packet: Vec<u8>, peer: SocketAddr
                 && flags & 0x80 == 0
             {
                 let formerr = [id0, id1, 0x80 | (flags & 0x79), 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
-                let _ = responder.socket.send_to(&formerr, peer).await;
+                let _ = send_datagram(&responder.socket, &formerr, peer).await;
             }
         }
     }
@@ -737,7 +806,7 @@ async fn answer_slowly(handler: ShieldHandler, packet: Vec<u8>, peer: SocketAddr
 /// payload size, and caches answers for allowed names.
 #[derive(Clone)]
 struct UdpResponder {
-    socket: Arc<UdpSocket>,
+    socket: Arc<std::net::UdpSocket>,
     peer: SocketAddr,
     cache: Option<(PacketKey, Arc<FastPath>)>,
 }
@@ -762,7 +831,9 @@ impl ResponseHandler for UdpResponder {
         let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut bytes);
         encoder.set_max_size(max_size);
         let info = response.destructive_emit(&mut encoder)?;
-        self.socket.send_to(&bytes, self.peer).await?;
+        send_datagram(&self.socket, &bytes, self.peer)
+            .await
+            .map_err(hickory_server::net::NetError::from)?;
         if let Some((key, fast)) = self.cache.take()
             && let Some(question_end) = question_end(&bytes)
         {
@@ -879,6 +950,17 @@ mod tests {
         assert!(message.metadata.recursion_desired && message.metadata.recursion_available);
         let soa = &message.authorities[0];
         assert_eq!((soa.name.to_ascii().as_str(), soa.ttl), ("bad.example.com.", 42));
+        let hickory_proto::rr::RData::SOA(soa) = &soa.data else {
+            panic!("not an SOA: {soa:?}")
+        };
+        assert_eq!(
+            (
+                soa.mname.to_ascii().as_str(),
+                soa.rname.to_ascii().as_str(),
+                soa.minimum
+            ),
+            ("blocked.shieldns.invalid.", "hostmaster.shieldns.invalid.", 42)
+        );
         let edns = message.edns.unwrap();
         let ede = edns
             .option(hickory_proto::rr::rdata::opt::EdnsCode::Unknown(15))

@@ -10,8 +10,7 @@ use hickory_server::Server;
 use shieldns_index::Snapshot;
 use shieldns_metrics::Metrics;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::info;
 
 use crate::cache::AnswerCache;
@@ -26,8 +25,8 @@ pub struct RunningResolver {
     server: Server<ShieldHandler>,
     handler: ShieldHandler,
     grace: Duration,
-    udp_shutdown: CancellationToken,
-    udp_tasks: JoinSet<()>,
+    udp_stop: Arc<AtomicBool>,
+    udp_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningResolver {
@@ -74,17 +73,28 @@ pub async fn start(
     // UDP is served by our own loops (the fast path, falling back to the
     // handler); TCP by hickory's listener, which calls the same handler.
     let mut hickory = Server::new(handler.clone());
-    let udp_shutdown = CancellationToken::new();
-    let mut udp_tasks = JoinSet::new();
+    let udp_stop = Arc::new(AtomicBool::new(false));
+    let mut udp_threads = Vec::new();
+    let runtime = tokio::runtime::Handle::current();
     for &address in &server.listen {
-        for _ in 0..server.udp_sockets.max(1) {
-            let socket = bind_udp(address, server.udp_sockets > 1)?;
-            udp_tasks.spawn(fastpath::serve(
-                socket,
-                fast.clone(),
-                handler.clone(),
-                udp_shutdown.clone(),
-            ));
+        for number in 0..server.udp_sockets.max(1) {
+            let socket = Arc::new(bind_udp(address, server.udp_sockets > 1)?);
+            let (fast, handler, runtime, stop) = (fast.clone(), handler.clone(), runtime.clone(), udp_stop.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("shieldns-udp-{number}"))
+                .spawn(move || fastpath::serve_thread(socket, fast, handler, runtime, stop))
+                .map_err(|source| ResolverError::Bind {
+                    address,
+                    protocol: "udp",
+                    source,
+                });
+            match thread {
+                Ok(thread) => udp_threads.push(thread),
+                Err(error) => {
+                    udp_stop.store(true, Ordering::Relaxed);
+                    return Err(error);
+                }
+            }
         }
         let tcp = bind_tcp(address)?;
         hickory.register_listener(tcp, Duration::from_secs(server.tcp_idle_timeout.max(1)), 64);
@@ -94,8 +104,8 @@ pub async fn start(
         server: hickory,
         handler,
         grace: Duration::from_secs(server.shutdown_grace),
-        udp_shutdown,
-        udp_tasks,
+        udp_stop,
+        udp_threads,
     })
 }
 
@@ -104,8 +114,15 @@ impl RunningResolver {
     /// finish, then closes every listener.
     pub async fn shutdown(mut self) -> Result<(), ResolverError> {
         // Stop reading UDP first, so the in-flight count can only fall.
-        self.udp_shutdown.cancel();
-        while self.udp_tasks.join_next().await.is_some() {}
+        self.udp_stop.store(true, Ordering::Relaxed);
+        // Each thread sees the flag within one receive timeout.
+        let threads = std::mem::take(&mut self.udp_threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
         let deadline = tokio::time::Instant::now() + self.grace;
         while self.handler.in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -125,7 +142,17 @@ impl RunningResolver {
     }
 }
 
-fn bind_udp(address: SocketAddr, reuse_port: bool) -> Result<tokio::net::UdpSocket, ResolverError> {
+impl Drop for RunningResolver {
+    /// A resolver dropped without `shutdown` still stops its UDP threads
+    /// (they would otherwise serve the socket for the life of the process).
+    fn drop(&mut self) {
+        self.udp_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A blocking UDP socket for one fast-path thread, with a receive timeout so
+/// the thread notices shutdown.
+fn bind_udp(address: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket, ResolverError> {
     let error = |source| ResolverError::Bind {
         address,
         protocol: "udp",
@@ -138,9 +165,9 @@ fn bind_udp(address: SocketAddr, reuse_port: bool) -> Result<tokio::net::UdpSock
     if reuse_port {
         socket.set_reuse_port(true).map_err(error)?;
     }
-    socket.set_nonblocking(true).map_err(error)?;
+    socket.set_read_timeout(Some(fastpath::STOP_CHECK)).map_err(error)?;
     socket.bind(&address.into()).map_err(error)?;
-    tokio::net::UdpSocket::from_std(socket.into()).map_err(error)
+    Ok(socket.into())
 }
 
 fn bind_tcp(address: SocketAddr) -> Result<tokio::net::TcpListener, ResolverError> {
