@@ -25,14 +25,19 @@ Workloads: `blocked` (listed names and subdomains of them), `cached` (allowed
 names of bench.test, warmed first) and `zipf` (Zipf s=1 over
 ../shared/data/ranking/umbrella-top-100k.txt, 95 % allowed names warmed first,
 5 % listed ones; skipped with a message when ../shared is absent). Per
-workload: the ceiling once, then shieldns, Unbound, shieldns, Unbound at
-saturation (dnsperf -c 8 -q 500): queries/s, lost %, mean latency and the
+workload, twice: the ceiling, shieldns, Unbound at saturation (dnsperf -c 8
+-q 500; the ceiling is measured in every round because this machine's speed
+drifts over minutes): queries/s, lost %, mean latency and the
 server's CPU µs per answered query (utime+stime of all its threads /
 completed queries); then each server once at a fixed offered rate
 (`--rate`, default 20k q/s) with dnsperf -v, whose per-response latencies
 give p50/p99/p99.9. Summary: the mean of the two saturation runs, the ratios
-shieldns/Unbound and each/ceiling. Also each server's list load time (start
+shieldns/Unbound and each/ceiling (to the mean of the two ceiling runs). Also each server's list load time (start
 until a listed name answers NXDOMAIN) and RSS after load and after the runs.
+With one worker thread every server (and the ceiling) is pinned to the last
+core and dnsperf to the first (`--no-pin` turns that off). `--load-sizes
+1000000,10000000` then starts shieldns alone with lists of those sizes and
+reports load time, RSS when the list is in force, 3 s later and at its peak.
 `--json FILE` appends one JSON line per measurement.
 
 Needs: dnsperf, nsd, gcc, unbound (apt-get install dnsperf nsd gcc unbound,
@@ -96,9 +101,10 @@ def cpu_seconds(pid):
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mib(pid):
+def rss_mib(pid, field="VmRSS"):
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM)."""
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -133,8 +139,14 @@ def wait_blocked(name, proc, server, probe, limit=600):
     return None
 
 
+# With one worker thread on a machine of two or more cores, `--pin` puts
+# every server on the last core and dnsperf on the first, so a server and
+# its client never fight over one core and runs vary less.
+PIN = {"server": [], "client": []}
+
+
 def dnsperf(server, queries, extra):
-    command = ["dnsperf", "-s", server, "-p", str(PORT), "-a", CLIENT_IP, "-d", queries, "-c", "8"] + extra
+    command = PIN["client"] + ["dnsperf", "-s", server, "-p", str(PORT), "-a", CLIENT_IP, "-d", queries, "-c", "8"] + extra
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
@@ -197,16 +209,27 @@ def start_shieldns(work, threads, lists):
         f.write('[[profile]]\nname = "all"\nclients = ["0.0.0.0/0"]\nblock = ["adult"]\n')
     log = open(f"{work}/shieldns.log", "w")
     env = dict(os.environ, RUST_LOG="warn,shieldns=info", TOKIO_WORKER_THREADS=str(threads))
-    proc = subprocess.Popen([f"{ROOT}/target/release/shieldns", "run", "--config", f"{work}/shieldns.toml"],
-                            stderr=log, env=env)
+    proc = subprocess.Popen(PIN["server"] + [f"{ROOT}/target/release/shieldns", "run", "--config",
+                                             f"{work}/shieldns.toml"], stderr=log, env=env)
     return Server("shieldns", proc, SHIELD_IP), f"{work}/shieldns.log"
 
 
 def start_unbound(work, threads, rpz):
     conf = unbound.write_config(work, UNBOUND_IP, PORT, threads, rpz, NSD_IP)
     log = open(f"{work}/unbound.stderr", "w")
-    proc = subprocess.Popen(["unbound", "-d", "-c", conf], stdout=log, stderr=log)
+    proc = subprocess.Popen(PIN["server"] + ["unbound", "-d", "-c", conf], stdout=log, stderr=log)
     return Server("unbound", proc, UNBOUND_IP), f"{work}/unbound.log"
+
+
+def restart_echo(echo, work):
+    """(Re)starts the ceiling responder with the current pinning."""
+    if echo.proc is not None:
+        stop(echo.proc)
+    echo.proc = subprocess.Popen(PIN["server"] + [f"{work}/echo", ECHO_IP, str(PORT)])
+    for _ in range(100):
+        if probe_rcode(ECHO_IP, PORT, "probe.test") is not None:
+            return
+        time.sleep(0.02)
 
 
 def stop(proc):
@@ -231,6 +254,10 @@ def main():
     parser.add_argument("--rate-seconds", type=int, default=5, help="length of each latency run")
     parser.add_argument("--json", help="append one JSON line per measurement to this file")
     parser.add_argument("--no-build", action="store_true", help="use target/release/shieldns as it is")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin 1-thread servers and dnsperf to cores")
+    parser.add_argument("--load-sizes", default="",
+                        help="after the runs, load lists of these sizes (e.g. 1000000,10000000) into shieldns "
+                             "alone and report load time and RSS")
     args = parser.parse_args()
     peers = [p for p in dict.fromkeys(args.peers.split(",") + args.peer) if p]
     unknown = set(peers) - {"shieldns", "unbound"}
@@ -264,8 +291,8 @@ def main():
                 f.write("zone:\n  name: .\n  zonefile: root.zone\n")
         children.append(subprocess.Popen(["nsd", "-d", "-c", f"{work}/nsd.conf"], stderr=subprocess.DEVNULL))
         subprocess.run(["gcc", "-O2", "-o", f"{work}/echo", f"{HERE}/echo.c"], check=True)
-        echo = Server("ceiling", subprocess.Popen([f"{work}/echo", ECHO_IP, str(PORT)]), ECHO_IP)
-        children.append(echo.proc)
+        echo = Server("ceiling", None, ECHO_IP)
+        children.append(echo)
         for _ in range(100):  # nsd answers for bench.test before anything depends on it
             if probe_rcode(NSD_IP, 53, "h0.bench.test") == 0:
                 break
@@ -276,6 +303,13 @@ def main():
         summary = []
         for threads in thread_counts:
             print(f"\n=== {threads} worker thread(s) ===", flush=True)
+            cores = os.cpu_count() or 1
+            pinned = threads == 1 and cores >= 2 and not args.no_pin and shutil.which("taskset")
+            PIN["server"] = ["taskset", "-c", str(cores - 1)] if pinned else []
+            PIN["client"] = ["taskset", "-c", "0"] if pinned else []
+            restart_echo(echo, work)
+            if pinned:
+                print(f"servers pinned to core {cores - 1}, dnsperf to core 0", flush=True)
             servers = []
             for peer in peers:
                 started = time.time()
@@ -289,9 +323,12 @@ def main():
                     logs = "".join(open(p).read()[-3000:] for p in (log, f"{work}/unbound.stderr") if os.path.exists(p))
                     sys.exit(f"{peer} did not block {data['probe']}:\n{logs}")
                 load_s, rss = time.time() - started, rss_mib(server.proc.pid)
-                print(f"{peer:9} list in force {load_s:6.2f} s after start, RSS {rss:7.1f} MiB", flush=True)
+                time.sleep(3)  # freed build memory goes back to the system (jemalloc decays pages in 1 s)
+                settled = rss_mib(server.proc.pid)
+                print(f"{peer:9} list in force {load_s:6.2f} s after start, RSS {rss:7.1f} MiB then, "
+                      f"{settled:7.1f} MiB 3 s later", flush=True)
                 record(kind="load", server=peer, threads=threads, load_s=round(load_s, 3), rss_mib=round(rss, 1),
-                       listed=data["listed"])
+                       rss_settled_mib=round(settled, 1), listed=data["listed"])
                 servers.append(server)
             for server in servers:  # warm the caches: two passes, few outstanding, so none is dropped
                 for workload in ("cached", "zipf"):
@@ -300,15 +337,14 @@ def main():
                             dnsperf(server.ip, data[workload], ["-n", "1", "-q", "100"])
             for workload in wanted:
                 queries = data[workload]
-                print(f"{workload} (saturation, -c 8 -q 500, {args.seconds} s each; ceiling, then A B A B):",
+                print(f"{workload} (saturation, -c 8 -q 500, {args.seconds} s each; ceiling A B, ceiling A B):",
                       flush=True)
                 saturate = ["-l", str(args.seconds), "-q", "500"]
-                ceiling = echo.measure(queries, saturate)
-                print(row("ceiling", ceiling), flush=True)
-                record(kind="saturation", workload=workload, server="ceiling", threads=threads, repeat=1, **ceiling)
-                runs = {s.name: [] for s in servers}
+                runs = {s.name: [] for s in [echo] + servers}
                 for repeat in (1, 2):
-                    for server in servers:
+                    # The ceiling in every round: this machine's speed drifts
+                    # over minutes, so each round's ratios share one ceiling.
+                    for server in [echo] + servers:
                         r = server.measure(queries, saturate)
                         runs[server.name].append(r)
                         print(row(f"{server.name} #{repeat}", r), flush=True)
@@ -323,7 +359,11 @@ def main():
                     print(row(server.name, r), flush=True)
                     record(kind="fixed_rate", workload=workload, server=server.name, threads=threads,
                            offered_qps=args.rate, **r)
+                ceiling = {key: mean(runs["ceiling"], key) for key in ("qps", "lost_pct", "latency_ms",
+                                                                       "cpu_us_per_query")}
                 for name, results in runs.items():
+                    if name == "ceiling":
+                        continue
                     entry = {"threads": threads, "workload": workload, "server": name,
                              "qps": mean(results, "qps"), "lost_pct": mean(results, "lost_pct"),
                              "latency_ms": mean(results, "latency_ms"),
@@ -343,6 +383,27 @@ def main():
                 record(kind="rss_after_runs", server=server.name, threads=threads, rss_mib=round(rss, 1))
                 stop(server.proc)
                 children.remove(server.proc)
+
+        for size in [int(n) for n in args.load_sizes.split(",") if n]:
+            # shieldns alone: Unbound needs ~1.2 GiB and ~25 s per million
+            # RPZ names here, so 10M is out of its reach on this machine.
+            PIN["server"] = []
+            path = f"{work}/load-{size}.txt"
+            probe = workloads.write_names(path, size)
+            started = time.time()
+            server, log = start_shieldns(work, 1, [path])
+            waited = wait_blocked("shieldns", server.proc, server.ip, probe)
+            if waited is None:
+                sys.exit(f"shieldns did not block {probe} with {size} names:\n{open(log).read()[-3000:]}")
+            load_s, rss = time.time() - started, rss_mib(server.proc.pid)
+            time.sleep(3)
+            settled, peak = rss_mib(server.proc.pid), rss_mib(server.proc.pid, "VmHWM")
+            print(f"load {size:>9} names: in force {load_s:6.2f} s after start, RSS {rss:7.1f} MiB then, "
+                  f"{settled:7.1f} MiB 3 s later, peak {peak:7.1f} MiB", flush=True)
+            record(kind="load_size", server="shieldns", names=size, load_s=round(load_s, 3), rss_mib=round(rss, 1),
+                   rss_settled_mib=round(settled, 1), rss_peak_mib=round(peak, 1))
+            stop(server.proc)
+            os.remove(path)
 
         print("\nSummary (saturation figures: mean of the two runs; p50/p99 at the fixed rate):")
         print(f"  {'thr':>3} {'workload':8} {'server':9} {'q/s':>9} {'lost %':>7} {'mean ms':>8} {'p50 ms':>7} "
@@ -366,6 +427,8 @@ def main():
         for e in summary:
             record(kind="summary", **e)
     finally:
+        children = [c.proc if isinstance(c, Server) else c for c in children]
+        children = [c for c in children if c is not None]
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

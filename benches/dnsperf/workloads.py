@@ -20,6 +20,16 @@ def synthetic_names(n, seed=7):
         yield f"{word}{i:x}.{TLDS[i % len(TLDS)]}"
 
 
+def write_names(path, n):
+    """Writes the first `n` synthetic names, one per line; returns the first."""
+    first = None
+    with open(path, "w") as f:
+        for name in synthetic_names(n):
+            first = first or name
+            f.write(name + "\n")
+    return first
+
+
 def suffixes(name):
     labels = name.split(".")
     return (".".join(labels[i:]) for i in range(len(labels)))
