@@ -13,7 +13,9 @@ use crate::childsafe::{Dns64, Rebinding, SafeSearch, Schedule, qtype_code};
 use crate::digest::DigestIndex;
 use crate::pattern::{PatternSet, PendingPattern};
 use crate::policy::{BlockResponse, ListAction, ListId, ListPolicy, ListSet, Profile, ProfileConfig, ProfileId};
-use crate::rule::{LineCounts, LineRejection, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, SkipReason};
+use crate::rule::{
+    LineCounts, LineRejection, ListFormat, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, SkipReason,
+};
 use crate::suffix::{ChainHasher, MAX_LISTS, SuffixIndex, SuffixIndexBuilder, Tag};
 
 /// How many rejected lines a list keeps as examples for reports.
@@ -556,6 +558,11 @@ impl SnapshotBuilder {
             },
             last_line: None,
         };
+        if !matches!(policy.format, ListFormat::Sha256 | ListFormat::Ip) {
+            // About one name rule per line; see `SuffixIndexBuilder::reserve`.
+            let lines = text.iter().filter(|&&byte| byte == b'\n').count() + 1;
+            sink.builder.names.reserve(lines);
+        }
         crate::format::parse(policy.format, text, &mut sink);
         let info = sink.info;
         if info.counts.accepted == 0 && info.counts.rejected > 0 {
