@@ -142,7 +142,7 @@ def wait_blocked(name, proc, server, probe, limit=600):
 # With one worker thread on a machine of two or more cores, `--pin` puts
 # every server on the last core and dnsperf on the first, so a server and
 # its client never fight over one core and runs vary less.
-PIN = {"server": [], "client": []}
+PIN = {"server": [], "client": []}  # command prefixes; callgrind.py puts valgrind here
 
 
 def dnsperf(server, queries, extra):
@@ -221,6 +221,25 @@ def start_unbound(work, threads, rpz):
     return Server("unbound", proc, UNBOUND_IP), f"{work}/unbound.log"
 
 
+def start_nsd(work, data):
+    """Starts the loopback authoritative server for the workloads' allowed
+    names (`workloads.generate` wrote its zones) and waits until it answers."""
+    with open(f"{work}/nsd.conf", "w") as f:
+        f.write(f'server:\n  ip-address: {NSD_IP}@53\n  username: ""\n  chroot: ""\n  zonesdir: "{work}"\n'
+                f'  pidfile: "{work}/nsd.pid"\n  database: ""\n  zonelistfile: "{work}/zone.list"\n'
+                f'  xfrdfile: "{work}/xfrd.state"\n  do-ip6: no\n  verbosity: 0\n'
+                f'zone:\n  name: bench.test\n  zonefile: bench.test.zone\n')
+        if data["root_zone"]:
+            f.write("zone:\n  name: .\n  zonefile: root.zone\n")
+    nsd = subprocess.Popen(["nsd", "-d", "-c", f"{work}/nsd.conf"], stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if probe_rcode(NSD_IP, 53, "h0.bench.test") == 0:
+            return nsd
+        time.sleep(0.05)
+    nsd.kill()
+    sys.exit(f"nsd did not answer on {NSD_IP}:53")
+
+
 def restart_echo(echo, work):
     """(Re)starts the ceiling responder with the current pinning."""
     if echo.proc is not None:
@@ -282,23 +301,10 @@ def main():
         print(f"list: {args.names} synthetic names + {data['zipf_listed']} Umbrella names "
               f"({data['zipf_listed_share']:.1%} of zipf queries hit them); RPZ {data['rpz_records']} records",
               flush=True)
-        with open(f"{work}/nsd.conf", "w") as f:
-            f.write(f'server:\n  ip-address: {NSD_IP}@53\n  username: ""\n  chroot: ""\n  zonesdir: "{work}"\n'
-                    f'  pidfile: "{work}/nsd.pid"\n  database: ""\n  zonelistfile: "{work}/zone.list"\n'
-                    f'  xfrdfile: "{work}/xfrd.state"\n  do-ip6: no\n  verbosity: 0\n'
-                    f'zone:\n  name: bench.test\n  zonefile: bench.test.zone\n')
-            if data["root_zone"]:
-                f.write("zone:\n  name: .\n  zonefile: root.zone\n")
-        children.append(subprocess.Popen(["nsd", "-d", "-c", f"{work}/nsd.conf"], stderr=subprocess.DEVNULL))
+        children.append(start_nsd(work, data))
         subprocess.run(["gcc", "-O2", "-o", f"{work}/echo", f"{HERE}/echo.c"], check=True)
         echo = Server("ceiling", None, ECHO_IP)
         children.append(echo)
-        for _ in range(100):  # nsd answers for bench.test before anything depends on it
-            if probe_rcode(NSD_IP, 53, "h0.bench.test") == 0:
-                break
-            time.sleep(0.05)
-        else:
-            sys.exit("nsd did not answer on 127.0.30.1:53")
 
         summary = []
         for threads in thread_counts:

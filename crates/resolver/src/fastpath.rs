@@ -27,6 +27,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendto};
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::debug;
 
@@ -575,41 +576,58 @@ const DATAGRAM: usize = 4096;
 pub(crate) const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// Buffers and kernel message headers for batched receive and send, reused
-/// for the thread's lifetime. Only the small slice and address vectors that
-/// borrow the buffers are built per call.
+/// for the thread's lifetime; the slices that borrow the buffers are built
+/// on the stack per call, so a batch allocates nothing.
 struct Batch {
-    buffers: Vec<[u8; DATAGRAM]>,
+    buffers: Box<[[u8; DATAGRAM]; BATCH]>,
     received: Vec<(usize, SocketAddr)>,
     answers: Vec<(Vec<u8>, SocketAddr)>,
     /// What each answer in `answers` was, for the metrics.
     counts: Vec<Answered>,
     answered: usize,
+    /// Destination addresses of the answers, in the kernel's form.
+    destinations: Vec<Option<SockaddrStorage>>,
+    /// How many datagrams the next receive offers room for: the kernel
+    /// message headers of every offered slot are filled per call, so under
+    /// light load (one datagram per wake-up) offering all [`BATCH`] would
+    /// cost more than the datagram. Doubles while receives come back full,
+    /// halves while they come back mostly empty.
+    offered: usize,
     receive_headers: MultiHeaders<SockaddrStorage>,
     send_headers: MultiHeaders<SockaddrStorage>,
 }
 
+/// The fewest datagrams a receive offers room for.
+const MIN_OFFERED: usize = 4;
+
 impl Batch {
     fn new() -> Self {
         Self {
-            buffers: vec![[0; DATAGRAM]; BATCH],
+            buffers: Box::new([[0; DATAGRAM]; BATCH]),
             received: Vec::with_capacity(BATCH),
             answers: (0..BATCH)
                 .map(|_| (Vec::with_capacity(1232), SocketAddr::from(([0, 0, 0, 0], 0))))
                 .collect(),
             counts: Vec::with_capacity(BATCH),
             answered: 0,
+            destinations: Vec::with_capacity(BATCH),
+            offered: MIN_OFFERED,
             receive_headers: MultiHeaders::preallocate(BATCH, None),
             send_headers: MultiHeaders::preallocate(BATCH, None),
         }
     }
 
     /// Waits for at least one datagram (or the socket's receive timeout),
-    /// then takes up to [`BATCH`] in the same system call.
+    /// then takes up to `offered` in the same system call.
     fn receive(&mut self, fd: RawFd) -> nix::Result<()> {
         self.received.clear();
+        // Only the offered slices are built. A Vec, not a SmallVec: nix ties
+        // the slices' borrow to the buffers' lifetime, which only Vec's
+        // drop (it may dangle) accepts for a local.
         let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
             .buffers
             .iter_mut()
+            .take(self.offered)
             .map(|buffer| [IoSliceMut::new(buffer)])
             .collect();
         let results = recvmmsg(
@@ -624,6 +642,13 @@ impl Batch {
                 self.received.push((message.bytes, peer));
             }
         }
+        self.offered = if self.received.len() >= self.offered {
+            (self.offered * 2).min(BATCH)
+        } else if self.received.len() * 4 <= self.offered {
+            (self.offered / 2).max(MIN_OFFERED)
+        } else {
+            self.offered
+        };
         Ok(())
     }
 
@@ -631,22 +656,20 @@ impl Batch {
     /// takes only part of them. The socket is blocking, so a full send
     /// buffer slows this thread down instead of dropping answers.
     fn send(&mut self, fd: RawFd) {
+        let answers = self.answers.get(..self.answered).unwrap_or_default();
+        self.destinations.clear();
+        self.destinations
+            .extend(answers.iter().map(|(_, peer)| Some(SockaddrStorage::from(*peer))));
+        // On the stack: only the answered slots are built.
+        let slices: SmallVec<[[IoSlice<'_>; 1]; BATCH]> =
+            answers.iter().map(|(bytes, _)| [IoSlice::new(bytes)]).collect();
         let mut sent = 0;
         while sent < self.answered {
-            let answers = self.answers.get(sent..self.answered).unwrap_or_default();
-            let slices: Vec<[IoSlice<'_>; 1]> = answers.iter().map(|(bytes, _)| [IoSlice::new(bytes)]).collect();
-            let addresses: Vec<Option<SockaddrStorage>> = answers
-                .iter()
-                .map(|(_, peer)| Some(SockaddrStorage::from(*peer)))
-                .collect();
-            match sendmmsg(
-                fd,
-                &mut self.send_headers,
-                slices.iter(),
-                addresses,
-                [],
-                MsgFlags::empty(),
-            ) {
+            let (Some(slices), Some(destinations)) = (slices.get(sent..self.answered), self.destinations.get(sent..))
+            else {
+                break;
+            };
+            match sendmmsg(fd, &mut self.send_headers, slices, destinations, [], MsgFlags::empty()) {
                 Ok(results) => sent += results.count().max(1),
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(error) => {
@@ -711,7 +734,7 @@ pub(crate) fn serve_thread(
             // `Snapshot::warmer`); with one datagram there is nothing to
             // overlap.
             let mut warmer = snapshot.warmer();
-            for (&(length, _), buffer) in batch.received.iter().zip(&batch.buffers) {
+            for (&(length, _), buffer) in batch.received.iter().zip(batch.buffers.iter()) {
                 if let Some(query) = buffer.get(..length).and_then(parse) {
                     warmer.add(query.name.as_str());
                 }
