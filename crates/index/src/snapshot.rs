@@ -40,6 +40,14 @@ pub enum IndexError {
         /// The repeated name.
         name: String,
     },
+    /// A list could not be read.
+    #[error("list `{name}`: read failed: {reason}")]
+    Read {
+        /// The list.
+        name: String,
+        /// The I/O error.
+        reason: String,
+    },
     /// A list had rule lines but none of them was valid.
     #[error("list `{name}`: none of its {rejected} rule lines is valid (first: line {first_line}: {first_reason})")]
     NothingValid {
@@ -535,11 +543,72 @@ impl SnapshotBuilder {
     /// added; rejected lines are reported in the returned info, not errors,
     /// unless no line at all was valid.
     pub fn add_list(&mut self, policy: ListPolicy, text: &[u8]) -> Result<&ListInfo, IndexError> {
+        let lines = count_lines(text);
+        let format = policy.format;
+        self.add_list_with(policy, lines, |sink| {
+            crate::format::parse(format, text, sink);
+            Ok(())
+        })
+    }
+
+    /// Like [`SnapshotBuilder::add_list`], reading the list from `reader`
+    /// (a file): lists of line-local formats (all but adblock and RPZ) are
+    /// parsed a mebibyte at a time, after one pass that counts their lines
+    /// to size the index, so a reload never holds a big list's text next
+    /// to the two indexes. Returns the info and the bytes read.
+    pub fn add_list_from<R: std::io::Read + std::io::Seek>(
+        &mut self,
+        policy: ListPolicy,
+        mut reader: R,
+    ) -> Result<(&ListInfo, u64), IndexError> {
+        let name = policy.name.clone();
+        let failed = |error: std::io::Error| IndexError::Read {
+            name: name.clone(),
+            reason: error.to_string(),
+        };
+        let format = policy.format;
+        if !crate::format::is_line_local(format) {
+            let mut text = Vec::new();
+            reader.read_to_end(&mut text).map_err(failed)?;
+            let bytes = text.len() as u64;
+            return self.add_list(policy, &text).map(|info| (info, bytes));
+        }
+        let mut lines = 1;
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            match reader.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(read) => lines += count_lines(chunk.get(..read).unwrap_or_default()) - 1,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(failed(error)),
+            }
+        }
+        reader.rewind().map_err(failed)?;
+        let mut bytes = 0;
+        let info = self.add_list_with(policy, lines, |sink| {
+            bytes = crate::format::parse_chunked(format, &mut reader, sink).map_err(failed)?;
+            Ok(())
+        })?;
+        Ok((info, bytes))
+    }
+
+    /// Adds a list whose rules `parse` sends to the sink it is given;
+    /// `lines` (about one rule each) sizes the name index up front.
+    fn add_list_with(
+        &mut self,
+        policy: ListPolicy,
+        lines: usize,
+        parse: impl FnOnce(&mut dyn RuleSink) -> Result<(), IndexError>,
+    ) -> Result<&ListInfo, IndexError> {
         if self.lists.len() >= MAX_LISTS {
             return Err(IndexError::TooManyLists { max: MAX_LISTS });
         }
         if self.lists.iter().any(|l| l.policy.name == policy.name) {
             return Err(IndexError::DuplicateList { name: policy.name });
+        }
+        if !matches!(policy.format, ListFormat::Sha256 | ListFormat::Ip) {
+            // About one name rule per line; see `SuffixIndexBuilder::reserve`.
+            self.names.reserve(lines);
         }
         // The check above keeps the index below MAX_LISTS (1024).
         let list = u16::try_from(self.lists.len()).unwrap_or(u16::MAX);
@@ -558,12 +627,7 @@ impl SnapshotBuilder {
             },
             last_line: None,
         };
-        if !matches!(policy.format, ListFormat::Sha256 | ListFormat::Ip) {
-            // About one name rule per line; see `SuffixIndexBuilder::reserve`.
-            let lines = text.iter().filter(|&&byte| byte == b'\n').count() + 1;
-            sink.builder.names.reserve(lines);
-        }
-        crate::format::parse(policy.format, text, &mut sink);
+        parse(&mut sink)?;
         let info = sink.info;
         if info.counts.accepted == 0 && info.counts.rejected > 0 {
             let first = info.rejected_examples.first();
@@ -893,4 +957,9 @@ impl NameWarmer<'_> {
     pub fn load(self) -> u64 {
         self.0.load()
     }
+}
+
+/// Lines in a list's text: its newlines plus one (the piece after the last).
+fn count_lines(text: &[u8]) -> usize {
+    text.iter().filter(|&&byte| byte == b'\n').count() + 1
 }

@@ -306,3 +306,53 @@ fn build_errors_name_the_culprit() {
         ["profile `p` blocks category `nonexistent`, which no list provides"]
     );
 }
+
+#[test]
+fn lists_read_from_a_reader_load_like_lists_given_whole() {
+    let hosts = b"\xef\xbb\xbf0.0.0.0 a.example b.example\r\n# comment\n0.0.0.0 bad..name\n0.0.0.0 c.example".to_vec();
+    for (format, text) in [
+        (ListFormat::Hosts, hosts.clone()),
+        (ListFormat::Adblock, ADBLOCK.as_bytes().to_vec()),
+        (ListFormat::Rpz, RPZ.as_bytes().to_vec()),
+    ] {
+        let mut whole = SnapshotBuilder::new();
+        let expected = whole
+            .add_list(policy("l", None, format, ListAction::Block, false), &text)
+            .unwrap()
+            .clone();
+        let mut streamed = SnapshotBuilder::new();
+        let (info, bytes) = streamed
+            .add_list_from(
+                policy("l", None, format, ListAction::Block, false),
+                std::io::Cursor::new(&text),
+            )
+            .unwrap();
+        assert_eq!(bytes, text.len() as u64);
+        assert_eq!(info.counts, expected.counts, "{format:?}");
+        let lines = |i: &shieldns_index::ListInfo| i.rejected_examples.iter().map(|r| r.line).collect::<Vec<_>>();
+        assert_eq!(lines(info), lines(&expected), "{format:?}");
+    }
+    // A list that cannot be read names itself.
+    struct Broken;
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk on fire"))
+        }
+    }
+    impl std::io::Seek for Broken {
+        fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
+            Ok(0)
+        }
+    }
+    let error = SnapshotBuilder::new()
+        .add_list_from(
+            policy("broken", None, ListFormat::Domains, ListAction::Block, false),
+            Broken,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&error, IndexError::Read { name, .. } if name == "broken"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("disk on fire"));
+}

@@ -27,6 +27,88 @@ pub fn parse(format: ListFormat, text: &[u8], sink: &mut dyn RuleSink) {
     }
 }
 
+/// Bytes read per step by [`parse_chunked`].
+const CHUNK: usize = 1 << 20;
+
+/// Whether every line of `format` parses on its own, so the list can be
+/// parsed in pieces. Adblock is not (`$badfilter` anywhere disables a rule
+/// anywhere), nor is RPZ (`$ORIGIN`, `$TTL`, owner inheritance, brackets).
+pub(crate) fn is_line_local(format: ListFormat) -> bool {
+    !matches!(format, ListFormat::Adblock | ListFormat::Rpz)
+}
+
+/// Parses a list of a line-local format (see [`is_line_local`]) from
+/// `reader` about a mebibyte at a time, so the list's text is never held
+/// whole: each step parses the complete lines read so far and keeps the
+/// unfinished last one. Outcomes and line numbers are exactly those of
+/// [`parse`] over the whole text. Returns the bytes read.
+pub(crate) fn parse_chunked(
+    format: ListFormat,
+    reader: &mut dyn std::io::Read,
+    sink: &mut dyn RuleSink,
+) -> std::io::Result<u64> {
+    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
+    // Lines before the buffer's first byte; after the first step the buffer
+    // starts with the previous step's last line end, an empty line that
+    // stands for that finished line (empty lines have no outcome), so a
+    // byte-order mark can only be stripped at the very start of the list.
+    let mut lines_done: u32 = 0;
+    let mut total = 0u64;
+    loop {
+        let filled = buffer.len();
+        buffer.resize(filled + CHUNK, 0);
+        let read = loop {
+            match reader.read(buffer.get_mut(filled..).unwrap_or_default()) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                other => break other,
+            }
+        };
+        let read = read?;
+        buffer.truncate(filled + read);
+        total += read as u64;
+        let offset = lines_done.saturating_sub(u32::from(lines_done > 0));
+        if read == 0 {
+            // The end: whatever is left is the last line (no final newline).
+            parse(format, &buffer, &mut OffsetSink { inner: sink, offset });
+            return Ok(total);
+        }
+        let Some(last_newline) = buffer.iter().rposition(|&byte| byte == b'\n') else {
+            continue; // a line longer than a chunk: read on
+        };
+        let complete = buffer.get(..=last_newline).unwrap_or_default();
+        let newlines = complete.iter().filter(|&&byte| byte == b'\n').count();
+        // `split` yields one more piece after the final newline: drop it, it
+        // is the start of the next step.
+        let lines = complete.get(..last_newline).unwrap_or_default();
+        parse(format, lines, &mut OffsetSink { inner: sink, offset });
+        lines_done = lines_done
+            .saturating_add(u32::try_from(newlines).unwrap_or(u32::MAX))
+            .saturating_sub(u32::from(lines_done > 0));
+        buffer.drain(..last_newline);
+    }
+}
+
+/// Shifts the line numbers of a chunk's outcomes to the whole list's.
+struct OffsetSink<'a> {
+    inner: &'a mut dyn RuleSink,
+    offset: u32,
+}
+
+impl RuleSink for OffsetSink<'_> {
+    fn rule(&mut self, mut rule: Rule<'_>) {
+        rule.line = rule.line.saturating_add(self.offset);
+        self.inner.rule(rule);
+    }
+
+    fn reject(&mut self, line: u32, text: &str, reason: LineRejection) {
+        self.inner.reject(line.saturating_add(self.offset), text, reason);
+    }
+
+    fn skip(&mut self, line: u32, reason: SkipReason) {
+        self.inner.skip(line.saturating_add(self.offset), reason);
+    }
+}
+
 /// Calls `f` with each line's 1-based number and text, without its line end.
 ///
 /// Lines that are not UTF-8 are rejected into `sink` and not passed on.
@@ -162,5 +244,61 @@ pub(crate) fn emit_names(
             action: crate::rule::RuleAction::Block,
             local_data: Vec::new(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every outcome, as text, in order.
+    #[derive(Default)]
+    struct Recording(Vec<String>);
+
+    impl RuleSink for Recording {
+        fn rule(&mut self, rule: Rule<'_>) {
+            self.0
+                .push(format!("rule {} {:?} {:?}", rule.line, rule.target, rule.action));
+        }
+        fn reject(&mut self, line: u32, text: &str, reason: LineRejection) {
+            self.0.push(format!("reject {line} {text:?} {reason:?}"));
+        }
+        fn skip(&mut self, line: u32, reason: SkipReason) {
+            self.0.push(format!("skip {line} {reason:?}"));
+        }
+    }
+
+    #[test]
+    fn chunked_parsing_matches_whole_parsing() {
+        // Over two chunks of text with a BOM, CRLF lines, bad lines, a line
+        // longer than a chunk straddling the boundaries, a mid-list BOM and
+        // no final newline.
+        let mut text = String::from("\u{feff}first.example\r\n");
+        for i in 0..120_000 {
+            match i % 1000 {
+                7 => text.push_str("not a domain\n"),
+                9 => text.push_str("\u{feff}bom-inside.example\n"),
+                _ => text.push_str(&format!("name{i}.example\r\n")),
+            }
+            if i == 60_000 {
+                text.push_str(&"x".repeat(CHUNK + 10));
+                text.push('\n');
+            }
+        }
+        text.push_str("last.example");
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(b"\nbad\xffutf8.example\n\n");
+        for format in [ListFormat::Domains, ListFormat::Hosts] {
+            let mut whole = Recording::default();
+            parse(format, &bytes, &mut whole);
+            let mut chunked = Recording::default();
+            let read = parse_chunked(format, &mut bytes.as_slice(), &mut chunked).unwrap();
+            assert_eq!(read, bytes.len() as u64);
+            assert_eq!(whole.0.len(), chunked.0.len(), "{format:?}");
+            for (a, b) in whole.0.iter().zip(&chunked.0) {
+                assert_eq!(a, b, "{format:?}");
+            }
+            assert!(whole.0.iter().any(|o| o.starts_with("reject")));
+        }
     }
 }
