@@ -3,7 +3,7 @@
 rate while the script sends SIGHUP R times, each reload swapping in a list
 that moves one name from allowed to blocked.
 
-    python3 benches/dnsperf/reload.py [--names 1000000] [--rate 5000] [--reloads 20]
+    python3 benches/dnsperf/reload.py [--names 1000000] [--rate 5000] [--reloads 20] [--gap 2]
 
 Prints queries sent/lost, every rcode dnsperf saw (no SERVFAIL allowed), the
 time each reload took, RSS after the first load, the peak RSS during the
@@ -64,6 +64,10 @@ def main():
     parser.add_argument("--names", type=int, default=1_000_000)
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--reloads", type=int, default=20)
+    parser.add_argument("--gap", type=float, default=2.0,
+                        help="seconds between one reload's end and the next SIGHUP (0: back to back; the "
+                             "allocator returns a replaced index's pages within about a second, so back-to-back "
+                             "reloads stack them)")
     args = parser.parse_args()
     for tool in ["dnsperf", "dig"]:
         if not shutil.which(tool):
@@ -111,7 +115,7 @@ def main():
         first_rss = rss_mib(shield.pid)
         index_mib = int(re.findall(r"index_bytes=(\d+)", open(f"{work}/shieldns.log").read())[-1]) / 2**20
         exact_peak = reset_peak(shield.pid)
-        seconds = max(10, args.reloads * 2 + 6)
+        seconds = max(10, int(args.reloads * (2 + args.gap)) + 6)
         dnsperf = subprocess.Popen(["dnsperf", "-s", SHIELD_IP, "-p", str(PORT), "-d", f"{work}/queries.txt",
                                     "-l", str(seconds), "-Q", str(args.rate), "-c", "4", "-t", "3"],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -140,6 +144,7 @@ def main():
                 time.sleep(0.01)
             durations.append(time.time() - started)
             after = dig_status(flip)
+            time.sleep(args.gap)
             if before != "NOERROR" or after != "NXDOMAIN":
                 stale.append((flip, before, after))
         out = dnsperf.communicate()[0]
@@ -152,7 +157,8 @@ def main():
         sent = re.search(r"Queries sent:\s+(\d+)", out).group(1)
         lost = re.search(r"Queries lost:\s+(\d+ \([0-9.]+%\))", out).group(1)
         codes = re.search(r"Response codes:\s+(.*)", out).group(1)
-        print(f"{args.names} names, {args.rate} q/s offered for {seconds} s, {args.reloads} reloads")
+        print(f"{args.names} names, {args.rate} q/s offered for {seconds} s, {args.reloads} reloads "
+              f"{args.gap:g} s apart")
         print(f"  queries sent {sent}, lost {lost}; rcodes: {codes}")
         print(f"  reload time: min {min(durations):.2f} s, max {max(durations):.2f} s, "
               f"mean {sum(durations) / len(durations):.2f} s")

@@ -715,8 +715,13 @@ pub(crate) fn serve_thread(
     while !stop.load(Ordering::Relaxed) {
         match batch.receive(fd) {
             Ok(()) => {}
-            // The receive timeout: look at `stop` again.
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+            // The receive timeout: look at `stop` again, and let go of a
+            // replaced snapshot, which the cache would otherwise keep alive
+            // (a whole index) until the next datagram.
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
+                snapshots.load();
+                continue;
+            }
             Err(error) => {
                 // ICMP errors surface here on Linux; they concern an earlier
                 // send, not this socket's health.

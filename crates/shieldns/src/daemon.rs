@@ -153,6 +153,9 @@ async fn reload(
     }
 }
 
+/// How long `publish` waits to be the last holder of a replaced snapshot.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Publishes a built snapshot: one swap. Every policy change (SIGHUP, list
 /// sync) ends here.
 pub(crate) fn publish(built: shieldns_sync::Built, snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>) {
@@ -162,8 +165,18 @@ pub(crate) fn publish(built: shieldns_sync::Built, snapshot: &Arc<ArcSwap<shield
     crate::telemetry::before_publish(&new);
     let old = snapshot.swap(new);
     // Free the old index here, not on a query worker that happens to drop
-    // the last guard.
-    tokio::task::spawn_blocking(move || drop(old));
+    // the last reference: the UDP threads' snapshot caches let go of it at
+    // their next datagram or receive timeout (100 ms), so waiting until
+    // this reference is the only one frees it here as soon as possible.
+    // Queries still in flight may hold it longer; after the wait, whoever
+    // is last frees it.
+    tokio::task::spawn_blocking(move || {
+        let waited = std::time::Instant::now();
+        while Arc::strong_count(&old) > 1 && waited.elapsed() < RELEASE_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(old);
+    });
 }
 
 /// The policy clock (schedules). `SHIELDNS_CLOCK=<RFC 3339 time>` starts it

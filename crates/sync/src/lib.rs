@@ -255,6 +255,32 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
     builder.set_access(sources.allow.to_vec());
     let mut loads = Vec::with_capacity(sources.lists.len());
     for list in sources.lists {
+        if let ListSource::File(_) = &list.source {
+            // Local files are parsed as they are read (see
+            // `SnapshotBuilder::add_list_from`): a reload of a big list does
+            // not hold its text next to the old and the new index.
+            let path = list.resolved_path(sources.base_dir).unwrap_or_default();
+            let file = std::fs::File::open(&path).map_err(|source| SyncError::Read {
+                list: list.name.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            let (info, bytes) = builder
+                .add_list_from(list.policy(), file)
+                .map_err(|source| SyncError::Index {
+                    file: Some(path.clone()),
+                    source,
+                })?;
+            loads.push(ListLoad {
+                name: list.name.clone(),
+                source: path.display().to_string(),
+                bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+                rules: info.counts.rules,
+                rejected: info.counts.rejected,
+                rejected_examples: info.rejected_examples.clone(),
+            });
+            continue;
+        }
         let (bytes, source, file) = match read_list(list, sources.base_dir) {
             // A non-mandatory `url` list that was never downloaded has no
             // last-known-good version: it is enforced empty (keeping list
