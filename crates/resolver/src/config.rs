@@ -20,8 +20,8 @@ pub struct ServerConfig {
     /// and the DNS Flag Day 2020 recommend 1232).
     #[serde(default = "default_udp_payload")]
     pub udp_payload: u16,
-    /// UDP sockets per listen address (SO_REUSEPORT), to use more than one
-    /// core for UDP.
+    /// UDP sockets per listen address (SO_REUSEPORT), each served by a
+    /// thread of its own, to use more than one core for UDP.
     #[serde(default = "default_udp_sockets")]
     pub udp_sockets: usize,
     /// Seconds an idle TCP connection is kept open.
