@@ -539,6 +539,13 @@ impl SnapshotBuilder {
         self.access = allow;
     }
 
+    /// Makes room for about `rules` name rules in all (the lists' line
+    /// counts), once, before the lists are added: see
+    /// `SuffixIndexBuilder::reserve`.
+    pub fn reserve_rules(&mut self, rules: usize) {
+        self.names.reserve(rules);
+    }
+
     /// Parses one list and adds its rules. Fails when the list cannot be
     /// added; rejected lines are reported in the returned info, not errors,
     /// unless no line at all was valid.

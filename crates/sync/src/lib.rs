@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use shieldns_index::{IndexError, ProfileConfig, Snapshot, SnapshotBuilder};
+use shieldns_index::{IndexError, ListFormat, ProfileConfig, Snapshot, SnapshotBuilder};
 
 mod builtin;
 pub mod cache;
@@ -254,6 +254,16 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
     let mut builder = SnapshotBuilder::new();
     builder.set_access(sources.allow.to_vec());
     let mut loads = Vec::with_capacity(sources.lists.len());
+    // Size the name index for every list at once: grown list by list, a
+    // small list after a big one would double the array (and copy it),
+    // which is what a reload must not cost.
+    builder.reserve_rules(
+        sources
+            .lists
+            .iter()
+            .map(|list| estimated_lines(list, sources.base_dir))
+            .sum(),
+    );
     for list in sources.lists {
         if let ListSource::File(_) = &list.source {
             // Local files are parsed as they are read (see
@@ -323,6 +333,40 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
         lists: loads,
         elapsed: started.elapsed(),
     })
+}
+
+/// About how many lines a list has (its newlines, counted without holding
+/// the text), to size the index; 0 when it cannot be read now, which only
+/// costs the index a regrowth.
+fn estimated_lines(list: &ListConfig, base_dir: &Path) -> usize {
+    // Digest and answer-address rules live outside the name index.
+    if matches!(list.format, ListFormat::Sha256 | ListFormat::Ip) {
+        return 0;
+    }
+    let path = match &list.source {
+        ListSource::File(_) => list.resolved_path(base_dir),
+        ListSource::Builtin(name) => {
+            return builtin::get(name).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count() + 1);
+        }
+        ListSource::Remote(remote) => remote.cache_dir.as_deref().and_then(|dir| {
+            let state = cache::load_state(dir, &list.name).ok()??;
+            Some(dir.join(state.current?.file))
+        }),
+    };
+    let Some(Ok(mut file)) = path.map(std::fs::File::open) else {
+        return 0;
+    };
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut lines = 1;
+    while let Ok(read @ 1..) = std::io::Read::read(&mut file, &mut chunk) {
+        lines += chunk
+            .get(..read)
+            .unwrap_or_default()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+    }
+    lines
 }
 
 /// Reads one list's bytes: the file, the built-in copy, or the verified
