@@ -169,8 +169,13 @@ impl SuffixIndexBuilder {
             (u128::from(entry.hash) << 64) | (u128::from(entry.tag.list()) << 32) | u128::from(entry.line)
         });
         self.entries.dedup();
-        // Reserved room that duplicates or rejected lines left unused.
-        self.entries.shrink_to_fit();
+        // Give back reserved room that comments, duplicates or rejected
+        // lines left unused, but only when it is worth a copy: shrinking
+        // reallocates, and copying the array means holding it twice, which
+        // is what the exact reservation avoids. At most an eighth stays idle.
+        if self.entries.capacity() - self.entries.len() > self.entries.capacity() / 8 {
+            self.entries.shrink_to_fit();
+        }
         let n = self.entries.len();
         // About 2–4 rules per bucket: the directory costs 1–2 bytes per rule
         // and a probe scans a handful of adjacent entries.
