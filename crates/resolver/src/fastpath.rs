@@ -582,9 +582,9 @@ struct Batch {
     buffers: Box<[[u8; DATAGRAM]; BATCH]>,
     received: Vec<(usize, SocketAddr)>,
     answers: Vec<(Vec<u8>, SocketAddr)>,
-    /// What each answer in `answers` was, for the metrics.
+    /// What each answer in `answers` was, for the metrics; its length is
+    /// the number of answers this batch holds.
     counts: Vec<Answered>,
-    answered: usize,
     /// Destination addresses of the answers, in the kernel's form.
     destinations: Vec<Option<SockaddrStorage>>,
     /// How many datagrams the next receive offers room for: the kernel
@@ -609,7 +609,6 @@ impl Batch {
                 .map(|_| (Vec::with_capacity(1232), SocketAddr::from(([0, 0, 0, 0], 0))))
                 .collect(),
             counts: Vec::with_capacity(BATCH),
-            answered: 0,
             destinations: Vec::with_capacity(BATCH),
             offered: MIN_OFFERED,
             receive_headers: MultiHeaders::preallocate(BATCH, None),
@@ -656,7 +655,8 @@ impl Batch {
     /// takes only part of them. The socket is blocking, so a full send
     /// buffer slows this thread down instead of dropping answers.
     fn send(&mut self, fd: RawFd) {
-        let answers = self.answers.get(..self.answered).unwrap_or_default();
+        let answered = self.counts.len();
+        let answers = self.answers.get(..answered).unwrap_or_default();
         self.destinations.clear();
         self.destinations
             .extend(answers.iter().map(|(_, peer)| Some(SockaddrStorage::from(*peer))));
@@ -664,9 +664,8 @@ impl Batch {
         let slices: SmallVec<[[IoSlice<'_>; 1]; BATCH]> =
             answers.iter().map(|(bytes, _)| [IoSlice::new(bytes)]).collect();
         let mut sent = 0;
-        while sent < self.answered {
-            let (Some(slices), Some(destinations)) = (slices.get(sent..self.answered), self.destinations.get(sent..))
-            else {
+        while sent < answered {
+            let (Some(slices), Some(destinations)) = (slices.get(sent..answered), self.destinations.get(sent..)) else {
                 break;
             };
             match sendmmsg(fd, &mut self.send_headers, slices, destinations, [], MsgFlags::empty()) {
@@ -731,7 +730,6 @@ pub(crate) fn serve_thread(
         }
         // One clock reading per batch: every datagram in it arrived by now.
         let received_at = Instant::now();
-        batch.answered = 0;
         batch.counts.clear();
         let snapshot = snapshots.load();
         if batch.received.len() > 1 {
@@ -753,14 +751,13 @@ pub(crate) fn serve_thread(
             let Some(packet) = batch.buffers.get(index).and_then(|b| b.get(..length)) else {
                 continue;
             };
-            let Some((out, destination)) = batch.answers.get_mut(batch.answered) else {
+            let Some((out, destination)) = batch.answers.get_mut(batch.counts.len()) else {
                 break;
             };
             out.clear();
             match fast.handle(packet, peer.ip(), snapshot, out) {
                 Outcome::Answered(answered) => {
                     *destination = peer;
-                    batch.answered += 1;
                     batch.counts.push(answered);
                 }
                 Outcome::Slow(key) => {
