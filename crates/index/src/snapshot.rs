@@ -560,10 +560,12 @@ impl SnapshotBuilder {
 
     /// Like [`SnapshotBuilder::add_list`], reading the list from `reader`
     /// (a file): lists of line-local formats (all but adblock and RPZ) are
-    /// parsed a mebibyte at a time, after one pass that counts their lines
-    /// to size the index, so a reload never holds a big list's text next
-    /// to the two indexes. Returns the info and the bytes read.
-    pub fn add_list_from<R: std::io::Read + std::io::Seek>(
+    /// parsed a mebibyte at a time, so a reload never holds a big list's
+    /// text next to the two indexes. The caller sizes the index first with
+    /// [`SnapshotBuilder::reserve_rules`] (it knows every list's size before
+    /// any is added); without that the index grows as rules arrive. Returns
+    /// the info and the bytes read.
+    pub fn add_list_from<R: std::io::Read>(
         &mut self,
         policy: ListPolicy,
         mut reader: R,
@@ -580,19 +582,8 @@ impl SnapshotBuilder {
             let bytes = text.len() as u64;
             return self.add_list(policy, &text).map(|info| (info, bytes));
         }
-        let mut lines = 1;
-        let mut chunk = vec![0u8; 1 << 16];
-        loop {
-            match reader.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(read) => lines += count_lines(chunk.get(..read).unwrap_or_default()) - 1,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(failed(error)),
-            }
-        }
-        reader.rewind().map_err(failed)?;
         let mut bytes = 0;
-        let info = self.add_list_with(policy, lines, |sink| {
+        let info = self.add_list_with(policy, 0, |sink| {
             bytes = crate::format::parse_chunked(format, &mut reader, sink).map_err(failed)?;
             Ok(())
         })?;

@@ -339,11 +339,6 @@ fn lists_read_from_a_reader_load_like_lists_given_whole() {
             Err(std::io::Error::other("disk on fire"))
         }
     }
-    impl std::io::Seek for Broken {
-        fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
-            Ok(0)
-        }
-    }
     let error = SnapshotBuilder::new()
         .add_list_from(
             policy("broken", None, ListFormat::Domains, ListAction::Block, false),
