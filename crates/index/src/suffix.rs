@@ -273,6 +273,17 @@ impl SuffixIndex {
         }
     }
 
+    /// The chain hashes of `name`'s suffixes, shortest first, as deep as
+    /// the deepest stored rule (deeper suffixes cannot match).
+    fn suffix_hashes<'n>(&self, name: &'n str) -> impl Iterator<Item = u64> + use<'_, 'n> {
+        labels_from_root(name)
+            .take(self.max_depth())
+            .scan(self.hasher.root(), |hash, label| {
+                *hash = self.hasher.child(*hash, label);
+                Some(*hash)
+            })
+    }
+
     /// The label count of the deepest stored rule (127 stands for 127 and
     /// more); suffixes deeper than that cannot match.
     fn max_depth(&self) -> usize {
@@ -281,13 +292,9 @@ impl SuffixIndex {
 
     #[inline]
     fn walk<const N: usize>(&self, name: &str, mut f: impl FnMut(usize, u64, u32, Tag)) {
-        let limit = self.max_depth().min(N);
         let mut hashes = [0u64; N];
         let mut depth = 0;
-        let mut hash = self.hasher.root();
-        for label in labels_from_root(name).take(limit) {
-            hash = self.hasher.child(hash, label);
-            let Some(slot) = hashes.get_mut(depth) else { break };
+        for (slot, hash) in hashes.iter_mut().zip(self.suffix_hashes(name)) {
             *slot = hash;
             depth += 1;
         }
@@ -352,9 +359,7 @@ impl<'a> Warmer<'a> {
         if index.entries.is_empty() {
             return;
         }
-        let mut hash = index.hasher.root();
-        for (depth, label) in labels_from_root(name).enumerate().take(index.max_depth()) {
-            hash = index.hasher.child(hash, label);
+        for (depth, hash) in index.suffix_hashes(name).enumerate() {
             if index.depths & depth_bit(depth + 1) == 0 {
                 continue;
             }
