@@ -373,30 +373,15 @@ impl Metrics {
     /// `profile` is `None` when the query never got one (ACL refusal,
     /// malformed request).
     pub fn query(&self, snapshot: Option<(&Snapshot, ProfileId)>, datagram: bool, rcode: u16, elapsed: Duration) {
-        let counters = match snapshot {
-            None => Some(&self.no_profile),
-            Some((snapshot, profile)) => {
-                let tables = self.tables.load();
-                match tables
-                    .find(snapshot)
-                    .and_then(|t| t.profile_index(profile).and_then(|i| t.profile(i)))
-                {
-                    Some(counters) => {
-                        if let Some(counter) = counters.get(datagram, rcode) {
-                            counter.inc();
-                        }
-                        None
-                    }
-                    None => Some(&self.superseded),
+        match snapshot {
+            None => {
+                if let Some(counter) = self.no_profile.get(datagram, rcode) {
+                    counter.inc();
                 }
             }
+            Some((snapshot, profile)) => self.count_query(&self.tables.load(), snapshot, profile, datagram, rcode),
         };
-        if let Some(counter) = counters.and_then(|c| c.get(datagram, rcode)) {
-            counter.inc();
-        }
-        if let Some(histogram) = self.response_duration.get(usize::from(!datagram)) {
-            histogram.observe(elapsed.as_secs_f64());
-        }
+        self.observe(datagram, elapsed);
     }
 
     /// Counts one answer of the UDP fast path, a list block (`block` holds
@@ -414,34 +399,38 @@ impl Metrics {
         elapsed: Duration,
     ) {
         let tables = self.tables.load();
-        let table = tables.find(snapshot);
-        let profile_index = table.and_then(|t| t.profile_index(profile));
-        match table.zip(profile_index).and_then(|(t, i)| t.profile(i)) {
-            Some(counters) => counters.get(true, rcode),
-            None => self.superseded.get(true, rcode),
-        }
-        .inspect(|counter| counter.inc());
+        self.count_query(&tables, snapshot, profile, true, rcode);
         match block {
-            Some((list, ede)) => {
-                match table.zip(profile_index).and_then(|(t, i)| t.block(list, i)) {
-                    Some(counter) => counter.inc(),
-                    None => self.superseded_blocks.inc(),
-                }
-                self.blocked(ede);
-            }
+            Some((list, ede)) => self.count_block(&tables, snapshot, profile, list, ede),
             None => {
                 self.cache_hit();
                 self.answered(rcode);
             }
         }
-        if let Some(histogram) = self.response_duration.first() {
-            histogram.observe(elapsed.as_secs_f64());
-        }
+        self.observe(true, elapsed);
     }
 
     /// Counts a list block for a profile.
     pub fn list_blocked(&self, snapshot: &Snapshot, profile: ProfileId, list: ListId, ede: u16) {
-        let tables = self.tables.load();
+        self.count_block(&self.tables.load(), snapshot, profile, list, ede);
+    }
+
+    /// The per-profile query counter of `snapshot`'s table, or the
+    /// superseded series when the table is gone.
+    fn count_query(&self, tables: &Tables, snapshot: &Snapshot, profile: ProfileId, datagram: bool, rcode: u16) {
+        match tables
+            .find(snapshot)
+            .and_then(|t| t.profile_index(profile).and_then(|i| t.profile(i)))
+        {
+            Some(counters) => counters.get(datagram, rcode),
+            None => self.superseded.get(datagram, rcode),
+        }
+        .inspect(|counter| counter.inc());
+    }
+
+    /// The per-list, per-profile block counter of `snapshot`'s table (or the
+    /// superseded one), and the aggregate by EDE code.
+    fn count_block(&self, tables: &Tables, snapshot: &Snapshot, profile: ProfileId, list: ListId, ede: u16) {
         match tables
             .find(snapshot)
             .and_then(|t| t.profile_index(profile).and_then(|p| t.block(list, p)))
@@ -450,6 +439,13 @@ impl Metrics {
             None => self.superseded_blocks.inc(),
         }
         self.blocked(ede);
+    }
+
+    /// Records a response time by transport.
+    fn observe(&self, datagram: bool, elapsed: Duration) {
+        if let Some(histogram) = self.response_duration.get(usize::from(!datagram)) {
+            histogram.observe(elapsed.as_secs_f64());
+        }
     }
 
     /// Counts a block by EDE code only (the aggregate series).
