@@ -27,19 +27,13 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the repo
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import rss_mib, stop  # noqa: E402  (benches/dnsperf/bench.py)
 import workloads  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 SHIELD_IP, PORT = "127.0.30.3", 5300
-
-
-def rss_mib(pid, field="VmRSS"):
-    """Resident memory now (VmRSS) or at its peak since the last reset (VmHWM)."""
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def reset_peak(pid):
@@ -173,11 +167,7 @@ def main():
             sys.exit(1)
     finally:
         if shield is not None:
-            shield.send_signal(signal.SIGTERM)
-            try:
-                shield.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                shield.kill()
+            stop(shield)
         shutil.rmtree(work, ignore_errors=True)
 
 
