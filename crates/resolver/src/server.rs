@@ -73,32 +73,36 @@ pub async fn start(
     // UDP is served by our own loops (the fast path, falling back to the
     // handler); TCP by hickory's listener, which calls the same handler.
     let mut hickory = Server::new(handler.clone());
-    let udp_stop = Arc::new(AtomicBool::new(false));
-    let mut udp_threads = Vec::new();
-    let runtime = tokio::runtime::Handle::current();
+    // Every socket is bound before the first UDP thread starts, so a bind
+    // error returns with no thread left serving.
+    let mut udp_sockets = Vec::new();
     for &address in &server.listen {
-        for number in 0..server.udp_sockets.max(1) {
-            let socket = Arc::new(bind_udp(address, server.udp_sockets > 1)?);
-            let (fast, handler, runtime, stop) = (fast.clone(), handler.clone(), runtime.clone(), udp_stop.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("shieldns-udp-{number}"))
-                .spawn(move || fastpath::serve_thread(socket, fast, handler, runtime, stop))
-                .map_err(|source| ResolverError::Bind {
-                    address,
-                    protocol: "udp",
-                    source,
-                });
-            match thread {
-                Ok(thread) => udp_threads.push(thread),
-                Err(error) => {
-                    udp_stop.store(true, Ordering::Relaxed);
-                    return Err(error);
-                }
-            }
+        for _ in 0..server.udp_sockets.max(1) {
+            udp_sockets.push((address, Arc::new(bind_udp(address, server.udp_sockets > 1)?)));
         }
         let tcp = bind_tcp(address)?;
         hickory.register_listener(tcp, Duration::from_secs(server.tcp_idle_timeout.max(1)), 64);
         info!(%address, "listening on UDP and TCP");
+    }
+    let udp_stop = Arc::new(AtomicBool::new(false));
+    let mut udp_threads = Vec::new();
+    let runtime = tokio::runtime::Handle::current();
+    for (number, (address, socket)) in udp_sockets.into_iter().enumerate() {
+        let (fast, handler, runtime, stop) = (fast.clone(), handler.clone(), runtime.clone(), udp_stop.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("shieldns-udp-{number}"))
+            .spawn(move || fastpath::serve_thread(socket, fast, handler, runtime, stop));
+        match thread {
+            Ok(thread) => udp_threads.push(thread),
+            Err(source) => {
+                udp_stop.store(true, Ordering::Relaxed);
+                return Err(ResolverError::Bind {
+                    address,
+                    protocol: "udp",
+                    source,
+                });
+            }
+        }
     }
     Ok(RunningResolver {
         server: hickory,
