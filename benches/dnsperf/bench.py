@@ -282,7 +282,7 @@ def main():
     unknown = set(peers) - {"shieldns", "unbound"}
     if unknown:
         sys.exit(f"unknown peer(s): {', '.join(sorted(unknown))} (known: shieldns, unbound)")
-    thread_counts = [int(t) for t in args.threads.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",") if t]
     wanted = args.workloads.split(",")
     tools = ["dnsperf", "nsd", "gcc"] + (["unbound"] if "unbound" in peers else [])
     for tool in tools:

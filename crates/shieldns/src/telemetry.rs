@@ -243,8 +243,7 @@ impl Telemetry {
                         status.version_time = modified.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
                         current.file_stamp = Some((modified, meta.len()));
                         if current.file_stamp != previous.file_stamp {
-                            if let Ok(bytes) = std::fs::read(&path) {
-                                let digest = hex::encode(Sha256::digest(&bytes));
+                            if let Some(digest) = file_sha256(&path) {
                                 version = Some((digest.get(..12).unwrap_or_default().to_owned(), digest));
                             }
                         } else {
@@ -288,6 +287,16 @@ impl Telemetry {
 }
 
 /// RFC 3339 → Unix seconds.
+/// The hex SHA-256 of a list file, read through the hasher a buffer at a
+/// time: the poll runs while a new snapshot may be building, and reading a
+/// 1M-name file whole here put another copy of it (17 MB) beside the build.
+fn file_sha256(path: &std::path::Path) -> Option<String> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(hex::encode(hasher.finalize()))
+}
+
 fn parse_time(text: &str) -> Option<f64> {
     humantime::parse_rfc3339_weak(text)
         .ok()
