@@ -25,14 +25,18 @@ Workloads: `blocked` (listed names and subdomains of them), `cached` (allowed
 names of bench.test, warmed first) and `zipf` (Zipf s=1 over
 ../shared/data/ranking/umbrella-top-100k.txt, 95 % allowed names warmed first,
 5 % listed ones; skipped with a message when ../shared is absent). Per
-workload, twice: the ceiling, shieldns, Unbound at saturation (dnsperf -c 8
--q 500; the ceiling is measured in every round because this machine's speed
-drifts over minutes): queries/s, lost %, mean latency and the
+workload, `--rounds` times (default 3): the ceiling, shieldns, Unbound at
+saturation (dnsperf -c 8 -q 500; the ceiling is measured in every round
+because this machine's speed drifts over minutes): queries/s, lost %, mean
+latency and the
 server's CPU µs per answered query (utime+stime of all its threads /
 completed queries); then each server once at a fixed offered rate
 (`--rate`, default 20k q/s) with dnsperf -v, whose per-response latencies
-give p50/p99/p99.9. Summary: the mean of the two saturation runs, the ratios
-shieldns/Unbound and each/ceiling (to the mean of the two ceiling runs). Also each server's list load time (start
+give p50/p99/p99.9. Summary: the median of the saturation rounds, the ratios
+shieldns/Unbound, and each server's ratio to the ceiling as the median of
+its per-round ratios (each to the ceiling of its own round). The ceiling
+runs as many SO_REUSEPORT threads as the servers have workers (the same
+socket layout, so the same kernel cost per query). Also each server's list load time (start
 until a listed name answers NXDOMAIN) and RSS after load and after the runs.
 With one worker thread every server (and the ceiling) is pinned to the last
 core and dnsperf to the first (`--no-pin` turns that off). `--load-sizes
@@ -54,6 +58,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -196,8 +201,8 @@ def row(label, r):
             f"{r['cpu_us_per_query']:5.1f} µs CPU/query{extra}" + (f"  rcodes {odd}" if odd else ""))
 
 
-def mean(results, key):
-    return sum(r[key] for r in results) / len(results)
+def median(results, key):
+    return statistics.median(r[key] for r in results)
 
 
 def start_shieldns(work, threads, lists):
@@ -240,11 +245,12 @@ def start_nsd(work, data):
     sys.exit(f"nsd did not answer on {NSD_IP}:53")
 
 
-def restart_echo(echo, work):
-    """(Re)starts the ceiling responder with the current pinning."""
+def restart_echo(echo, work, threads=1):
+    """(Re)starts the ceiling responder with the current pinning and one
+    SO_REUSEPORT socket per thread, the servers' layout at that count."""
     if echo.proc is not None:
         stop(echo.proc)
-    echo.proc = subprocess.Popen(PIN["server"] + [f"{work}/echo", ECHO_IP, str(PORT)])
+    echo.proc = subprocess.Popen(PIN["server"] + [f"{work}/echo", ECHO_IP, str(PORT), str(threads)])
     for _ in range(100):
         if probe_rcode(ECHO_IP, PORT, "probe.test") is not None:
             return
@@ -265,6 +271,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", type=int, default=1_000_000, help="synthetic listed names")
     parser.add_argument("--seconds", type=int, default=10, help="length of each saturation run")
+    parser.add_argument("--rounds", type=int, default=3, help="saturation rounds per workload (ceiling, servers)")
     parser.add_argument("--threads", default="1", help="worker threads, a comma list such as 1,2")
     parser.add_argument("--peers", default="shieldns,unbound", help="servers besides the ceiling")
     parser.add_argument("--peer", action="append", default=[], help="add a peer (e.g. --peer unbound)")
@@ -302,7 +309,7 @@ def main():
               f"({data['zipf_listed_share']:.1%} of zipf queries hit them); RPZ {data['rpz_records']} records",
               flush=True)
         children.append(start_nsd(work, data))
-        subprocess.run(["gcc", "-O2", "-o", f"{work}/echo", f"{HERE}/echo.c"], check=True)
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", f"{work}/echo", f"{HERE}/echo.c"], check=True)
         echo = Server("ceiling", None, ECHO_IP)
         children.append(echo)
 
@@ -313,7 +320,7 @@ def main():
             pinned = threads == 1 and cores >= 2 and not args.no_pin and shutil.which("taskset")
             PIN["server"] = ["taskset", "-c", str(cores - 1)] if pinned else []
             PIN["client"] = ["taskset", "-c", "0"] if pinned else []
-            restart_echo(echo, work)
+            restart_echo(echo, work, threads)
             if pinned:
                 print(f"servers pinned to core {cores - 1}, dnsperf to core 0", flush=True)
             servers = []
@@ -343,11 +350,11 @@ def main():
                             dnsperf(server.ip, data[workload], ["-n", "1", "-q", "100"])
             for workload in wanted:
                 queries = data[workload]
-                print(f"{workload} (saturation, -c 8 -q 500, {args.seconds} s each; ceiling A B, ceiling A B):",
-                      flush=True)
+                print(f"{workload} (saturation, -c 8 -q 500, {args.seconds} s each; {args.rounds} rounds of "
+                      f"ceiling A B):", flush=True)
                 saturate = ["-l", str(args.seconds), "-q", "500"]
                 runs = {s.name: [] for s in [echo] + servers}
-                for repeat in (1, 2):
+                for repeat in range(1, args.rounds + 1):
                     # The ceiling in every round: this machine's speed drifts
                     # over minutes, so each round's ratios share one ceiling.
                     for server in [echo] + servers:
@@ -365,18 +372,24 @@ def main():
                     print(row(server.name, r), flush=True)
                     record(kind="fixed_rate", workload=workload, server=server.name, threads=threads,
                            offered_qps=args.rate, **r)
-                ceiling = {key: mean(runs["ceiling"], key) for key in ("qps", "lost_pct", "latency_ms",
-                                                                       "cpu_us_per_query")}
+                ceiling = {key: median(runs["ceiling"], key) for key in ("qps", "lost_pct", "latency_ms",
+                                                                         "cpu_us_per_query")}
                 for name, results in runs.items():
                     if name == "ceiling":
                         continue
+                    # Each round's ratio is to the ceiling of the same round,
+                    # then the median over rounds: a slow minute of the
+                    # machine moves both sides of a ratio together.
+                    qps_ratios = [r["qps"] / c["qps"] for r, c in zip(results, runs["ceiling"])]
+                    cpu_ratios = [r["cpu_us_per_query"] / max(c["cpu_us_per_query"], 0.01)
+                                  for r, c in zip(results, runs["ceiling"])]
                     entry = {"threads": threads, "workload": workload, "server": name,
-                             "qps": mean(results, "qps"), "lost_pct": mean(results, "lost_pct"),
-                             "latency_ms": mean(results, "latency_ms"),
-                             "cpu_us_per_query": mean(results, "cpu_us_per_query"),
+                             "qps": median(results, "qps"), "lost_pct": median(results, "lost_pct"),
+                             "latency_ms": median(results, "latency_ms"),
+                             "cpu_us_per_query": median(results, "cpu_us_per_query"),
                              "p50_ms": fixed[name]["p50_ms"], "p99_ms": fixed[name]["p99_ms"],
-                             "qps_vs_ceiling": mean(results, "qps") / ceiling["qps"],
-                             "cpu_vs_ceiling": mean(results, "cpu_us_per_query") / max(ceiling["cpu_us_per_query"], 0.01)}
+                             "qps_vs_ceiling": statistics.median(qps_ratios),
+                             "cpu_vs_ceiling": statistics.median(cpu_ratios)}
                     summary.append(entry)
                 summary.append({"threads": threads, "workload": workload, "server": "ceiling",
                                 "qps": ceiling["qps"], "lost_pct": ceiling["lost_pct"],
@@ -411,7 +424,8 @@ def main():
             stop(server.proc)
             os.remove(path)
 
-        print("\nSummary (saturation figures: mean of the two runs; p50/p99 at the fixed rate):")
+        print("\nSummary (saturation figures: median over the rounds, ratios the median of each round's ratio to "
+              "its ceiling; p50/p99 at the fixed rate):")
         print(f"  {'thr':>3} {'workload':8} {'server':9} {'q/s':>9} {'lost %':>7} {'mean ms':>8} {'p50 ms':>7} "
               f"{'p99 ms':>7} {'µs/q':>6} {'q/s÷ceil':>9} {'µs÷ceil':>8}")
         for e in summary:

@@ -88,7 +88,7 @@ def main():
         children.append(bench.start_nsd(work, data))
         valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                     f"--callgrind-out-file={work}/callgrind.out.%p"]
-        subprocess.run(["gcc", "-O2", "-o", f"{work}/echo", f"{HERE}/echo.c"], check=True)
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", f"{work}/echo", f"{HERE}/echo.c"], check=True)
         print(f"list: {args.names} names; {args.queries} queries per workload at {args.rate} q/s", flush=True)
         results = {}
         for name in ("ceiling", "shieldns"):
