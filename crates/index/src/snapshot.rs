@@ -250,10 +250,10 @@ pub struct Snapshot {
     answer_ip_rules: usize,
     local_data: HashMap<(u16, u64), Vec<LocalData>>,
     profiles: Vec<Profile>,
-    clients_v4: PrefixMap<Ipv4Net, ProfileId>,
-    clients_v6: PrefixMap<Ipv6Net, ProfileId>,
-    access_v4: PrefixMap<Ipv4Net, ()>,
-    access_v6: PrefixMap<Ipv6Net, ()>,
+    /// Access list and profile clients in one map per family, so a query
+    /// pays one longest-prefix lookup for both (see [`merge_clients`]).
+    clients_v4: PrefixMap<Ipv4Net, ClientRule>,
+    clients_v6: PrefixMap<Ipv6Net, ClientRule>,
     warnings: Vec<String>,
     generation: u64,
 }
@@ -272,13 +272,32 @@ impl Snapshot {
     /// lives in the snapshot so that a reload changes it atomically with
     /// everything else.
     pub fn client_allowed(&self, client: IpAddr) -> bool {
-        match client {
-            IpAddr::V4(v4) => self.access_v4.get_lpm(&Ipv4Net::from(v4)).is_some(),
+        self.client_rule(client).is_some_and(|rule| rule.allowed)
+    }
+
+    /// The client's profile when it may query at all, `None` when
+    /// `server.allow` refuses it: [`Snapshot::client_allowed`] and
+    /// [`Snapshot::profile_for`] in one lookup.
+    pub fn client_policy(&self, client: IpAddr) -> Option<ProfileId> {
+        let rule = self.client_rule(client)?;
+        rule.allowed
+            .then(|| rule.profile.unwrap_or_else(|| self.fallback_profile()))
+    }
+
+    fn client_rule(&self, client: IpAddr) -> Option<&ClientRule> {
+        let found = match client {
+            IpAddr::V4(v4) => self.clients_v4.get_lpm(&Ipv4Net::from(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => self.access_v4.get_lpm(&Ipv4Net::from(v4)).is_some(),
-                None => self.access_v6.get_lpm(&Ipv6Net::from(v6)).is_some(),
+                Some(v4) => self.clients_v4.get_lpm(&Ipv4Net::from(v4)),
+                None => return self.clients_v6.get_lpm(&Ipv6Net::from(v6)).map(|(_, rule)| rule),
             },
-        }
+        };
+        found.map(|(_, rule)| rule)
+    }
+
+    /// The profile of clients no profile names: always the last one.
+    fn fallback_profile(&self) -> ProfileId {
+        ProfileId(u16::try_from(self.profiles.len().saturating_sub(1)).unwrap_or(0))
     }
 
     /// A snapshot with no lists and only the fallback profile.
@@ -320,16 +339,9 @@ impl Snapshot {
     /// The profile for a client address: the longest matching `clients`
     /// prefix, or the implicit fallback profile.
     pub fn profile_for(&self, client: IpAddr) -> ProfileId {
-        let found = match client {
-            IpAddr::V4(v4) => self.clients_v4.get_lpm(&Ipv4Net::from(v4)).map(|(_, id)| *id),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => self.clients_v4.get_lpm(&Ipv4Net::from(v4)).map(|(_, id)| *id),
-                None => self.clients_v6.get_lpm(&Ipv6Net::from(v6)).map(|(_, id)| *id),
-            },
-        };
-        found.unwrap_or(ProfileId(
-            u16::try_from(self.profiles.len().saturating_sub(1)).unwrap_or(0),
-        ))
+        self.client_rule(client)
+            .and_then(|rule| rule.profile)
+            .unwrap_or_else(|| self.fallback_profile())
     }
 
     /// Decides a normalized query name (lower case, no trailing dot) for a
@@ -812,14 +824,43 @@ impl SnapshotBuilder {
             answer_ip_rules: self.answer_ip_rules,
             local_data: self.local_data,
             profiles,
-            clients_v4,
-            clients_v6,
-            access_v4,
-            access_v6,
+            clients_v4: merge_clients(&access_v4, &clients_v4),
+            clients_v6: merge_clients(&access_v6, &clients_v6),
             warnings,
             generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
+}
+
+/// What one prefix of the merged client map says about the addresses it
+/// holds (those no longer prefix of the map holds).
+#[derive(Clone, Copy, Debug)]
+struct ClientRule {
+    /// Whether `server.allow` admits them.
+    allowed: bool,
+    /// The profile whose `clients` name them; `None`: the fallback profile.
+    profile: Option<ProfileId>,
+}
+
+/// Merges the access list and the profiles' client networks into one
+/// longest-prefix map: every prefix of either map, holding both answers
+/// for it. For an address, the longest merged prefix containing it, `P`,
+/// gives the same answers as looking the address up in each map, because a
+/// longer prefix of either map that contains the address would itself be in
+/// the merged map and longer than `P`.
+fn merge_clients<P>(access: &PrefixMap<P, ()>, clients: &PrefixMap<P, ProfileId>) -> PrefixMap<P, ClientRule>
+where
+    P: prefix_trie::Prefix,
+{
+    let mut merged = PrefixMap::new();
+    for prefix in access.iter().map(|(p, _)| p).chain(clients.iter().map(|(p, _)| p)) {
+        let rule = ClientRule {
+            allowed: access.get_lpm(&prefix).is_some(),
+            profile: clients.get_lpm(&prefix).map(|(_, id)| *id),
+        };
+        merged.insert(prefix, rule);
+    }
+    merged
 }
 
 #[cold]

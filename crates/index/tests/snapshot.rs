@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use shieldns_index::{
     BlockResponse, IndexError, ListAction, ListFormat, ListPolicy, LocalData, Matched, ProfileConfig, RuleAction,
     Snapshot, SnapshotBuilder, Verdict,
@@ -350,4 +352,62 @@ fn lists_read_from_a_reader_load_like_lists_given_whole() {
         "{error}"
     );
     assert!(error.to_string().contains("disk on fire"));
+}
+
+/// The naive reading of `server.allow` and the profiles' `clients`: the
+/// longest matching network of each, looked up separately.
+fn naive_client_policy(access: &[ipnet::Ipv4Net], profiles: &[Vec<ipnet::Ipv4Net>], ip: Ipv4Addr) -> Option<usize> {
+    if !access.iter().any(|net| net.contains(&ip)) {
+        return None;
+    }
+    let best = profiles
+        .iter()
+        .enumerate()
+        .flat_map(|(index, nets)| nets.iter().map(move |net| (net, index)))
+        .filter(|(net, _)| net.contains(&ip))
+        .max_by_key(|(net, _)| net.prefix_len());
+    // No profile names the client: the fallback, built after the others.
+    Some(best.map_or(profiles.len(), |(_, index)| index))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// The access list and the client networks share one prefix map; its
+    /// answer must be the one each list gives on its own, for nested and
+    /// overlapping networks of both.
+    #[test]
+    fn one_client_lookup_answers_like_the_access_list_and_the_profiles(
+        access in proptest::collection::vec((0u8..4, 0u8..4, 4u8..=24), 1..4),
+        clients in proptest::collection::vec(proptest::collection::vec((0u8..4, 0u8..4, 4u8..=24), 1..3), 1..4),
+        probes in proptest::collection::vec((0u8..4, 0u8..4, 0u8..4), 16),
+    ) {
+        // Networks inside 10.0.0.0/8 built from few distinct octets, so
+        // that they nest and overlap often.
+        let net = |(b, c, len): (u8, u8, u8)| ipnet::Ipv4Net::new(Ipv4Addr::new(10, b * 64, c * 64, 0), len).unwrap().trunc();
+        let access: Vec<ipnet::Ipv4Net> = access.into_iter().map(net).collect();
+        let mut clients: Vec<Vec<ipnet::Ipv4Net>> = clients.into_iter().map(|nets| nets.into_iter().map(net).collect()).collect();
+        // A network may belong to one profile only (the build refuses a
+        // second); keep each at its first profile.
+        let mut seen = std::collections::HashSet::new();
+        for nets in &mut clients {
+            nets.retain(|n| seen.insert(*n));
+        }
+        let mut builder = SnapshotBuilder::new();
+        builder.set_access(access.iter().map(|n| ipnet::IpNet::V4(*n)).collect());
+        for (index, nets) in clients.iter().enumerate() {
+            builder.add_profile(ProfileConfig::new(format!("p{index}"), nets.iter().map(|n| ipnet::IpNet::V4(*n)).collect()));
+        }
+        let snapshot = builder.build().unwrap();
+        for (b, c, d) in probes {
+            let ip = Ipv4Addr::new(10, b * 64, c * 64 + d, 7);
+            let expected = naive_client_policy(&access, &clients, ip);
+            let got = snapshot.client_policy(IpAddr::V4(ip)).map(|id| {
+                let name = &snapshot.profile(id).name;
+                name.strip_prefix('p').and_then(|i| i.parse().ok()).unwrap_or(clients.len())
+            });
+            proptest::prop_assert_eq!(got, expected, "client {}", ip);
+            proptest::prop_assert_eq!(snapshot.client_allowed(IpAddr::V4(ip)), expected.is_some());
+        }
+    }
 }

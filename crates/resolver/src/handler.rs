@@ -525,17 +525,16 @@ impl ShieldHandler {
 
         // The one snapshot load of this query.
         let snapshot = self.inner.snapshot.load_full();
-        if !snapshot.client_allowed(client) {
+        let Some(profile) = snapshot.client_policy(client) else {
             self.inner.metrics.refused();
             let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
                 .error_msg(&request.metadata, ResponseCode::Refused);
             return send(&mut response_handle, response, request).await;
-        }
+        };
         let mut name = NameBuf::default();
         // A name that does not fit in 255 bytes cannot have come off the
         // wire; it stays empty and matches no list.
         let _ = write!(name, "{qname}");
-        let profile = snapshot.profile_for(client);
         let _ = observed.query.set((snapshot.clone(), profile));
         let query = QueryContext {
             profile,
