@@ -180,15 +180,21 @@ fn write_block(
         RuleAction::NoData => true,
         _ => return false,
     };
-    let ttl = profile.block_ttl;
-    let address: Option<Vec<u8>> = if nodata {
+    let ttl = profile.block_ttl.to_be_bytes();
+    // The address of a NULL or sinkhole answer, in a fixed buffer (no
+    // allocation): its first `length` bytes.
+    let address: Option<([u8; 16], usize)> = if nodata {
         None
     } else {
         match (profile.block_response, query.qtype) {
-            (BlockResponse::Null, TYPE_A) => Some(vec![0; 4]),
-            (BlockResponse::Null, TYPE_AAAA) => Some(vec![0; 16]),
-            (BlockResponse::Sinkhole, TYPE_A) => profile.sinkhole_ipv4.map(|a| a.octets().to_vec()),
-            (BlockResponse::Sinkhole, TYPE_AAAA) => profile.sinkhole_ipv6.map(|a| a.octets().to_vec()),
+            (BlockResponse::Null, TYPE_A) => Some(([0; 16], 4)),
+            (BlockResponse::Null, TYPE_AAAA) => Some(([0; 16], 16)),
+            (BlockResponse::Sinkhole, TYPE_A) => profile.sinkhole_ipv4.map(|a| {
+                let mut bytes = [0; 16];
+                bytes[..4].copy_from_slice(&a.octets());
+                (bytes, 4)
+            }),
+            (BlockResponse::Sinkhole, TYPE_AAAA) => profile.sinkhole_ipv6.map(|a| (a.octets(), 16)),
             _ => None,
         }
     };
@@ -200,34 +206,34 @@ fn write_block(
     };
     let with_soa = address.is_none() && rcode != 5;
     write_header(out, query, rcode, u16::from(address.is_some()), u16::from(with_soa));
-    if let Some(rdata) = &address {
+    if let Some((bytes, length)) = &address {
         // The owner is the question name: a pointer to offset 12.
-        out.extend_from_slice(&[0xc0, 0x0c]);
-        out.extend_from_slice(&query.qtype.to_be_bytes());
-        out.extend_from_slice(&CLASS_IN.to_be_bytes());
-        out.extend_from_slice(&ttl.to_be_bytes());
-        out.extend_from_slice(&u16::try_from(rdata.len()).unwrap_or(0).to_be_bytes());
-        out.extend_from_slice(rdata);
+        let [type_high, type_low] = query.qtype.to_be_bytes();
+        let [ttl0, ttl1, ttl2, ttl3] = ttl;
+        #[allow(clippy::cast_possible_truncation)] // 4 or 16
+        let rdlength = *length as u8;
+        out.extend_from_slice(&[
+            0xc0, 0x0c, type_high, type_low, 0, 1, ttl0, ttl1, ttl2, ttl3, 0, rdlength,
+        ]);
+        out.extend_from_slice(bytes.get(..*length).unwrap_or_default());
     }
     if with_soa {
         // The SOA is owned by the blocked name that matched: a pointer to
-        // that suffix inside the question.
+        // that suffix inside the question. The rest is the constant record
+        // with the profile's TTL (record TTL and SOA minimum) patched in.
         let labels = match hit.matched {
             Matched::Name { labels, .. } | Matched::Digest { labels } => labels,
             Matched::Pattern | Matched::AnswerIp { .. } => query.labels,
         };
         out.extend_from_slice(&suffix_pointer(query, labels));
-        out.extend_from_slice(&TYPE_SOA.to_be_bytes());
-        out.extend_from_slice(&CLASS_IN.to_be_bytes());
-        out.extend_from_slice(&ttl.to_be_bytes());
-        let rdata_at = out.len();
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(BLOCK_SOA_NAMES);
-        for value in [1, 3600, 600, 86_400, ttl] {
-            out.extend_from_slice(&u32::to_be_bytes(value));
+        let mut record = BLOCK_SOA_RECORD;
+        if let Some(field) = record.get_mut(4..8) {
+            field.copy_from_slice(&ttl);
         }
-        let rdlength = u16::try_from(out.len() - rdata_at - 2).unwrap_or(0).to_be_bytes();
-        out[rdata_at..rdata_at + 2].copy_from_slice(&rdlength);
+        if let Some(field) = record.get_mut(BLOCK_SOA_RECORD.len() - 4..) {
+            field.copy_from_slice(&ttl);
+        }
+        out.extend_from_slice(&record);
     }
     if query.edns_payload.is_some() {
         write_opt_with_ede(out, query, snapshot, hit, payload);
@@ -238,13 +244,13 @@ fn write_block(
 /// The response header: ID and the RD and CD bits from the query, QR and RA
 /// set, one question.
 fn write_header(out: &mut Vec<u8>, query: &Query<'_>, rcode: u8, answers: u16, authorities: u16) {
-    out.extend_from_slice(&query.id());
-    out.push(0x80 | (query.packet[2] & 0x01));
-    out.push(0x80 | (query.packet[3] & 0x10) | rcode);
-    out.extend_from_slice(&[0, 1]);
-    out.extend_from_slice(&answers.to_be_bytes());
-    out.extend_from_slice(&authorities.to_be_bytes());
-    out.extend_from_slice(&u16::from(query.edns_payload.is_some()).to_be_bytes());
+    let [id0, id1] = query.id();
+    let [an0, an1] = answers.to_be_bytes();
+    let [ns0, ns1] = authorities.to_be_bytes();
+    let additional = u8::from(query.edns_payload.is_some());
+    let flags0 = 0x80 | (query.packet[2] & 0x01);
+    let flags1 = 0x80 | (query.packet[3] & 0x10) | rcode;
+    out.extend_from_slice(&[id0, id1, flags0, flags1, 0, 1, an0, an1, ns0, ns1, 0, additional]);
     // The question exactly as asked, in the client's case.
     out.extend_from_slice(&query.packet[12..query.question_end]);
 }
@@ -264,19 +270,70 @@ fn suffix_pointer(query: &Query<'_>, labels: u8) -> [u8; 2] {
 /// same names; the tests compare both answers).
 const BLOCK_SOA_NAMES: &[u8] = b"\x07blocked\x08shieldns\x07invalid\x00\x0ahostmaster\x08shieldns\x07invalid\x00";
 
+/// SERIAL, REFRESH, RETRY, EXPIRE of the block SOA; MINIMUM is the TTL.
+const BLOCK_SOA_TIMERS: [u32; 4] = [1, 3600, 600, 86_400];
+
+/// The block SOA record after its owner name, with a TTL of 0 in the record
+/// and in MINIMUM (the last four bytes), which `write_block` patches: TYPE,
+/// CLASS, TTL, RDLENGTH, then RDATA (the names and five 32-bit fields).
+const BLOCK_SOA_RECORD: [u8; 10 + BLOCK_SOA_NAMES.len() + 20] = {
+    let mut record = [0u8; 10 + BLOCK_SOA_NAMES.len() + 20];
+    let [type_high, type_low] = TYPE_SOA.to_be_bytes();
+    record[0] = type_high;
+    record[1] = type_low;
+    record[3] = 1; // CLASS IN
+    let rdlength = (BLOCK_SOA_NAMES.len() + 20) as u16;
+    let [rd_high, rd_low] = rdlength.to_be_bytes();
+    record[8] = rd_high;
+    record[9] = rd_low;
+    let mut at = 0;
+    while at < BLOCK_SOA_NAMES.len() {
+        record[10 + at] = BLOCK_SOA_NAMES[at];
+        at += 1;
+    }
+    let mut timer = 0;
+    while timer < BLOCK_SOA_TIMERS.len() {
+        let bytes = BLOCK_SOA_TIMERS[timer].to_be_bytes();
+        let mut byte = 0;
+        while byte < 4 {
+            record[10 + BLOCK_SOA_NAMES.len() + timer * 4 + byte] = bytes[byte];
+            byte += 1;
+        }
+        timer += 1;
+    }
+    record
+};
+
 /// The OPT record with the EDE option: `list=NAME category=CATEGORY`.
 fn write_opt_with_ede(out: &mut Vec<u8>, query: &Query<'_>, snapshot: &Snapshot, hit: &Hit, payload: u16) {
-    out.push(0);
-    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-    let payload = u16::try_from(query.max_response(payload)).unwrap_or(u16::MAX);
-    out.extend_from_slice(&payload.to_be_bytes());
-    out.extend_from_slice(&[0, 0, if query.dnssec_ok { 0x80 } else { 0 }, 0]);
-    let rdlength_at = out.len();
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&EDE_OPTION.to_be_bytes());
-    let length_at = out.len();
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&snapshot.ede_code(hit).to_be_bytes());
+    let [payload_high, payload_low] = u16::try_from(query.max_response(payload))
+        .unwrap_or(u16::MAX)
+        .to_be_bytes();
+    let do_bit = if query.dnssec_ok { 0x80 } else { 0 };
+    let [code_high, code_low] = snapshot.ede_code(hit).to_be_bytes();
+    // Root owner, TYPE OPT, CLASS = payload, TTL = extended rcode, version,
+    // DO; RDLENGTH and the option length are patched below.
+    let [opt_high, opt_low] = TYPE_OPT.to_be_bytes();
+    let [ede_high, ede_low] = EDE_OPTION.to_be_bytes();
+    let rdlength_at = out.len() + 9;
+    out.extend_from_slice(&[
+        0,
+        opt_high,
+        opt_low,
+        payload_high,
+        payload_low,
+        0,
+        0,
+        do_bit,
+        0,
+        0,
+        0,
+        ede_high,
+        ede_low,
+        0,
+        0,
+    ]);
+    out.extend_from_slice(&[code_high, code_low]);
     match snapshot.list(hit.list) {
         Some(list) => {
             out.extend_from_slice(b"list=");
@@ -288,10 +345,12 @@ fn write_opt_with_ede(out: &mut Vec<u8>, query: &Query<'_>, snapshot: &Snapshot,
         }
         None => out.extend_from_slice(b"blocked by policy"),
     }
-    let option_length = u16::try_from(out.len() - length_at - 2).unwrap_or(0);
-    out[length_at..length_at + 2].copy_from_slice(&option_length.to_be_bytes());
     let rdlength = u16::try_from(out.len() - rdlength_at - 2).unwrap_or(0);
-    out[rdlength_at..rdlength_at + 2].copy_from_slice(&rdlength.to_be_bytes());
+    let option_length = rdlength.saturating_sub(4);
+    if let Some(lengths) = out.get_mut(rdlength_at..rdlength_at + 6) {
+        lengths[..2].copy_from_slice(&rdlength.to_be_bytes());
+        lengths[4..].copy_from_slice(&option_length.to_be_bytes());
+    }
 }
 
 //------------ Packet cache ---------------------------------------------------
@@ -494,14 +553,15 @@ pub(crate) struct FastPath {
 }
 
 impl FastPath {
-    fn handle(&self, packet: &[u8], client: IpAddr, snapshot: &Snapshot, out: &mut Vec<u8>) -> Outcome {
-        let Some(query) = parse(packet) else {
+    /// Answers `query` (the datagram parsed by [`parse`]; `None` when it is
+    /// not a standard query) into `out`, or says why the handler must.
+    fn handle(&self, query: Option<&Query<'_>>, client: IpAddr, snapshot: &Snapshot, out: &mut Vec<u8>) -> Outcome {
+        let Some(query) = query else {
             return Outcome::Slow(None);
         };
-        if !snapshot.client_allowed(client) {
+        let Some(profile_id) = snapshot.client_policy(client) else {
             return Outcome::Slow(None);
-        }
-        let profile_id = snapshot.profile_for(client);
+        };
         let profile = snapshot.profile(profile_id);
         // Policy beyond lists (bypass, query types, safe search, DNS64,
         // rewrites) is the handler's: its answers are not plain bytes.
@@ -524,7 +584,7 @@ impl FastPath {
             // builds the log event.
             Verdict::Block(_) if self.metrics.logs(true) => Outcome::Slow(None),
             Verdict::Block(hit) => {
-                if write_block(out, &query, snapshot, profile, &hit, self.udp_payload) {
+                if write_block(out, query, snapshot, profile, &hit, self.udp_payload) {
                     Outcome::Answered(Answered {
                         profile: profile_id,
                         block: Some((hit.list, snapshot.ede_code(&hit))),
@@ -545,7 +605,7 @@ impl FastPath {
                 let index = profile_id.index();
                 if self
                     .packets
-                    .answer(&query, snapshot.generation(), index, self.udp_payload, out)
+                    .answer(query, snapshot.generation(), index, self.udp_payload, out)
                 {
                     return Outcome::Answered(Answered {
                         profile: profile_id,
@@ -711,6 +771,7 @@ pub(crate) fn serve_thread(
     let fd = socket.as_raw_fd();
     let mut snapshots = arc_swap::Cache::new(fast.snapshot.clone());
     let mut batch = Batch::new();
+    let mut tally = fast.metrics.answer_tally();
     while !stop.load(Ordering::Relaxed) {
         match batch.receive(fd) {
             Ok(()) => {}
@@ -732,30 +793,33 @@ pub(crate) fn serve_thread(
         let received_at = Instant::now();
         batch.counts.clear();
         let snapshot = snapshots.load();
-        if batch.received.len() > 1 {
+        // Each datagram is parsed once, here, for the warm-up and the answer
+        // (on the stack: a batch allocates nothing).
+        let queries: SmallVec<[(Option<Query<'_>>, &[u8]); BATCH]> = batch
+            .received
+            .iter()
+            .zip(batch.buffers.iter())
+            .map(|(&(length, _), buffer)| {
+                let packet = buffer.get(..length).unwrap_or_default();
+                (parse(packet), packet)
+            })
+            .collect();
+        if queries.len() > 1 {
             // Overlap the index's cache misses across the batch (see
             // `Snapshot::warmer`); with one datagram there is nothing to
             // overlap.
             let mut warmer = snapshot.warmer();
-            for (&(length, _), buffer) in batch.received.iter().zip(batch.buffers.iter()) {
-                if let Some(query) = buffer.get(..length).and_then(parse) {
-                    warmer.add(query.name.as_str());
-                }
+            for query in queries.iter().filter_map(|(query, _)| query.as_ref()) {
+                warmer.add(query.name.as_str());
             }
             std::hint::black_box(warmer.load());
         }
-        for index in 0..batch.received.len() {
-            let Some(&(length, peer)) = batch.received.get(index) else {
-                break;
-            };
-            let Some(packet) = batch.buffers.get(index).and_then(|b| b.get(..length)) else {
-                continue;
-            };
+        for (&(_, peer), (query, packet)) in batch.received.iter().zip(&queries) {
             let Some((out, destination)) = batch.answers.get_mut(batch.counts.len()) else {
                 break;
             };
             out.clear();
-            match fast.handle(packet, peer.ip(), snapshot, out) {
+            match fast.handle(query.as_ref(), peer.ip(), snapshot, out) {
                 Outcome::Answered(answered) => {
                     *destination = peer;
                     batch.counts.push(answered);
@@ -779,13 +843,16 @@ pub(crate) fn serve_thread(
                 }
             }
         }
+        // The parsed queries borrow the receive buffers, which `send` needs
+        // the whole batch for.
+        drop(queries);
         batch.send(fd);
         let elapsed = received_at.elapsed();
         for (count, (bytes, _)) in batch.counts.iter().zip(&batch.answers) {
             let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
-            fast.metrics
-                .fast_answer(snapshot, count.profile, count.block, rcode, elapsed);
+            tally.add(count.profile, count.block, rcode);
         }
+        fast.metrics.flush_answers(snapshot, &mut tally, elapsed);
     }
 }
 
