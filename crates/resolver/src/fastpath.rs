@@ -378,6 +378,14 @@ struct PacketKey {
     dnssec_ok: bool,
 }
 
+/// Which policy a packet-cache lookup is for: the snapshot that checked
+/// the answer and the client's profile in it.
+#[derive(Clone, Copy, Debug)]
+struct CacheLookup {
+    generation: u64,
+    profile: usize,
+}
+
 /// Encoded answers for allowed names, keyed by a hash of [`PacketKey`] so a
 /// lookup allocates nothing; the stored key confirms the match.
 #[derive(Debug)]
@@ -404,8 +412,10 @@ impl PacketCache {
             .hash_one((generation, profile, name, qtype, edns, dnssec_ok))
     }
 
-    /// Copies a fresh cached answer for `query` into `out`.
-    fn answer(&self, query: &Query<'_>, generation: u64, profile: usize, payload: u16, out: &mut Vec<u8>) -> bool {
+    /// Copies a cached answer for `query` into `out` if it is still fresh
+    /// at `now` (the batch's receive time: one clock reading per batch).
+    fn answer(&self, query: &Query<'_>, at: CacheLookup, payload: u16, now: Instant, out: &mut Vec<u8>) -> bool {
+        let CacheLookup { generation, profile } = at;
         let name = query.name.as_str().as_bytes();
         let edns = query.edns_payload.is_some();
         let hash = self.hash(generation, profile, name, query.qtype, edns, query.dnssec_ok);
@@ -424,7 +434,7 @@ impl PacketCache {
         {
             return false;
         }
-        let age = packet.inserted.elapsed();
+        let age = now.saturating_duration_since(packet.inserted);
         if age >= packet.lifetime {
             return false;
         }
@@ -555,7 +565,14 @@ pub(crate) struct FastPath {
 impl FastPath {
     /// Answers `query` (the datagram parsed by [`parse`]; `None` when it is
     /// not a standard query) into `out`, or says why the handler must.
-    fn handle(&self, query: Option<&Query<'_>>, client: IpAddr, snapshot: &Snapshot, out: &mut Vec<u8>) -> Outcome {
+    fn handle(
+        &self,
+        query: Option<&Query<'_>>,
+        client: IpAddr,
+        snapshot: &Snapshot,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         let Some(query) = query else {
             return Outcome::Slow(None);
         };
@@ -603,10 +620,16 @@ impl FastPath {
             }
             Verdict::Allow(_) | Verdict::Pass => {
                 let index = profile_id.index();
-                if self
-                    .packets
-                    .answer(query, snapshot.generation(), index, self.udp_payload, out)
-                {
+                if self.packets.answer(
+                    query,
+                    CacheLookup {
+                        generation: snapshot.generation(),
+                        profile: index,
+                    },
+                    self.udp_payload,
+                    now,
+                    out,
+                ) {
                     return Outcome::Answered(Answered {
                         profile: profile_id,
                         block: None,
@@ -819,7 +842,7 @@ pub(crate) fn serve_thread(
                 break;
             };
             out.clear();
-            match fast.handle(query.as_ref(), peer.ip(), snapshot, out) {
+            match fast.handle(query.as_ref(), peer.ip(), snapshot, received_at, out) {
                 Outcome::Answered(answered) => {
                     *destination = peer;
                     batch.counts.push(answered);
@@ -1101,14 +1124,21 @@ mod tests {
         again[0] = 0x99;
         let query = parse(&again).unwrap();
         let mut out = Vec::new();
+        let lookup = |generation| CacheLookup { generation, profile: 0 };
+        let later = |seconds| Instant::now() + Duration::from_secs(seconds);
         assert!(
-            !cache.answer(&query, 8, 0, 1232, &mut out),
+            !cache.answer(&query, lookup(8), 1232, later(0), &mut out),
             "another snapshot generation misses"
         );
-        assert!(cache.answer(&query, 7, 0, 1232, &mut out));
+        assert!(cache.answer(&query, lookup(7), 1232, later(100), &mut out));
         let message = Message::from_vec(&out).unwrap();
         assert_eq!(message.metadata.id, 0x9934);
         assert_eq!(message.queries[0].name().to_ascii(), "WWW.example.com.");
-        assert!(message.answers[0].ttl <= 300);
+        assert_eq!(message.answers[0].ttl, 200, "aged by the 100 s since it was stored");
+        out.clear();
+        assert!(
+            !cache.answer(&query, lookup(7), 1232, later(300), &mut out),
+            "expired with its TTL"
+        );
     }
 }
