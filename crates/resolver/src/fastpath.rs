@@ -41,10 +41,11 @@ const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const EDE_OPTION: u16 = 15;
 
-/// The parts of a query the fast path needs, all borrowed from the datagram.
-#[derive(Debug)]
-struct Query<'a> {
-    packet: &'a [u8],
+/// The parts of a query the fast path needs, parsed from the datagram.
+/// Each UDP thread keeps one per batch slot and parses into it in place
+/// ([`parse_into`]): a batch moves no parsed names around.
+#[derive(Clone, Debug)]
+struct Question {
     /// End of the question section.
     question_end: usize,
     /// The query name, lower case, dotted, without the trailing dot.
@@ -57,10 +58,18 @@ struct Query<'a> {
     dnssec_ok: bool,
 }
 
-impl Query<'_> {
-    fn id(&self) -> [u8; 2] {
-        [self.packet[0], self.packet[1]]
-    }
+impl Question {
+    const EMPTY: Self = Self {
+        question_end: 0,
+        name: NameBytes {
+            bytes: [0; 256],
+            len: 0,
+        },
+        labels: 0,
+        qtype: 0,
+        edns_payload: None,
+        dnssec_ok: false,
+    };
 
     /// The largest response this client accepts over UDP.
     fn max_response(&self, server_payload: u16) -> usize {
@@ -68,8 +77,29 @@ impl Query<'_> {
     }
 }
 
-/// A query name in presentation form on the stack.
-#[derive(Debug)]
+/// A parsed query: the datagram and what [`parse_into`] read from it.
+#[derive(Clone, Copy, Debug)]
+struct Query<'a> {
+    packet: &'a [u8],
+    question: &'a Question,
+}
+
+impl Query<'_> {
+    fn id(&self) -> [u8; 2] {
+        [self.packet[0], self.packet[1]]
+    }
+}
+
+impl std::ops::Deref for Query<'_> {
+    type Target = Question;
+
+    fn deref(&self) -> &Question {
+        self.question
+    }
+}
+
+/// A query name in presentation form.
+#[derive(Clone, Debug)]
 struct NameBytes {
     bytes: [u8; 256],
     len: usize,
@@ -82,9 +112,9 @@ impl NameBytes {
     }
 }
 
-/// Parses a standard query, or returns `None` for anything the fast path
-/// leaves to the full handler.
-fn parse(packet: &[u8]) -> Option<Query<'_>> {
+/// Parses a standard query into `question`, or returns `None` for anything
+/// the fast path leaves to the full handler (`question` then holds garbage).
+fn parse_into(packet: &[u8], question: &mut Question) -> Option<()> {
     let header = packet.get(..12)?;
     // QR=0, opcode QUERY, TC=0; one question, no answers or authorities, at
     // most one additional record (the OPT).
@@ -95,10 +125,8 @@ fn parse(packet: &[u8]) -> Option<Query<'_>> {
     if additional > 1 {
         return None;
     }
-    let mut name = NameBytes {
-        bytes: [0; 256],
-        len: 0,
-    };
+    let name = &mut question.name;
+    name.len = 0;
     let mut labels = 0u8;
     let mut at = 12;
     loop {
@@ -152,15 +180,12 @@ fn parse(packet: &[u8]) -> Option<Query<'_>> {
         }
         (None, false)
     };
-    Some(Query {
-        packet,
-        question_end,
-        name,
-        labels,
-        qtype,
-        edns_payload,
-        dnssec_ok,
-    })
+    question.question_end = question_end;
+    question.labels = labels;
+    question.qtype = qtype;
+    question.edns_payload = edns_payload;
+    question.dnssec_ok = dnssec_ok;
+    Some(())
 }
 
 //------------ Block answers --------------------------------------------------
@@ -663,6 +688,10 @@ pub(crate) const STOP_CHECK: Duration = Duration::from_millis(100);
 /// on the stack per call, so a batch allocates nothing.
 struct Batch {
     buffers: Box<[[u8; DATAGRAM]; BATCH]>,
+    /// The question parsed from each received datagram, and whether it
+    /// parsed (the slot is stale otherwise).
+    questions: Vec<Question>,
+    parsed: [bool; BATCH],
     received: Vec<(usize, SocketAddr)>,
     answers: Vec<(Vec<u8>, SocketAddr)>,
     /// What each answer in `answers` was, for the metrics; its length is
@@ -687,6 +716,8 @@ impl Batch {
     fn new() -> Self {
         Self {
             buffers: Box::new([[0; DATAGRAM]; BATCH]),
+            questions: vec![Question::EMPTY; BATCH],
+            parsed: [false; BATCH],
             received: Vec::with_capacity(BATCH),
             answers: (0..BATCH)
                 .map(|_| (Vec::with_capacity(1232), SocketAddr::from(([0, 0, 0, 0], 0))))
@@ -818,26 +849,40 @@ pub(crate) fn serve_thread(
         let snapshot = snapshots.load();
         // Each datagram is parsed once, here, for the warm-up and the answer
         // (on the stack: a batch allocates nothing).
-        let queries: SmallVec<[(Option<Query<'_>>, &[u8]); BATCH]> = batch
+        // Each datagram is parsed once, into its slot, for the warm-up and
+        // the answer.
+        for ((&(length, _), buffer), (question, parsed)) in batch
             .received
             .iter()
             .zip(batch.buffers.iter())
-            .map(|(&(length, _), buffer)| {
-                let packet = buffer.get(..length).unwrap_or_default();
-                (parse(packet), packet)
-            })
-            .collect();
-        if queries.len() > 1 {
+            .zip(batch.questions.iter_mut().zip(batch.parsed.iter_mut()))
+        {
+            *parsed = buffer
+                .get(..length)
+                .and_then(|packet| parse_into(packet, question))
+                .is_some();
+        }
+        let slots = batch.received.len();
+        let parsed = batch.parsed.get(..slots).unwrap_or_default();
+        if slots > 1 {
             // Overlap the index's cache misses across the batch (see
             // `Snapshot::warmer`); with one datagram there is nothing to
             // overlap.
             let mut warmer = snapshot.warmer();
-            for query in queries.iter().filter_map(|(query, _)| query.as_ref()) {
-                warmer.add(query.name.as_str());
+            for (question, _) in batch.questions.iter().zip(parsed).filter(|(_, parsed)| **parsed) {
+                warmer.add(question.name.as_str());
             }
             std::hint::black_box(warmer.load());
         }
-        for (&(_, peer), (query, packet)) in batch.received.iter().zip(&queries) {
+        for (((&(length, peer), buffer), question), &parsed) in batch
+            .received
+            .iter()
+            .zip(batch.buffers.iter())
+            .zip(batch.questions.iter())
+            .zip(parsed)
+        {
+            let packet = buffer.get(..length).unwrap_or_default();
+            let query = parsed.then_some(Query { packet, question });
             let Some((out, destination)) = batch.answers.get_mut(batch.counts.len()) else {
                 break;
             };
@@ -866,9 +911,6 @@ pub(crate) fn serve_thread(
                 }
             }
         }
-        // The parsed queries borrow the receive buffers, which `send` needs
-        // the whole batch for.
-        drop(queries);
         batch.send(fd);
         let elapsed = received_at.elapsed();
         for (count, (bytes, _)) in batch.counts.iter().zip(&batch.answers) {
@@ -988,6 +1030,12 @@ mod tests {
 
     use super::*;
 
+    /// Parses into a fresh question.
+    fn parse(packet: &[u8]) -> Option<Question> {
+        let mut question = Question::EMPTY;
+        parse_into(packet, &mut question).map(|()| question)
+    }
+
     fn query_bytes(name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
         let mut message = Message::query();
         message.metadata.id = 0x1234;
@@ -1023,7 +1071,11 @@ mod tests {
     }
 
     fn fast_answer(snapshot: &Snapshot, packet: &[u8]) -> Option<Message> {
-        let query = parse(packet)?;
+        let question = parse(packet)?;
+        let query = Query {
+            packet,
+            question: &question,
+        };
         let profile_id = snapshot.profile_for("192.0.2.1".parse().unwrap());
         let Verdict::Block(hit) = snapshot.decide(query.name.as_str(), profile_id) else {
             return None;
@@ -1122,7 +1174,11 @@ mod tests {
         cache.insert(key, &bytes, query.question_end);
         let mut again = query_bytes("WWW.example.com.", RecordType::A, false);
         again[0] = 0x99;
-        let query = parse(&again).unwrap();
+        let question = parse(&again).unwrap();
+        let query = Query {
+            packet: &again,
+            question: &question,
+        };
         let mut out = Vec::new();
         let lookup = |generation| CacheLookup { generation, profile: 0 };
         let later = |seconds| Instant::now() + Duration::from_secs(seconds);
