@@ -149,7 +149,9 @@ fn default_timeout_ms() -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// The most answers kept.
+    /// The most answers kept (by the answer cache; the UDP fast path's
+    /// encoded copies are bounded by the same number, split evenly among
+    /// the UDP sockets).
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
     /// Lower bound on a cached answer's TTL, in seconds.

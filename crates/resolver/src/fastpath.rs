@@ -381,14 +381,39 @@ fn write_opt_with_ede(out: &mut Vec<u8>, query: &Query<'_>, snapshot: &Snapshot,
 //------------ Packet cache ---------------------------------------------------
 
 /// An encoded answer, with where its TTLs sit so they can be aged.
+///
+/// A hit reads this struct and one heap block, `data` (the key's name and
+/// the answer bytes together), rather than four: with tens of thousands of
+/// cached names most hits miss the CPU caches, and each block is a miss.
 #[derive(Debug)]
 struct Packet {
-    key: PacketKey,
-    bytes: Vec<u8>,
+    generation: u64,
+    profile: usize,
+    qtype: u16,
+    edns: bool,
+    dnssec_ok: bool,
+    /// `data` starts with the query name (as in [`PacketKey`]), this long;
+    /// the encoded answer follows.
+    name_len: usize,
+    data: Box<[u8]>,
     question_end: usize,
-    ttls: Vec<(usize, u32)>,
+    ttls: TtlOffsets,
     inserted: Instant,
     lifetime: Duration,
+}
+
+/// Where each record TTL of an encoded answer sits, and its value; inline
+/// for the usual handful of records.
+type TtlOffsets = SmallVec<[(usize, u32); 4]>;
+
+impl Packet {
+    fn name(&self) -> &[u8] {
+        self.data.get(..self.name_len).unwrap_or_default()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.data.get(self.name_len..).unwrap_or_default()
+    }
 }
 
 /// What an encoded answer depends on: the policy that checked it, the
@@ -447,15 +472,15 @@ impl PacketCache {
         let Some(packet) = self.entries.get(&hash) else {
             return false;
         };
-        let key = &packet.key;
-        if key.generation != generation
-            || key.profile != profile
-            || key.name != name
-            || key.qtype != query.qtype
-            || key.edns != edns
-            || key.dnssec_ok != query.dnssec_ok
+        let bytes = packet.bytes();
+        if packet.generation != generation
+            || packet.profile != profile
+            || packet.qtype != query.qtype
+            || packet.edns != edns
+            || packet.dnssec_ok != query.dnssec_ok
             || packet.question_end != query.question_end
-            || packet.bytes.len() > query.max_response(payload)
+            || packet.name() != name
+            || bytes.len() > query.max_response(payload)
         {
             return false;
         }
@@ -464,7 +489,7 @@ impl PacketCache {
             return false;
         }
         let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&packet.bytes);
+        out.extend_from_slice(bytes);
         out[..2].copy_from_slice(&query.id());
         out[2] = (out[2] & !0x01) | (query.packet[2] & 0x01);
         out[3] = (out[3] & !0x10) | (query.packet[3] & 0x10);
@@ -499,9 +524,17 @@ impl PacketCache {
             key.edns,
             key.dnssec_ok,
         );
+        let mut data = Vec::with_capacity(key.name.len() + bytes.len());
+        data.extend_from_slice(&key.name);
+        data.extend_from_slice(bytes);
         let packet = Packet {
-            key,
-            bytes: bytes.to_vec(),
+            generation: key.generation,
+            profile: key.profile,
+            qtype: key.qtype,
+            edns: key.edns,
+            dnssec_ok: key.dnssec_ok,
+            name_len: key.name.len(),
+            data: data.into_boxed_slice(),
             question_end,
             ttls,
             inserted: Instant::now(),
@@ -514,14 +547,14 @@ impl PacketCache {
 /// The offset and value of every record TTL after the question (the OPT's
 /// TTL field carries flags, not a TTL, and is skipped), and whether the OPT
 /// carries an EDE option. `None` for anything it cannot walk.
-fn record_ttls(bytes: &[u8], question_end: usize) -> Option<(Vec<(usize, u32)>, bool)> {
+fn record_ttls(bytes: &[u8], question_end: usize) -> Option<(TtlOffsets, bool)> {
     let count = |at: usize| {
         bytes
             .get(at..at + 2)
             .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
     };
     let records = count(6)? + count(8)? + count(10)?;
-    let mut ttls = Vec::with_capacity(records);
+    let mut ttls = SmallVec::with_capacity(records);
     let mut has_ede = false;
     let mut at = question_end;
     for _ in 0..records {
@@ -579,7 +612,6 @@ struct Answered {
 #[derive(Debug)]
 pub(crate) struct FastPath {
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
-    pub(crate) packets: PacketCache,
     pub(crate) clock: Clock,
     pub(crate) udp_payload: u16,
     pub(crate) metrics: Arc<Metrics>,
@@ -592,6 +624,7 @@ impl FastPath {
     /// not a standard query) into `out`, or says why the handler must.
     fn handle(
         &self,
+        packets: &PacketCache,
         query: Option<&Query<'_>>,
         client: IpAddr,
         snapshot: &Snapshot,
@@ -645,7 +678,7 @@ impl FastPath {
             }
             Verdict::Allow(_) | Verdict::Pass => {
                 let index = profile_id.index();
-                if self.packets.answer(
+                if packets.answer(
                     query,
                     CacheLookup {
                         generation: snapshot.generation(),
@@ -815,8 +848,15 @@ fn socket_addr(storage: &SockaddrStorage) -> Option<SocketAddr> {
 /// scheduler, three system calls and a scheduler round per wake-up that a
 /// blocking `recvmmsg` does not pay. At moderate load most wake-ups carry a
 /// single datagram, so that overhead was half the CPU per answer.
+///
+/// `packets` is this socket's own packet cache: the kernel hands a client
+/// (its address and port) to the same `SO_REUSEPORT` socket every time, so
+/// its repeated names hit there, and two threads never share the cache's
+/// locks and reference counts (shared, every hit passed their cache lines
+/// between the cores).
 pub(crate) fn serve_thread(
     socket: Arc<std::net::UdpSocket>,
+    packets: Arc<PacketCache>,
     fast: Arc<FastPath>,
     handler: ShieldHandler,
     runtime: tokio::runtime::Handle,
@@ -887,7 +927,7 @@ pub(crate) fn serve_thread(
                 break;
             };
             out.clear();
-            match fast.handle(query.as_ref(), peer.ip(), snapshot, received_at, out) {
+            match fast.handle(&packets, query.as_ref(), peer.ip(), snapshot, received_at, out) {
                 Outcome::Answered(answered) => {
                     *destination = peer;
                     batch.counts.push(answered);
@@ -901,7 +941,7 @@ pub(crate) fn serve_thread(
                     let responder = UdpResponder {
                         socket: socket.clone(),
                         peer,
-                        cache: key.map(|k| (k, fast.clone())),
+                        cache: key.map(|k| (k, packets.clone())),
                     };
                     let handler = handler.clone();
                     runtime.spawn(async move {
@@ -965,7 +1005,9 @@ async fn answer_slowly(handler: ShieldHandler, packet: Vec<u8>, peer: SocketAddr
 struct UdpResponder {
     socket: Arc<std::net::UdpSocket>,
     peer: SocketAddr,
-    cache: Option<(PacketKey, Arc<FastPath>)>,
+    /// Where the answer goes once sent: the packet cache of the thread
+    /// that received the query.
+    cache: Option<(PacketKey, Arc<PacketCache>)>,
 }
 
 #[async_trait::async_trait]
@@ -991,10 +1033,10 @@ impl ResponseHandler for UdpResponder {
         send_datagram(&self.socket, &bytes, self.peer)
             .await
             .map_err(hickory_server::net::NetError::from)?;
-        if let Some((key, fast)) = self.cache.take()
+        if let Some((key, packets)) = self.cache.take()
             && let Some(question_end) = question_end(&bytes)
         {
-            fast.packets.insert(key, &bytes, question_end);
+            packets.insert(key, &bytes, question_end);
         }
         Ok(info)
     }

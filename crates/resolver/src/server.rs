@@ -56,7 +56,6 @@ pub async fn start(
     let upstream = Upstream::new(upstream)?;
     let fast = Arc::new(FastPath {
         snapshot: snapshot.clone(),
-        packets: PacketCache::new(cache.max_entries),
         clock,
         udp_payload: server.udp_payload,
         metrics: metrics.clone(),
@@ -87,11 +86,15 @@ pub async fn start(
     let udp_stop = Arc::new(AtomicBool::new(false));
     let mut udp_threads = Vec::new();
     let runtime = tokio::runtime::Handle::current();
+    // `cache.max_entries` bounds the packet caches together: each UDP
+    // socket's own cache gets its share.
+    let per_socket = (cache.max_entries / u64::try_from(udp_sockets.len()).unwrap_or(1).max(1)).max(1);
     for (number, (address, socket)) in udp_sockets.into_iter().enumerate() {
         let (fast, handler, runtime, stop) = (fast.clone(), handler.clone(), runtime.clone(), udp_stop.clone());
+        let packets = Arc::new(PacketCache::new(per_socket));
         let thread = std::thread::Builder::new()
             .name(format!("shieldns-udp-{number}"))
-            .spawn(move || fastpath::serve_thread(socket, fast, handler, runtime, stop));
+            .spawn(move || fastpath::serve_thread(socket, packets, fast, handler, runtime, stop));
         match thread {
             Ok(thread) => udp_threads.push(thread),
             Err(source) => {
