@@ -91,7 +91,7 @@ pub async fn start(
     let per_socket = (cache.max_entries / u64::try_from(udp_sockets.len()).unwrap_or(1).max(1)).max(1);
     for (number, (address, socket)) in udp_sockets.into_iter().enumerate() {
         let (fast, handler, runtime, stop) = (fast.clone(), handler.clone(), runtime.clone(), udp_stop.clone());
-        let packets = Arc::new(PacketCache::new(per_socket));
+        let packets = PacketCache::new(per_socket);
         let thread = std::thread::Builder::new()
             .name(format!("shieldns-udp-{number}"))
             .spawn(move || fastpath::serve_thread(socket, packets, fast, handler, runtime, stop));
