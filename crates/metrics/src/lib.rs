@@ -395,19 +395,19 @@ impl Metrics {
         }
     }
 
-    /// Adds a batch's tally to the shared series and empties it: per group
-    /// of equal answers, the per-profile query counter, and the per-list
-    /// block counter and EDE aggregate (a block) or the cache-hit and rcode
-    /// counters (a packet-cache hit); every answer's response time is
-    /// `elapsed`, the batch's. The same series [`Metrics::query`],
-    /// [`Metrics::list_blocked`] and [`Metrics::cache_hit`] count, at one
-    /// `ArcSwap` load per batch.
-    pub fn flush_answers(&self, snapshot: &Snapshot, tally: &mut AnswerTally, elapsed: Duration) {
+    /// Adds a tally to the shared series and empties it: per group of equal
+    /// answers, the per-profile query counter, and the per-list block
+    /// counter and EDE aggregate (a block) or the cache-hit and rcode
+    /// counters (a packet-cache hit); and the response times. The same
+    /// series [`Metrics::query`], [`Metrics::list_blocked`] and
+    /// [`Metrics::cache_hit`] count, at one `ArcSwap` load per flush.
+    /// `snapshot` is the one the tallied answers were decided under: its
+    /// profile and list positions name the series.
+    pub fn flush_answers(&self, snapshot: &Snapshot, tally: &mut AnswerTally) {
         if tally.groups.is_empty() {
             return;
         }
         let tables = self.tables.load();
-        let seconds = elapsed.as_secs_f64();
         for group in tally.groups.drain(..) {
             let TallyKey { profile, block, rcode } = group.key;
             self.count_query(&tables, snapshot, profile, true, rcode, group.answers);
@@ -417,9 +417,6 @@ impl Metrics {
                     self.cache_hits.inc_by(group.answers);
                     self.count_answered(rcode, group.answers);
                 }
-            }
-            for _ in 0..group.answers {
-                tally.durations.observe(seconds);
             }
         }
         tally.durations.flush();
@@ -711,14 +708,15 @@ pub fn unix_now() -> f64 {
 /// one profile's blocks and cache hits, NXDOMAIN and NOERROR.
 const TALLY_GROUPS: usize = 8;
 
-/// The fast-path answers of one UDP thread's batch, counted without atomic
-/// operations and added to the shared series by
-/// [`Metrics::flush_answers`] once per batch.
+/// The fast-path answers of one UDP thread, counted without atomic
+/// operations and added to the shared series by [`Metrics::flush_answers`]
+/// (the UDP thread flushes at most every millisecond while busy, at once
+/// when a batch comes after a quiet millisecond).
 ///
 /// Why: with every answer adding to the same shared counters, two UDP
 /// threads on two cores pass those counters' cache lines back and forth at
-/// every answer; a batch of equal answers (the common case: one profile,
-/// one list) now costs one add per series instead of one per answer.
+/// every answer; equal answers (the common case: one profile, one list) now
+/// cost one add per series per flush instead of one per answer.
 #[derive(Debug)]
 pub struct AnswerTally {
     groups: Vec<TallyGroup>,
@@ -735,6 +733,20 @@ impl AnswerTally {
             Some(group) => group.answers += 1,
             None => self.groups.push(TallyGroup { key, answers: 1 }),
         }
+    }
+
+    /// Records the response time of `answers` answers (a batch's: the
+    /// same for every answer in it).
+    pub fn took(&mut self, elapsed: Duration, answers: usize) {
+        let seconds = elapsed.as_secs_f64();
+        for _ in 0..answers {
+            self.durations.observe(seconds);
+        }
+    }
+
+    /// Whether nothing is waiting to be flushed.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
     }
 }
 
@@ -817,6 +829,43 @@ mod tests {
         let reading = metrics.rollup_reading();
         assert_eq!(reading.queries[&("kids".into(), "NXDOMAIN".into())], 2);
         assert_eq!(reading.blocks[&("kids".into(), "adult".into(), "adult".into())], 3);
+    }
+
+    #[test]
+    fn a_tally_counts_what_single_calls_count_once_flushed() {
+        let metrics = Metrics::new().unwrap();
+        let first = snapshot(&[("kids", "10.0.0.0/8"), ("staff", "192.168.0.0/16")]);
+        metrics.install(&first);
+        let kids = first.profile_for("10.1.2.3".parse().unwrap());
+        let staff = first.profile_for("192.168.1.1".parse().unwrap());
+        let mut tally = metrics.answer_tally();
+        for _ in 0..3 {
+            tally.add(kids, Some((ListId(0), 17)), 3);
+        }
+        tally.add(staff, None, 0);
+        tally.add(staff, None, 3);
+        tally.took(Duration::from_micros(20), 5);
+        let line = r#"shieldns_resolver_queries_total{profile="kids",protocol="udp",rcode="NXDOMAIN"} 3"#;
+        assert!(
+            !metrics.render().unwrap().lines().any(|l| l == line),
+            "nothing counted before the flush"
+        );
+        metrics.flush_answers(&first, &mut tally);
+        assert!(tally.is_empty());
+        let text = metrics.render().unwrap();
+        for line in [
+            line,
+            r#"shieldns_resolver_queries_total{profile="staff",protocol="udp",rcode="NOERROR"} 1"#,
+            r#"shieldns_resolver_queries_total{profile="staff",protocol="udp",rcode="NXDOMAIN"} 1"#,
+            r#"shieldns_policy_list_blocks_total{category="adult",ede="17",list="adult",profile="kids"} 3"#,
+            r#"shieldns_policy_blocked_total{ede="17"} 3"#,
+            r#"shieldns_resolver_response_duration_seconds_count{protocol="udp"} 5"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        // A second flush of the emptied tally adds nothing.
+        metrics.flush_answers(&first, &mut tally);
+        assert_eq!(metrics.render().unwrap(), text);
     }
 
     #[test]

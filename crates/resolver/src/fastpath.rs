@@ -22,7 +22,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 use shieldns_index::{BlockResponse, Hit, ListId, Matched, Profile, ProfileId, RuleAction, Snapshot, Verdict};
-use shieldns_metrics::Metrics;
+use shieldns_metrics::{AnswerTally, Metrics};
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -914,7 +914,11 @@ pub(crate) fn serve_thread(
     let fd = socket.as_raw_fd();
     let mut snapshots = arc_swap::Cache::new(fast.snapshot.clone());
     let mut batch = Batch::new();
-    let mut tally = fast.metrics.answer_tally();
+    let mut tally = Tally {
+        answers: fast.metrics.answer_tally(),
+        snapshot: None,
+        flushed_at: Instant::now(),
+    };
     while !stop.load(Ordering::Relaxed) {
         match batch.receive(fd) {
             Ok(()) => {}
@@ -922,6 +926,7 @@ pub(crate) fn serve_thread(
             // replaced snapshot, which the cache would otherwise keep alive
             // (a whole index) until the next datagram.
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
+                tally.flush(&fast.metrics, Instant::now());
                 snapshots.load();
                 packets.store_arrivals();
                 continue;
@@ -1005,12 +1010,55 @@ pub(crate) fn serve_thread(
             }
         }
         batch.send(fd);
+        if batch.counts.is_empty() {
+            continue;
+        }
         let elapsed = received_at.elapsed();
+        // The tally names profiles and lists by their positions in one
+        // snapshot: answers decided under a newer one start a new tally.
+        if tally
+            .snapshot
+            .as_ref()
+            .is_some_and(|held| held.generation() != snapshot.generation())
+        {
+            tally.flush(&fast.metrics, received_at);
+        }
         for (count, (bytes, _)) in batch.counts.iter().zip(&batch.answers) {
             let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
-            tally.add(count.profile, count.block, rcode);
+            tally.answers.add(count.profile, count.block, rcode);
         }
-        fast.metrics.flush_answers(snapshot, &mut tally, elapsed);
+        tally.answers.took(elapsed, batch.counts.len());
+        if tally.snapshot.is_none() {
+            tally.snapshot = Some(Arc::clone(snapshot));
+        }
+        if received_at.saturating_duration_since(tally.flushed_at) >= TALLY_FLUSH {
+            tally.flush(&fast.metrics, received_at);
+        }
+    }
+    tally.flush(&fast.metrics, Instant::now());
+}
+
+/// How often a busy UDP thread adds its answers to the shared metrics. A
+/// batch after a quiet spell is flushed at once, and an idle thread flushes
+/// at its receive timeout, so a scrape lags the answers by at most this
+/// under load and by [`STOP_CHECK`] after a burst.
+const TALLY_FLUSH: Duration = Duration::from_millis(1);
+
+/// A UDP thread's unflushed answers and the snapshot they were decided
+/// under (held until the flush, so its profile and list positions still
+/// name the right series after a reload).
+struct Tally {
+    answers: AnswerTally,
+    snapshot: Option<Arc<Snapshot>>,
+    flushed_at: Instant,
+}
+
+impl Tally {
+    fn flush(&mut self, metrics: &Metrics, now: Instant) {
+        if let Some(snapshot) = self.snapshot.take() {
+            metrics.flush_answers(&snapshot, &mut self.answers);
+        }
+        self.flushed_at = now;
     }
 }
 
