@@ -1,14 +1,14 @@
 //! The UDP fast path: blocked names and cached answers straight from wire
 //! bytes.
 //!
-//! Each UDP socket gets one task that reads a datagram, parses only the
-//! header, the question and an optional OPT record, and asks the policy
-//! snapshot. A plain list block is encoded directly into a reused buffer; an
-//! allowed name whose encoded answer sits in the packet cache is copied out
-//! with its ID, flags, question case and TTLs patched. Everything else
-//! (other opcodes, policy rewrites, cache misses, malformed packets) goes to
-//! the full hickory handler, whose UDP answers for allowed names fill the
-//! packet cache. The fast path therefore never decides differently from the
+//! Each UDP socket gets one OS thread that reads a batch of datagrams,
+//! parses only each one's header, question and optional OPT record, and
+//! asks the policy snapshot. A plain list block is encoded directly into a
+//! reused buffer; an allowed name whose encoded answer sits in the thread's
+//! own packet cache is copied out with its ID, flags, question case and TTLs
+//! patched. Everything else (other opcodes, policy rewrites, cache misses,
+//! malformed packets) goes to the full hickory handler, whose UDP answers for
+//! allowed names fill that packet cache. The fast path therefore never decides differently from the
 //! handler: it only serves the two answers whose bytes it can produce
 //! exactly, and it does so without allocating.
 
@@ -697,6 +697,26 @@ impl FastPath {
         {
             return Outcome::Slow(None);
         }
+        // With schedules, the answer checks (CNAME targets against the
+        // lists) depend on the time, so a cached answer checked in one window
+        // must not be served in another; and queries the query log wants go
+        // through the handler, which builds the log event.
+        let cacheable = profile.schedules.is_empty() && !self.metrics.logs(false);
+        let lookup = CacheLookup {
+            generation: snapshot.generation(),
+            profile: profile_id.index(),
+        };
+        // Cached answers before the index. An entry exists only for an
+        // answer to a query this thread let through under this very snapshot
+        // and profile (both are in its key), that is one `decide_at` allowed;
+        // without schedules that verdict cannot have changed since, so the
+        // lookup stands in for the index walk and its cache misses.
+        if cacheable && packets.answer(query, lookup, self.udp_payload, now, out) {
+            return Outcome::Answered(Answered {
+                profile: profile_id,
+                block: None,
+            });
+        }
         // Only schedules make a verdict depend on the time; reading the clock
         // for every query would cost more than the rest of a block answer.
         let at = if profile.schedules.is_empty() {
@@ -719,34 +739,12 @@ impl FastPath {
                     Outcome::Slow(None)
                 }
             }
-            // With schedules, the answer checks (CNAME targets against
-            // the lists) depend on the time, so a cached answer checked in
-            // one window must not be served in another; and logged queries
-            // go through the handler, which builds the log event.
-            Verdict::Allow(_) | Verdict::Pass if !profile.schedules.is_empty() || self.metrics.logs(false) => {
-                Outcome::Slow(None)
-            }
+            Verdict::Allow(_) | Verdict::Pass if !cacheable => Outcome::Slow(None),
             Verdict::Allow(_) | Verdict::Pass => {
-                let index = profile_id.index();
-                if packets.answer(
-                    query,
-                    CacheLookup {
-                        generation: snapshot.generation(),
-                        profile: index,
-                    },
-                    self.udp_payload,
-                    now,
-                    out,
-                ) {
-                    return Outcome::Answered(Answered {
-                        profile: profile_id,
-                        block: None,
-                    });
-                }
                 out.clear();
                 Outcome::Slow(Some(PacketKey {
-                    generation: snapshot.generation(),
-                    profile: index,
+                    generation: lookup.generation,
+                    profile: lookup.profile,
                     name: query.name.as_str().as_bytes().to_vec(),
                     qtype: query.qtype,
                     edns: query.edns_payload.is_some(),
