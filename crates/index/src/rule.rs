@@ -48,6 +48,12 @@ impl ListFormat {
         Self::Ip,
     ];
 
+    /// Whether the format's rules go into the name index: digest and
+    /// answer-address rules live outside it.
+    pub fn has_name_rules(self) -> bool {
+        !matches!(self, Self::Sha256 | Self::Ip)
+    }
+
     /// The name used in configuration and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {

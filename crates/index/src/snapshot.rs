@@ -13,9 +13,7 @@ use crate::childsafe::{Dns64, Rebinding, SafeSearch, Schedule, qtype_code};
 use crate::digest::DigestIndex;
 use crate::pattern::{PatternSet, PendingPattern};
 use crate::policy::{BlockResponse, ListAction, ListId, ListPolicy, ListSet, Profile, ProfileConfig, ProfileId};
-use crate::rule::{
-    LineCounts, LineRejection, ListFormat, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, SkipReason,
-};
+use crate::rule::{LineCounts, LineRejection, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, SkipReason};
 use crate::suffix::{ChainHasher, MAX_LISTS, SuffixIndex, SuffixIndexBuilder, Tag};
 
 /// How many rejected lines a list keeps as examples for reports.
@@ -562,7 +560,7 @@ impl SnapshotBuilder {
     /// added; rejected lines are reported in the returned info, not errors,
     /// unless no line at all was valid.
     pub fn add_list(&mut self, policy: ListPolicy, text: &[u8]) -> Result<&ListInfo, IndexError> {
-        let lines = count_lines(text);
+        let lines = crate::format::count_lines(text);
         let format = policy.format;
         self.add_list_with(policy, lines, |sink| {
             crate::format::parse(format, text, sink);
@@ -616,7 +614,7 @@ impl SnapshotBuilder {
         if self.lists.iter().any(|l| l.policy.name == policy.name) {
             return Err(IndexError::DuplicateList { name: policy.name });
         }
-        if !matches!(policy.format, ListFormat::Sha256 | ListFormat::Ip) {
+        if policy.format.has_name_rules() {
             // About one name rule per line; see `SuffixIndexBuilder::reserve`.
             self.names.reserve(lines);
         }
@@ -832,8 +830,8 @@ impl SnapshotBuilder {
     }
 }
 
-/// What one prefix of the merged client map says about the addresses it
-/// holds (those no longer prefix of the map holds).
+/// What one prefix of the merged client map says about its addresses
+/// (those no longer prefix of the map also holds).
 #[derive(Clone, Copy, Debug)]
 struct ClientRule {
     /// Whether `server.allow` admits them.
@@ -996,9 +994,4 @@ impl NameWarmer<'_> {
     pub fn load(self) -> u64 {
         self.0.load()
     }
-}
-
-/// Lines in a list's text: its newlines plus one (the piece after the last).
-fn count_lines(text: &[u8]) -> usize {
-    text.iter().filter(|&&byte| byte == b'\n').count() + 1
 }

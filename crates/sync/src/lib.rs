@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use shieldns_index::{IndexError, ListFormat, ProfileConfig, Snapshot, SnapshotBuilder};
+use shieldns_index::{IndexError, ProfileConfig, Snapshot, SnapshotBuilder};
 
 mod builtin;
 pub mod cache;
@@ -339,34 +339,23 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
 /// the text), to size the index; 0 when it cannot be read now, which only
 /// costs the index a regrowth.
 fn estimated_lines(list: &ListConfig, base_dir: &Path) -> usize {
-    // Digest and answer-address rules live outside the name index.
-    if matches!(list.format, ListFormat::Sha256 | ListFormat::Ip) {
+    if !list.format.has_name_rules() {
         return 0;
     }
     let path = match &list.source {
         ListSource::File(_) => list.resolved_path(base_dir),
         ListSource::Builtin(name) => {
-            return builtin::get(name).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count() + 1);
+            return builtin::get(name).map_or(0, shieldns_index::format::count_lines);
         }
         ListSource::Remote(remote) => remote.cache_dir.as_deref().and_then(|dir| {
             let state = cache::load_state(dir, &list.name).ok()??;
             Some(dir.join(state.current?.file))
         }),
     };
-    let Some(Ok(mut file)) = path.map(std::fs::File::open) else {
-        return 0;
-    };
-    let mut chunk = vec![0u8; 1 << 16];
-    let mut lines = 1;
-    while let Ok(read @ 1..) = std::io::Read::read(&mut file, &mut chunk) {
-        lines += chunk
-            .get(..read)
-            .unwrap_or_default()
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
+    match path.map(std::fs::File::open) {
+        Some(Ok(file)) => shieldns_index::format::count_lines_in(file),
+        _ => 0,
     }
-    lines
 }
 
 /// Reads one list's bytes: the file, the built-in copy, or the verified

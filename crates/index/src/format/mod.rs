@@ -27,6 +27,24 @@ pub fn parse(format: ListFormat, text: &[u8], sink: &mut dyn RuleSink) {
     }
 }
 
+/// Lines in a list's text: its newlines plus one (the piece after the
+/// last). About one rule each, so it sizes the name index.
+pub fn count_lines(text: &[u8]) -> usize {
+    text.iter().filter(|&&byte| byte == b'\n').count() + 1
+}
+
+/// [`count_lines`] of what `reader` yields, read 64 KiB at a time without
+/// holding the text; a read error ends the count where it stands (it only
+/// sizes the index).
+pub fn count_lines_in(mut reader: impl std::io::Read) -> usize {
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut lines = 1;
+    while let Ok(read @ 1..) = reader.read(&mut chunk) {
+        lines += count_lines(chunk.get(..read).unwrap_or_default()) - 1;
+    }
+    lines
+}
+
 /// Bytes read per step by [`parse_chunked`].
 const CHUNK: usize = 1 << 20;
 
@@ -293,6 +311,7 @@ mod tests {
             parse(format, &bytes, &mut whole);
             let mut chunked = Recording::default();
             let read = parse_chunked(format, &mut bytes.as_slice(), &mut chunked).unwrap();
+            assert_eq!(count_lines_in(bytes.as_slice()), count_lines(&bytes));
             assert_eq!(read, bytes.len() as u64);
             assert_eq!(whole.0.len(), chunked.0.len(), "{format:?}");
             for (a, b) in whole.0.iter().zip(&chunked.0) {
