@@ -8,9 +8,9 @@
 //! own packet cache is copied out with its ID, flags, question case and TTLs
 //! patched. Everything else (other opcodes, policy rewrites, cache misses,
 //! malformed packets) goes to the full hickory handler, whose UDP answers for
-//! allowed names fill that packet cache. The fast path therefore never decides differently from the
-//! handler: it only serves the two answers whose bytes it can produce
-//! exactly, and it does so without allocating.
+//! allowed names fill that packet cache. The fast path therefore never
+//! decides differently from the handler: it only serves the two answers
+//! whose bytes it can produce exactly, and it does so without allocating.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -670,8 +670,8 @@ pub(crate) struct FastPath {
 }
 
 impl FastPath {
-    /// Answers `query` (the datagram parsed by [`parse`]; `None` when it is
-    /// not a standard query) into `out`, or says why the handler must.
+    /// Answers `query` (the datagram parsed by [`parse_into`]; `None` when
+    /// it is not a standard query) into `out`, or says why the handler must.
     fn handle(
         &self,
         packets: &PacketCache,
@@ -740,17 +740,15 @@ impl FastPath {
                 }
             }
             Verdict::Allow(_) | Verdict::Pass if !cacheable => Outcome::Slow(None),
-            Verdict::Allow(_) | Verdict::Pass => {
-                out.clear();
-                Outcome::Slow(Some(PacketKey {
-                    generation: lookup.generation,
-                    profile: lookup.profile,
-                    name: query.name.as_str().as_bytes().to_vec(),
-                    qtype: query.qtype,
-                    edns: query.edns_payload.is_some(),
-                    dnssec_ok: query.dnssec_ok,
-                }))
-            }
+            // A packet-cache miss wrote nothing into `out`.
+            Verdict::Allow(_) | Verdict::Pass => Outcome::Slow(Some(PacketKey {
+                generation: lookup.generation,
+                profile: lookup.profile,
+                name: query.name.as_str().as_bytes().to_vec(),
+                qtype: query.qtype,
+                edns: query.edns_payload.is_some(),
+                dnssec_ok: query.dnssec_ok,
+            })),
         }
     }
 }
@@ -943,8 +941,6 @@ pub(crate) fn serve_thread(
         // Answers the slow path sent since the last batch: this batch may
         // repeat their names.
         packets.store_arrivals();
-        // Each datagram is parsed once, here, for the warm-up and the answer
-        // (on the stack: a batch allocates nothing).
         // Each datagram is parsed once, into its slot, for the warm-up and
         // the answer.
         for ((&(length, _), buffer), (question, parsed)) in batch
@@ -1008,30 +1004,7 @@ pub(crate) fn serve_thread(
             }
         }
         batch.send(fd);
-        if batch.counts.is_empty() {
-            continue;
-        }
-        let elapsed = received_at.elapsed();
-        // The tally names profiles and lists by their positions in one
-        // snapshot: answers decided under a newer one start a new tally.
-        if tally
-            .snapshot
-            .as_ref()
-            .is_some_and(|held| held.generation() != snapshot.generation())
-        {
-            tally.flush(&fast.metrics, received_at);
-        }
-        for (count, (bytes, _)) in batch.counts.iter().zip(&batch.answers) {
-            let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
-            tally.answers.add(count.profile, count.block, rcode);
-        }
-        tally.answers.took(elapsed, batch.counts.len());
-        if tally.snapshot.is_none() {
-            tally.snapshot = Some(Arc::clone(snapshot));
-        }
-        if received_at.saturating_duration_since(tally.flushed_at) >= TALLY_FLUSH {
-            tally.flush(&fast.metrics, received_at);
-        }
+        tally.count_batch(&fast.metrics, snapshot, &batch, received_at);
     }
     tally.flush(&fast.metrics, Instant::now());
 }
@@ -1052,6 +1025,37 @@ struct Tally {
 }
 
 impl Tally {
+    /// Counts the answers `batch` sent (decided under `snapshot`, received
+    /// at `received_at`), flushing first when they belong to a newer
+    /// snapshot than the tally's and after them when [`TALLY_FLUSH`] has
+    /// passed since the last flush.
+    fn count_batch(&mut self, metrics: &Metrics, snapshot: &Arc<Snapshot>, batch: &Batch, received_at: Instant) {
+        if batch.counts.is_empty() {
+            return;
+        }
+        let elapsed = received_at.elapsed();
+        // The tally names profiles and lists by their positions in one
+        // snapshot: answers decided under a newer one start a new tally.
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|held| held.generation() != snapshot.generation())
+        {
+            self.flush(metrics, received_at);
+        }
+        for (count, (bytes, _)) in batch.counts.iter().zip(&batch.answers) {
+            let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
+            self.answers.add(count.profile, count.block, rcode);
+        }
+        self.answers.took(elapsed, batch.counts.len());
+        if self.snapshot.is_none() {
+            self.snapshot = Some(Arc::clone(snapshot));
+        }
+        if received_at.saturating_duration_since(self.flushed_at) >= TALLY_FLUSH {
+            self.flush(metrics, received_at);
+        }
+    }
+
     fn flush(&mut self, metrics: &Metrics, now: Instant) {
         if let Some(snapshot) = self.snapshot.take() {
             metrics.flush_answers(&snapshot, &mut self.answers);
