@@ -793,13 +793,20 @@ mod tests {
         Arc::new(builder.build().unwrap())
     }
 
+    /// Metrics installed for a snapshot with a `kids` (10/8) and a `staff`
+    /// (192.168/16) profile, and those profiles' ids.
+    fn kids_and_staff() -> (Metrics, Arc<Snapshot>, ProfileId, ProfileId) {
+        let metrics = Metrics::new().unwrap();
+        let snapshot = snapshot(&[("kids", "10.0.0.0/8"), ("staff", "192.168.0.0/16")]);
+        metrics.install(&snapshot);
+        let kids = snapshot.profile_for("10.1.2.3".parse().unwrap());
+        let staff = snapshot.profile_for("192.168.1.1".parse().unwrap());
+        (metrics, snapshot, kids, staff)
+    }
+
     #[test]
     fn counts_by_profile_list_and_ede_through_reloads() {
-        let metrics = Metrics::new().unwrap();
-        let first = snapshot(&[("kids", "10.0.0.0/8"), ("staff", "192.168.0.0/16")]);
-        metrics.install(&first);
-        let kids = first.profile_for("10.1.2.3".parse().unwrap());
-        let staff = first.profile_for("192.168.1.1".parse().unwrap());
+        let (metrics, first, kids, staff) = kids_and_staff();
         metrics.query(Some((&first, kids)), true, 3, Duration::from_millis(1));
         metrics.query(Some((&first, kids)), true, 3, Duration::from_millis(1));
         metrics.query(Some((&first, staff)), false, 0, Duration::from_millis(1));
@@ -833,11 +840,7 @@ mod tests {
 
     #[test]
     fn a_tally_counts_what_single_calls_count_once_flushed() {
-        let metrics = Metrics::new().unwrap();
-        let first = snapshot(&[("kids", "10.0.0.0/8"), ("staff", "192.168.0.0/16")]);
-        metrics.install(&first);
-        let kids = first.profile_for("10.1.2.3".parse().unwrap());
-        let staff = first.profile_for("192.168.1.1".parse().unwrap());
+        let (metrics, first, kids, staff) = kids_and_staff();
         let mut tally = metrics.answer_tally();
         for _ in 0..3 {
             tally.add(kids, Some((ListId(0), 17)), 3);
