@@ -32,30 +32,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::debug;
 
 use crate::handler::{Clock, ShieldHandler};
+use crate::packet_cache::{CacheLookup, PacketCache, PacketFiller, PacketKey, Probed};
 
 /// Record types and classes used on the wire.
 const TYPE_A: u16 = 1;
 const TYPE_SOA: u16 = 6;
 const TYPE_AAAA: u16 = 28;
-const TYPE_OPT: u16 = 41;
+pub(crate) const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
-const EDE_OPTION: u16 = 15;
+pub(crate) const EDE_OPTION: u16 = 15;
 
 /// The parts of a query the fast path needs, parsed from the datagram.
 /// Each UDP thread keeps one per batch slot and parses into it in place
 /// ([`parse_into`]): a batch moves no parsed names around.
 #[derive(Clone, Debug)]
-struct Question {
+pub(crate) struct Question {
     /// End of the question section.
-    question_end: usize,
+    pub(crate) question_end: usize,
     /// The query name, lower case, dotted, without the trailing dot.
-    name: NameBytes,
+    pub(crate) name: NameBytes,
     /// The number of labels in the name.
     labels: u8,
-    qtype: u16,
+    pub(crate) qtype: u16,
     /// The client's EDNS payload size, when it sent an OPT record.
-    edns_payload: Option<u16>,
-    dnssec_ok: bool,
+    pub(crate) edns_payload: Option<u16>,
+    pub(crate) dnssec_ok: bool,
 }
 
 impl Question {
@@ -79,13 +80,13 @@ impl Question {
 
 /// A parsed query: the datagram and what [`parse_into`] read from it.
 #[derive(Clone, Copy, Debug)]
-struct Query<'a> {
-    packet: &'a [u8],
-    question: &'a Question,
+pub(crate) struct Query<'a> {
+    pub(crate) packet: &'a [u8],
+    pub(crate) question: &'a Question,
 }
 
 impl Query<'_> {
-    fn id(&self) -> [u8; 2] {
+    pub(crate) fn id(&self) -> [u8; 2] {
         [self.packet[0], self.packet[1]]
     }
 }
@@ -100,13 +101,13 @@ impl std::ops::Deref for Query<'_> {
 
 /// A query name in presentation form.
 #[derive(Clone, Debug)]
-struct NameBytes {
+pub(crate) struct NameBytes {
     bytes: [u8; 256],
     len: usize,
 }
 
 impl NameBytes {
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Only `[a-z0-9_-]` and dots are ever written (see `parse`).
         std::str::from_utf8(self.bytes.get(..self.len).unwrap_or_default()).unwrap_or_default()
     }
@@ -378,266 +379,6 @@ fn write_opt_with_ede(out: &mut Vec<u8>, query: &Query<'_>, snapshot: &Snapshot,
     }
 }
 
-//------------ Packet cache ---------------------------------------------------
-
-/// An encoded answer, with where its TTLs sit so they can be aged.
-///
-/// A hit reads this struct and one heap block, `data` (the key's name and
-/// the answer bytes together), rather than four: with tens of thousands of
-/// cached names most hits miss the CPU caches, and each block is a miss.
-#[derive(Debug)]
-struct Packet {
-    generation: u64,
-    profile: usize,
-    qtype: u16,
-    edns: bool,
-    dnssec_ok: bool,
-    /// `data` starts with the query name (as in [`PacketKey`]), this long;
-    /// the encoded answer follows.
-    name_len: usize,
-    data: Box<[u8]>,
-    question_end: usize,
-    ttls: TtlOffsets,
-    inserted: Instant,
-    lifetime: Duration,
-}
-
-/// Where each record TTL of an encoded answer sits, and its value; inline
-/// for the usual handful of records.
-type TtlOffsets = SmallVec<[(usize, u32); 4]>;
-
-impl Packet {
-    fn name(&self) -> &[u8] {
-        self.data.get(..self.name_len).unwrap_or_default()
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.data.get(self.name_len..).unwrap_or_default()
-    }
-}
-
-/// What an encoded answer depends on: the policy that checked it, the
-/// question, and the client's EDNS and DO bits.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct PacketKey {
-    generation: u64,
-    profile: usize,
-    name: Vec<u8>,
-    qtype: u16,
-    edns: bool,
-    dnssec_ok: bool,
-}
-
-/// Which policy a packet-cache lookup is for: the snapshot that checked
-/// the answer and the client's profile in it.
-#[derive(Clone, Copy, Debug)]
-struct CacheLookup {
-    generation: u64,
-    profile: usize,
-}
-
-/// One UDP thread's encoded answers for allowed names, keyed by a hash of
-/// [`PacketKey`] so a lookup allocates nothing; the stored key confirms the
-/// match.
-///
-/// Owned by its thread, which alone reads and writes it: a hit takes no
-/// lock and touches no reference count. Shared (locked shards, `Arc`
-/// values), every hit paid two locked instructions, which also kept the
-/// processor from overlapping one query's cache misses with the next's;
-/// cached answers cost 1.3× the CPU of block answers. Answers of the slow
-/// path arrive through a [`PacketFiller`] (a bounded channel) and are stored
-/// when the thread next wakes, before it answers its batch.
-#[derive(Debug)]
-pub(crate) struct PacketCache {
-    /// quick_cache rather than moka (which the answer cache uses): a hit here
-    /// is the whole cost of a cached answer, and quick_cache's CLOCK lookup
-    /// does no bookkeeping on reads that moka's buffered TinyLFU does.
-    /// Expiry is checked on use against the answer's TTL.
-    entries: quick_cache::unsync::Cache<u64, Packet>,
-    hasher: foldhash::fast::RandomState,
-    arrivals: std::sync::mpsc::Receiver<Arrival>,
-    filler: PacketFiller,
-}
-
-/// Hands the slow path's answers to a UDP thread's [`PacketCache`].
-#[derive(Clone, Debug)]
-pub(crate) struct PacketFiller {
-    sender: std::sync::mpsc::SyncSender<Arrival>,
-}
-
-/// An answer on its way into a packet cache.
-#[derive(Debug)]
-struct Arrival {
-    key: PacketKey,
-    bytes: Vec<u8>,
-    question_end: usize,
-}
-
-/// Answers waiting for their thread at most: past this the slow path drops
-/// the fill (the next miss of that name fills it again).
-const ARRIVALS: usize = 4096;
-
-impl PacketFiller {
-    /// Offers an answer to the cache; dropped when the thread is behind.
-    fn offer(&self, key: PacketKey, bytes: Vec<u8>, question_end: usize) {
-        let _ = self.sender.try_send(Arrival {
-            key,
-            bytes,
-            question_end,
-        });
-    }
-}
-
-impl PacketCache {
-    pub(crate) fn new(max_entries: u64) -> Self {
-        let (sender, arrivals) = std::sync::mpsc::sync_channel(ARRIVALS);
-        Self {
-            entries: quick_cache::unsync::Cache::new(usize::try_from(max_entries.max(1)).unwrap_or(usize::MAX)),
-            hasher: foldhash::fast::RandomState::default(),
-            arrivals,
-            filler: PacketFiller { sender },
-        }
-    }
-
-    /// Stores the answers that arrived since the last call.
-    fn store_arrivals(&mut self) {
-        while let Ok(arrival) = self.arrivals.try_recv() {
-            self.insert(arrival.key, &arrival.bytes, arrival.question_end);
-        }
-    }
-
-    fn hash(&self, generation: u64, profile: usize, name: &[u8], qtype: u16, edns: bool, dnssec_ok: bool) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher
-            .hash_one((generation, profile, name, qtype, edns, dnssec_ok))
-    }
-
-    /// Copies a cached answer for `query` into `out` if it is still fresh
-    /// at `now` (the batch's receive time: one clock reading per batch).
-    fn answer(&self, query: &Query<'_>, at: CacheLookup, payload: u16, now: Instant, out: &mut Vec<u8>) -> bool {
-        let CacheLookup { generation, profile } = at;
-        let name = query.name.as_str().as_bytes();
-        let edns = query.edns_payload.is_some();
-        let hash = self.hash(generation, profile, name, query.qtype, edns, query.dnssec_ok);
-        let Some(packet) = self.entries.get(&hash) else {
-            return false;
-        };
-        let bytes = packet.bytes();
-        if packet.generation != generation
-            || packet.profile != profile
-            || packet.qtype != query.qtype
-            || packet.edns != edns
-            || packet.dnssec_ok != query.dnssec_ok
-            || packet.question_end != query.question_end
-            || packet.name() != name
-            || bytes.len() > query.max_response(payload)
-        {
-            return false;
-        }
-        let age = now.saturating_duration_since(packet.inserted);
-        if age >= packet.lifetime {
-            return false;
-        }
-        let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-        out.extend_from_slice(bytes);
-        out[..2].copy_from_slice(&query.id());
-        out[2] = (out[2] & !0x01) | (query.packet[2] & 0x01);
-        out[3] = (out[3] & !0x10) | (query.packet[3] & 0x10);
-        out[12..query.question_end].copy_from_slice(&query.packet[12..query.question_end]);
-        for &(offset, ttl) in &packet.ttls {
-            if let Some(slot) = out.get_mut(offset..offset + 4) {
-                slot.copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
-            }
-        }
-        true
-    }
-
-    /// Stores an encoded NOERROR or NXDOMAIN answer without EDE, for as
-    /// long as its shortest TTL.
-    fn insert(&mut self, key: PacketKey, bytes: &[u8], question_end: usize) {
-        let Some((ttls, has_ede)) = record_ttls(bytes, question_end) else {
-            return;
-        };
-        let rcode = bytes.get(3).map_or(2, |b| b & 0x0f);
-        let truncated = bytes.get(2).is_some_and(|b| b & 0x02 != 0);
-        let Some(lifetime) = ttls.iter().map(|&(_, ttl)| ttl).min() else {
-            return;
-        };
-        if has_ede || truncated || !(rcode == 0 || rcode == 3) || lifetime == 0 {
-            return;
-        }
-        let hash = self.hash(
-            key.generation,
-            key.profile,
-            &key.name,
-            key.qtype,
-            key.edns,
-            key.dnssec_ok,
-        );
-        let mut data = Vec::with_capacity(key.name.len() + bytes.len());
-        data.extend_from_slice(&key.name);
-        data.extend_from_slice(bytes);
-        let packet = Packet {
-            generation: key.generation,
-            profile: key.profile,
-            qtype: key.qtype,
-            edns: key.edns,
-            dnssec_ok: key.dnssec_ok,
-            name_len: key.name.len(),
-            data: data.into_boxed_slice(),
-            question_end,
-            ttls,
-            inserted: Instant::now(),
-            lifetime: Duration::from_secs(u64::from(lifetime)),
-        };
-        self.entries.insert(hash, packet);
-    }
-}
-
-/// The offset and value of every record TTL after the question (the OPT's
-/// TTL field carries flags, not a TTL, and is skipped), and whether the OPT
-/// carries an EDE option. `None` for anything it cannot walk.
-fn record_ttls(bytes: &[u8], question_end: usize) -> Option<(TtlOffsets, bool)> {
-    let count = |at: usize| {
-        bytes
-            .get(at..at + 2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    };
-    let records = count(6)? + count(8)? + count(10)?;
-    let mut ttls = SmallVec::with_capacity(records);
-    let mut has_ede = false;
-    let mut at = question_end;
-    for _ in 0..records {
-        // Skip the owner name: labels ending in a zero or a pointer.
-        loop {
-            let length = *bytes.get(at)?;
-            if length & 0xc0 == 0xc0 {
-                at += 2;
-                break;
-            }
-            at += 1 + usize::from(length);
-            if length == 0 {
-                break;
-            }
-        }
-        let rtype = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
-        let ttl = u32::from_be_bytes(bytes.get(at + 4..at + 8)?.try_into().ok()?);
-        let rdlength = usize::from(u16::from_be_bytes(bytes.get(at + 8..at + 10)?.try_into().ok()?));
-        if rtype == TYPE_OPT {
-            let options = bytes.get(at + 10..at + 10 + rdlength)?;
-            let mut option_at = 0;
-            while let Some(code) = options.get(option_at..option_at + 4) {
-                has_ede |= u16::from_be_bytes([code[0], code[1]]) == EDE_OPTION;
-                option_at += 4 + usize::from(u16::from_be_bytes([code[2], code[3]]));
-            }
-        } else {
-            ttls.push((at + 4, ttl));
-        }
-        at += 10 + rdlength;
-    }
-    (at == bytes.len()).then_some((ttls, has_ede))
-}
-
 //------------ The UDP loop ---------------------------------------------------
 
 /// What the fast path did with a datagram.
@@ -670,22 +411,12 @@ pub(crate) struct FastPath {
 }
 
 impl FastPath {
-    /// Answers `query` (the datagram parsed by [`parse_into`]; `None` when
-    /// it is not a standard query) into `out`, or says why the handler must.
-    fn handle(
-        &self,
-        packets: &PacketCache,
-        query: Option<&Query<'_>>,
-        client: IpAddr,
-        snapshot: &Snapshot,
-        now: Instant,
-        out: &mut Vec<u8>,
-    ) -> Outcome {
-        let Some(query) = query else {
-            return Outcome::Slow(None);
-        };
+    /// What the policy says about `query` from `client` before the lists
+    /// are asked, and (for a cacheable query) where its answer may sit in
+    /// the packet cache: the first step of a batch.
+    fn route(&self, packets: &PacketCache, query: &Query<'_>, client: IpAddr, snapshot: &Snapshot) -> Route {
         let Some(profile_id) = snapshot.client_policy(client) else {
-            return Outcome::Slow(None);
+            return Route::Handler;
         };
         let profile = snapshot.profile(profile_id);
         // Policy beyond lists (bypass, query types, safe search, DNS64,
@@ -695,7 +426,7 @@ impl FastPath {
             || profile.safe_search.is_enabled()
             || (profile.dns64.is_some() && query.qtype == TYPE_AAAA)
         {
-            return Outcome::Slow(None);
+            return Route::Handler;
         }
         // With schedules, the answer checks (CNAME targets against the
         // lists) depend on the time, so a cached answer checked in one window
@@ -706,12 +437,45 @@ impl FastPath {
             generation: snapshot.generation(),
             profile: profile_id.index(),
         };
+        Route::Lists {
+            profile: profile_id,
+            cache_tag: cacheable.then(|| packets.tag_of(query, lookup)),
+            cached: None,
+        }
+    }
+
+    /// Answers `query`, routed by [`Self::route`], into `out`, or says why
+    /// the handler must.
+    fn answer(
+        &self,
+        packets: &mut PacketCache,
+        query: &Query<'_>,
+        route: Route,
+        snapshot: &Snapshot,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        let Route::Lists {
+            profile: profile_id,
+            cache_tag,
+            cached,
+        } = route
+        else {
+            return Outcome::Slow(None);
+        };
+        let profile = snapshot.profile(profile_id);
+        let lookup = CacheLookup {
+            generation: snapshot.generation(),
+            profile: profile_id.index(),
+        };
         // Cached answers before the index. An entry exists only for an
         // answer to a query this thread let through under this very snapshot
         // and profile (both are in its key), that is one `decide_at` allowed;
         // without schedules that verdict cannot have changed since, so the
         // lookup stands in for the index walk and its cache misses.
-        if cacheable && packets.answer(query, lookup, self.udp_payload, now, out) {
+        if let Some(probed) = cached
+            && packets.answer_probed(probed, query, lookup, query.max_response(self.udp_payload), now, out)
+        {
             return Outcome::Answered(Answered {
                 profile: profile_id,
                 block: None,
@@ -739,7 +503,7 @@ impl FastPath {
                     Outcome::Slow(None)
                 }
             }
-            Verdict::Allow(_) | Verdict::Pass if !cacheable => Outcome::Slow(None),
+            Verdict::Allow(_) | Verdict::Pass if cache_tag.is_none() => Outcome::Slow(None),
             // A packet-cache miss wrote nothing into `out`.
             Verdict::Allow(_) | Verdict::Pass => Outcome::Slow(Some(PacketKey {
                 generation: lookup.generation,
@@ -751,6 +515,24 @@ impl FastPath {
             })),
         }
     }
+}
+
+/// Where a received datagram goes, decided for the whole batch before any
+/// of it is answered.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// The full handler: not a standard query, a client the access list
+    /// refuses, or policy beyond lists.
+    Handler,
+    /// The lists decide for this profile. When the answer may be cached,
+    /// `cache_tag` is its packet-cache tag, and `cached` where the probe
+    /// found that tag; an allowed name's answer missing there is offered to
+    /// the cache.
+    Lists {
+        profile: ProfileId,
+        cache_tag: Option<u64>,
+        cached: Option<Probed>,
+    },
 }
 
 /// Datagrams moved per `recvmmsg`/`sendmmsg` call.
@@ -767,10 +549,10 @@ pub(crate) const STOP_CHECK: Duration = Duration::from_millis(100);
 /// on the stack per call, so a batch allocates nothing.
 struct Batch {
     buffers: Box<[[u8; DATAGRAM]; BATCH]>,
-    /// The question parsed from each received datagram, and whether it
-    /// parsed (the slot is stale otherwise).
+    /// The question parsed from each received datagram (stale unless its
+    /// route says it parsed), and where the datagram goes.
     questions: Vec<Question>,
-    parsed: [bool; BATCH],
+    routes: [Route; BATCH],
     received: Vec<(usize, SocketAddr)>,
     answers: Vec<(Vec<u8>, SocketAddr)>,
     /// What each answer in `answers` was, for the metrics; its length is
@@ -796,7 +578,7 @@ impl Batch {
         Self {
             buffers: Box::new([[0; DATAGRAM]; BATCH]),
             questions: vec![Question::EMPTY; BATCH],
-            parsed: [false; BATCH],
+            routes: [Route::Handler; BATCH],
             received: Vec::with_capacity(BATCH),
             answers: (0..BATCH)
                 .map(|_| (Vec::with_capacity(1232), SocketAddr::from(([0, 0, 0, 0], 0))))
@@ -941,45 +723,70 @@ pub(crate) fn serve_thread(
         // Answers the slow path sent since the last batch: this batch may
         // repeat their names.
         packets.store_arrivals();
-        // Each datagram is parsed once, into its slot, for the warm-up and
-        // the answer.
-        for ((&(length, _), buffer), (question, parsed)) in batch
+        // Passes over the batch, so that each pass's memory misses
+        // (packet-cache tags; cached entries and index buckets; then the
+        // answers) are in flight together rather than one query at a time.
+        // First: parse each datagram once, into its slot, and route it.
+        for ((&(length, peer), buffer), (question, route)) in batch
             .received
             .iter()
             .zip(batch.buffers.iter())
-            .zip(batch.questions.iter_mut().zip(batch.parsed.iter_mut()))
+            .zip(batch.questions.iter_mut().zip(batch.routes.iter_mut()))
         {
-            *parsed = buffer
-                .get(..length)
-                .and_then(|packet| parse_into(packet, question))
-                .is_some();
+            *route = Route::Handler;
+            let Some(packet) = buffer.get(..length) else {
+                continue;
+            };
+            if parse_into(packet, question).is_some() {
+                *route = fast.route(&packets, &Query { packet, question }, peer.ip(), snapshot);
+            }
         }
         let slots = batch.received.len();
-        let parsed = batch.parsed.get(..slots).unwrap_or_default();
-        if slots > 1 {
-            // Overlap the index's cache misses across the batch (see
-            // `Snapshot::warmer`); with one datagram there is nothing to
-            // overlap.
-            let mut warmer = snapshot.warmer();
-            for (question, _) in batch.questions.iter().zip(parsed).filter(|(_, parsed)| **parsed) {
-                warmer.add(question.name.as_str());
+        // Then probe the packet cache for every cacheable query, in a loop
+        // of nothing else, so that all the probes' reads overlap.
+        for route in batch.routes.iter_mut().take(slots) {
+            if let Route::Lists {
+                cache_tag: Some(tag),
+                cached,
+                ..
+            } = route
+            {
+                *cached = packets.probe(*tag);
             }
-            std::hint::black_box(warmer.load());
         }
-        for (((&(length, peer), buffer), question), &parsed) in batch
+        let routes = batch.routes.get(..slots).unwrap_or_default();
+        if slots > 1 {
+            // Next: touch the cached entries the probes found, and warm the
+            // index for the other names (see `Snapshot::warmer`). With one
+            // datagram there is nothing to overlap.
+            let mut touched = 0u64;
+            let mut warmer = snapshot.warmer();
+            for (question, route) in batch.questions.iter().zip(routes) {
+                match route {
+                    Route::Handler => {}
+                    Route::Lists {
+                        cached: Some(probed), ..
+                    } => touched ^= packets.touch(*probed),
+                    Route::Lists { cached: None, .. } => warmer.add(question.name.as_str()),
+                }
+            }
+            std::hint::black_box(touched ^ warmer.load());
+        }
+        // Last: answer.
+        for (((&(length, peer), buffer), question), &route) in batch
             .received
             .iter()
             .zip(batch.buffers.iter())
             .zip(batch.questions.iter())
-            .zip(parsed)
+            .zip(routes)
         {
             let packet = buffer.get(..length).unwrap_or_default();
-            let query = parsed.then_some(Query { packet, question });
             let Some((out, destination)) = batch.answers.get_mut(batch.counts.len()) else {
                 break;
             };
             out.clear();
-            match fast.handle(&packets, query.as_ref(), peer.ip(), snapshot, received_at, out) {
+            let query = Query { packet, question };
+            match fast.answer(&mut packets, &query, route, snapshot, received_at, out) {
                 Outcome::Answered(answered) => {
                     *destination = peer;
                     batch.counts.push(answered);
@@ -1348,5 +1155,70 @@ mod tests {
             !cache.answer(&query, lookup(7), 1232, later(300), &mut out),
             "expired with its TTL"
         );
+    }
+
+    /// An encoded answer to `name` (A, 192.0.2.1, TTL 300) and its key.
+    fn answer_for(name: &str) -> (PacketKey, Vec<u8>, usize) {
+        let query_packet = query_bytes(name, RecordType::A, false);
+        let mut response = Message::from_vec(&query_packet).unwrap();
+        response.metadata.message_type = hickory_proto::op::MessageType::Response;
+        response.add_answer(hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            300,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
+        ));
+        let key = PacketKey {
+            generation: 1,
+            profile: 0,
+            name: name.trim_end_matches('.').as_bytes().to_vec(),
+            qtype: 1,
+            edns: false,
+            dnssec_ok: false,
+        };
+        (
+            key,
+            response.to_vec().unwrap(),
+            parse(&query_packet).unwrap().question_end,
+        )
+    }
+
+    #[test]
+    fn a_full_set_evicts_its_least_recently_used_answer() {
+        // Four answers make one set: every name shares it.
+        let mut cache = PacketCache::new(4);
+        let names = ["a.example.", "b.example.", "c.example.", "d.example.", "e.example."];
+        let hit = |cache: &mut PacketCache, name: &str| {
+            let packet = query_bytes(name, RecordType::A, false);
+            let question = parse(&packet).unwrap();
+            let query = Query {
+                packet: &packet,
+                question: &question,
+            };
+            let lookup = CacheLookup {
+                generation: 1,
+                profile: 0,
+            };
+            cache.answer(&query, lookup, 512, Instant::now(), &mut Vec::new())
+        };
+        for name in &names[..4] {
+            let (key, bytes, question_end) = answer_for(name);
+            cache.filler.offer(key, bytes, question_end);
+        }
+        cache.store_arrivals();
+        assert!(names[..4].iter().all(|name| hit(&mut cache, name)));
+        assert!(!hit(&mut cache, names[4]));
+        // `a` answered last, so `b` is now the least recently used.
+        assert!(hit(&mut cache, names[0]));
+        let (key, bytes, question_end) = answer_for(names[4]);
+        cache.filler.offer(key, bytes, question_end);
+        cache.store_arrivals();
+        assert!(hit(&mut cache, names[4]), "the new answer is stored");
+        assert!(!hit(&mut cache, names[1]), "the least recently used answer made room");
+        assert!(hit(&mut cache, names[0]) && hit(&mut cache, names[2]) && hit(&mut cache, names[3]));
+        // The same key replaces its own answer rather than another's.
+        let (key, bytes, question_end) = answer_for(names[0]);
+        cache.filler.offer(key, bytes, question_end);
+        cache.store_arrivals();
+        assert!(names.iter().filter(|name| hit(&mut cache, name)).count() == 4);
     }
 }

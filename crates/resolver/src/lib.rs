@@ -18,6 +18,7 @@ pub mod config;
 mod error;
 mod fastpath;
 mod handler;
+mod packet_cache;
 mod server;
 mod upstream;
 

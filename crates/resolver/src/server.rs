@@ -16,8 +16,9 @@ use tracing::info;
 use crate::cache::AnswerCache;
 use crate::config::{CacheConfig, ServerConfig, UpstreamConfig};
 use crate::error::ResolverError;
-use crate::fastpath::{self, FastPath, PacketCache};
+use crate::fastpath::{self, FastPath};
 use crate::handler::{Clock, ShieldHandler};
+use crate::packet_cache::PacketCache;
 use crate::upstream::Upstream;
 
 /// A running resolver.

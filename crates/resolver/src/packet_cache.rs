@@ -1,0 +1,483 @@
+//! A UDP thread's packet cache: encoded answers for allowed names, looked up
+//! in two steps so a whole batch's lookups overlap their memory misses.
+//!
+//! Key design decision: a set-associative table rather than a general
+//! cache crate. A cached answer costs little besides its lookup, and with
+//! tens of thousands of cached names each lookup is a chain of cache misses
+//! (table, entry, answer bytes). A general map hides where its entries sit,
+//! so its lookups can only run one after another; here the set an answer
+//! can sit in follows from the key's hash alone, so the fast path first
+//! [`probes`](PacketCache::probe) every query of a batch (one line of tags
+//! each), then [`touches`](PacketCache::touch) every probed entry, and only
+//! then answers, with each step's misses in flight together. Each set holds
+//! [`WAYS`] answers and evicts its least recently used one; expiry is checked
+//! on use against the answer's TTL.
+
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use crate::fastpath::{EDE_OPTION, Query, TYPE_OPT};
+
+/// Answers per set. Four tags fill half a cache line, and four candidates
+/// keep the least-recently-used choice close to a global one.
+const WAYS: usize = 4;
+
+/// One cached answer, in a single allocation so that a hit reads one or
+/// two adjacent cache lines: a [`Header`], the query name (as in
+/// [`PacketKey`]), the TTL table (each record TTL's offset in the answer,
+/// `u16`, and its value, `u32`), then the encoded answer.
+type Entry = Box<[u8]>;
+
+/// The fixed fields at the start of an [`Entry`], in native byte order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    generation: u64,
+    /// When it was stored, in nanoseconds since the cache's `epoch`.
+    inserted: u64,
+    /// How long it may be served: its shortest TTL, in seconds.
+    lifetime: u32,
+    profile: u32,
+    /// The cache's use counter when this entry last answered (or arrived):
+    /// eviction takes the set's smallest.
+    used: u64,
+    qtype: u16,
+    /// Bit 0: the query had EDNS; bit 1: DO.
+    flags: u8,
+    name_len: u8,
+    question_end: u16,
+    ttl_count: u8,
+}
+
+/// Bytes of an encoded [`Header`].
+const HEADER: usize = 39;
+/// Where `used` sits in an entry, rewritten on every hit.
+const USED_AT: usize = 24;
+/// Bytes of one TTL table row: offset `u16`, TTL `u32`.
+const TTL_ROW: usize = 6;
+
+impl Header {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.generation.to_ne_bytes());
+        out.extend_from_slice(&self.inserted.to_ne_bytes());
+        out.extend_from_slice(&self.lifetime.to_ne_bytes());
+        out.extend_from_slice(&self.profile.to_ne_bytes());
+        out.extend_from_slice(&self.used.to_ne_bytes());
+        out.extend_from_slice(&self.qtype.to_ne_bytes());
+        out.extend_from_slice(&[self.flags, self.name_len]);
+        out.extend_from_slice(&self.question_end.to_ne_bytes());
+        out.push(self.ttl_count);
+    }
+
+    fn decode(entry: &[u8]) -> Option<Self> {
+        let header: &[u8; HEADER] = entry.get(..HEADER)?.try_into().ok()?;
+        let u64_at = |at: usize| u64::from_ne_bytes(header[at..at + 8].try_into().unwrap_or_default());
+        let u32_at = |at: usize| u32::from_ne_bytes(header[at..at + 4].try_into().unwrap_or_default());
+        let u16_at = |at: usize| u16::from_ne_bytes([header[at], header[at + 1]]);
+        Some(Self {
+            generation: u64_at(0),
+            inserted: u64_at(8),
+            lifetime: u32_at(16),
+            profile: u32_at(20),
+            used: u64_at(USED_AT),
+            qtype: u16_at(32),
+            flags: header[34],
+            name_len: header[35],
+            question_end: u16_at(36),
+            ttl_count: header[38],
+        })
+    }
+
+    /// The query name, TTL table and answer of `entry`.
+    fn parts<'a>(&self, entry: &'a [u8]) -> Option<(&'a [u8], &'a [u8], &'a [u8])> {
+        let (name, rest) = entry.get(HEADER..)?.split_at_checked(usize::from(self.name_len))?;
+        let (ttls, answer) = rest.split_at_checked(usize::from(self.ttl_count) * TTL_ROW)?;
+        Some((name, ttls, answer))
+    }
+
+    fn expired(&self, age_nanos: u64) -> bool {
+        age_nanos >= u64::from(self.lifetime) * 1_000_000_000
+    }
+}
+
+/// What an encoded answer depends on: the policy that checked it, the
+/// question, and the client's EDNS and DO bits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PacketKey {
+    pub(crate) generation: u64,
+    pub(crate) profile: usize,
+    pub(crate) name: Vec<u8>,
+    pub(crate) qtype: u16,
+    pub(crate) edns: bool,
+    pub(crate) dnssec_ok: bool,
+}
+
+/// Which policy a packet-cache lookup is for: the snapshot that checked
+/// the answer and the client's profile in it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CacheLookup {
+    pub(crate) generation: u64,
+    pub(crate) profile: usize,
+}
+
+/// Where [`PacketCache::probe`] found an entry whose tag matches: its set
+/// and way. The entry itself is checked when it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Probed {
+    set: usize,
+    way: usize,
+}
+
+/// One UDP thread's encoded answers for allowed names (see the module
+/// header for its layout).
+///
+/// Owned by its thread, which alone reads and writes it: a hit takes no
+/// lock and touches no reference count. Answers of the slow path arrive
+/// through a [`PacketFiller`] (a bounded channel) and are stored when the
+/// thread next wakes, before it answers its batch.
+#[derive(Debug)]
+pub(crate) struct PacketCache {
+    /// Each set's tags: the key hash of the entry in each way, with the low
+    /// bit set so that 0 means an empty way.
+    tags: Vec<[u64; WAYS]>,
+    /// Each set's entries, beside `tags`. Both start as zeroed allocations,
+    /// so a large cache costs memory only as it fills.
+    entries: Vec<[Option<Entry>; WAYS]>,
+    /// `tags.len() - 1`, a power of two minus one.
+    set_mask: usize,
+    /// Counts answers and arrivals, for least-recently-used eviction.
+    uses: u64,
+    /// The zero of the entries' `inserted` times.
+    epoch: Instant,
+    hasher: foldhash::fast::RandomState,
+    arrivals: std::sync::mpsc::Receiver<Arrival>,
+    pub(crate) filler: PacketFiller,
+}
+
+/// Hands the slow path's answers to a UDP thread's [`PacketCache`].
+#[derive(Clone, Debug)]
+pub(crate) struct PacketFiller {
+    sender: std::sync::mpsc::SyncSender<Arrival>,
+}
+
+/// An answer on its way into a packet cache.
+#[derive(Debug)]
+struct Arrival {
+    key: PacketKey,
+    bytes: Vec<u8>,
+    question_end: usize,
+}
+
+/// Answers waiting for their thread at most: past this the slow path drops
+/// the fill (the next miss of that name fills it again).
+const ARRIVALS: usize = 4096;
+
+impl PacketFiller {
+    /// Offers an answer to the cache; dropped when the thread is behind.
+    pub(crate) fn offer(&self, key: PacketKey, bytes: Vec<u8>, question_end: usize) {
+        let _ = self.sender.try_send(Arrival {
+            key,
+            bytes,
+            question_end,
+        });
+    }
+}
+
+impl PacketCache {
+    /// A cache of at least `max_entries` answers (rounded up to whole sets,
+    /// a power of two of them).
+    pub(crate) fn new(max_entries: u64) -> Self {
+        let sets = usize::try_from(max_entries.max(1))
+            .unwrap_or(usize::MAX)
+            .div_ceil(WAYS)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 20);
+        let (sender, arrivals) = std::sync::mpsc::sync_channel(ARRIVALS);
+        Self {
+            // `vec![zero; n]` of plain integers and null pointers allocates
+            // zeroed memory without writing it.
+            tags: vec![[0; WAYS]; sets],
+            entries: vec![[const { None }; WAYS]; sets],
+            set_mask: sets - 1,
+            uses: 0,
+            epoch: Instant::now(),
+            hasher: foldhash::fast::RandomState::default(),
+            arrivals,
+            filler: PacketFiller { sender },
+        }
+    }
+
+    /// Stores the answers that arrived since the last call.
+    pub(crate) fn store_arrivals(&mut self) {
+        while let Ok(arrival) = self.arrivals.try_recv() {
+            self.insert(arrival.key, &arrival.bytes, arrival.question_end);
+        }
+    }
+
+    /// The tag of a key: its hash with the low bit set (0 marks an empty way).
+    fn tag(&self, generation: u64, profile: usize, name: &[u8], qtype: u16, edns: bool, dnssec_ok: bool) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher
+            .hash_one((generation, profile, name, qtype, edns, dnssec_ok))
+            | 1
+    }
+
+    fn set_of(&self, tag: u64) -> usize {
+        // The high bits pick the set; the low bit is always set.
+        usize::try_from(tag >> 32).unwrap_or(0) & self.set_mask
+    }
+
+    /// The tag of `query`'s key under `at`, computed before any of the
+    /// table is read.
+    pub(crate) fn tag_of(&self, query: &Query<'_>, at: CacheLookup) -> u64 {
+        self.tag(
+            at.generation,
+            at.profile,
+            query.name.as_str().as_bytes(),
+            query.qtype,
+            query.edns_payload.is_some(),
+            query.dnssec_ok,
+        )
+    }
+
+    /// The first step of a lookup: finds the filled way whose tag is `tag`,
+    /// reading the set's line of tags and its line of entry pointers.
+    pub(crate) fn probe(&self, tag: u64) -> Option<Probed> {
+        let set = self.set_of(tag);
+        let way = self.tags.get(set)?.iter().position(|&stored| stored == tag)?;
+        let probed = Probed { set, way };
+        self.entry(probed).is_some().then_some(probed)
+    }
+
+    /// The second step: reads the probed entry's first and last bytes (it
+    /// spans one or two cache lines), so that the answer finds them in the
+    /// CPU cache. Returns a value derived from the reads, to be passed to
+    /// [`std::hint::black_box`].
+    pub(crate) fn touch(&self, probed: Probed) -> u64 {
+        self.entry(probed).map_or(0, |entry| {
+            u64::from(entry.first().copied().unwrap_or(0) ^ entry.last().copied().unwrap_or(0))
+        })
+    }
+
+    fn entry(&self, probed: Probed) -> Option<&[u8]> {
+        self.entries.get(probed.set)?.get(probed.way)?.as_deref()
+    }
+
+    /// Nanoseconds from the cache's epoch to `now`.
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Copies the probed answer for `query` into `out` if it is the answer
+    /// to this very question and still fresh at `now` (the batch's receive
+    /// time: one clock reading per batch).
+    pub(crate) fn answer_probed(
+        &mut self,
+        probed: Probed,
+        query: &Query<'_>,
+        at: CacheLookup,
+        max_response: usize,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let now = self.nanos(now);
+        self.uses += 1;
+        let uses = self.uses;
+        let Some(entry) = self
+            .entries
+            .get_mut(probed.set)
+            .and_then(|set| set.get_mut(probed.way))
+            .and_then(|slot| slot.as_deref_mut())
+        else {
+            return false;
+        };
+        let Some(header) = Header::decode(entry) else {
+            return false;
+        };
+        let Some((name, ttls, bytes)) = header.parts(entry) else {
+            return false;
+        };
+        let flags = u8::from(query.edns_payload.is_some()) | (u8::from(query.dnssec_ok) << 1);
+        let age = now.saturating_sub(header.inserted);
+        if header.generation != at.generation
+            || usize::try_from(header.profile).ok() != Some(at.profile)
+            || header.qtype != query.qtype
+            || header.flags != flags
+            || usize::from(header.question_end) != query.question_end
+            || name != query.name.as_str().as_bytes()
+            || bytes.len() > max_response
+            || header.expired(age)
+        {
+            return false;
+        }
+        let age = u32::try_from(age / 1_000_000_000).unwrap_or(u32::MAX);
+        out.extend_from_slice(bytes);
+        out[..2].copy_from_slice(&query.id());
+        out[2] = (out[2] & !0x01) | (query.packet[2] & 0x01);
+        out[3] = (out[3] & !0x10) | (query.packet[3] & 0x10);
+        out[12..query.question_end].copy_from_slice(&query.packet[12..query.question_end]);
+        for row in ttls.chunks_exact(TTL_ROW) {
+            let offset = usize::from(u16::from_ne_bytes([row[0], row[1]]));
+            let ttl = u32::from_ne_bytes([row[2], row[3], row[4], row[5]]);
+            if let Some(slot) = out.get_mut(offset..offset + 4) {
+                slot.copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+            }
+        }
+        if let Some(used) = entry.get_mut(USED_AT..USED_AT + 8) {
+            used.copy_from_slice(&uses.to_ne_bytes());
+        }
+        true
+    }
+
+    /// Both steps for one query (where there is no batch to overlap).
+    #[cfg(test)]
+    pub(crate) fn answer(
+        &mut self,
+        query: &Query<'_>,
+        at: CacheLookup,
+        max_response: usize,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.probe(self.tag_of(query, at))
+            .is_some_and(|probed| self.answer_probed(probed, query, at, max_response, now, out))
+    }
+
+    /// Stores an encoded NOERROR or NXDOMAIN answer without EDE, for as
+    /// long as its shortest TTL, in place of the same key's answer, else in
+    /// an empty or expired way, else in place of the set's least recently
+    /// used answer.
+    fn insert(&mut self, key: PacketKey, bytes: &[u8], question_end: usize) {
+        let Some((ttls, has_ede)) = record_ttls(bytes, question_end) else {
+            return;
+        };
+        let rcode = bytes.get(3).map_or(2, |b| b & 0x0f);
+        let truncated = bytes.get(2).is_some_and(|b| b & 0x02 != 0);
+        let Some(lifetime) = ttls.iter().map(|&(_, ttl)| ttl).min() else {
+            return;
+        };
+        if has_ede || truncated || !(rcode == 0 || rcode == 3) || lifetime == 0 {
+            return;
+        }
+        let tag = self.tag(
+            key.generation,
+            key.profile,
+            &key.name,
+            key.qtype,
+            key.edns,
+            key.dnssec_ok,
+        );
+        let set = self.set_of(tag);
+        let now = self.nanos(Instant::now());
+        self.uses += 1;
+        let header = Header {
+            generation: key.generation,
+            inserted: now,
+            lifetime,
+            profile: match u32::try_from(key.profile) {
+                Ok(profile) => profile,
+                Err(_) => return,
+            },
+            used: self.uses,
+            qtype: key.qtype,
+            flags: u8::from(key.edns) | (u8::from(key.dnssec_ok) << 1),
+            // A question name is at most 255 bytes in wire form, so shorter
+            // dotted; an answer is at most 65,535 bytes.
+            name_len: match u8::try_from(key.name.len()) {
+                Ok(length) => length,
+                Err(_) => return,
+            },
+            question_end: match u16::try_from(question_end) {
+                Ok(end) => end,
+                Err(_) => return,
+            },
+            ttl_count: match u8::try_from(ttls.len()) {
+                Ok(count) => count,
+                Err(_) => return,
+            },
+        };
+        let mut entry = Vec::with_capacity(HEADER + key.name.len() + ttls.len() * TTL_ROW + bytes.len());
+        header.encode(&mut entry);
+        entry.extend_from_slice(&key.name);
+        for &(offset, ttl) in &ttls {
+            let Ok(offset) = u16::try_from(offset) else {
+                return;
+            };
+            entry.extend_from_slice(&offset.to_ne_bytes());
+            entry.extend_from_slice(&ttl.to_ne_bytes());
+        }
+        entry.extend_from_slice(bytes);
+        let (Some(tags), Some(entries)) = (self.tags.get_mut(set), self.entries.get_mut(set)) else {
+            return;
+        };
+        // The way to fill, by preference: the same key, an empty way, then
+        // the smallest `used` (an expired answer counts as never used).
+        let rank = |way: usize| -> (u8, u64) {
+            let stored = entries
+                .get(way)
+                .and_then(|slot| slot.as_deref())
+                .and_then(Header::decode);
+            match stored {
+                _ if tags.get(way) == Some(&tag) => (0, 0),
+                None => (1, 0),
+                Some(stored) if stored.expired(now.saturating_sub(stored.inserted)) => (2, 0),
+                Some(stored) => (3, stored.used),
+            }
+        };
+        let Some(way) = (0..WAYS).min_by_key(|&way| rank(way)) else {
+            return;
+        };
+        if let (Some(stored_tag), Some(slot)) = (tags.get_mut(way), entries.get_mut(way)) {
+            *stored_tag = tag;
+            *slot = Some(entry.into_boxed_slice());
+        }
+    }
+}
+
+/// Where each record TTL of an encoded answer sits, and its value; inline
+/// for the usual handful of records.
+type TtlOffsets = SmallVec<[(usize, u32); 4]>;
+
+/// The offset and value of every record TTL after the question (the OPT's
+/// TTL field carries flags, not a TTL, and is skipped), and whether the OPT
+/// carries an EDE option. `None` for anything it cannot walk.
+fn record_ttls(bytes: &[u8], question_end: usize) -> Option<(TtlOffsets, bool)> {
+    let count = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let records = count(6)? + count(8)? + count(10)?;
+    let mut ttls = SmallVec::with_capacity(records);
+    let mut has_ede = false;
+    let mut at = question_end;
+    for _ in 0..records {
+        // Skip the owner name: labels ending in a zero or a pointer.
+        loop {
+            let length = *bytes.get(at)?;
+            if length & 0xc0 == 0xc0 {
+                at += 2;
+                break;
+            }
+            at += 1 + usize::from(length);
+            if length == 0 {
+                break;
+            }
+        }
+        let rtype = u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?);
+        let ttl = u32::from_be_bytes(bytes.get(at + 4..at + 8)?.try_into().ok()?);
+        let rdlength = usize::from(u16::from_be_bytes(bytes.get(at + 8..at + 10)?.try_into().ok()?));
+        if rtype == TYPE_OPT {
+            let options = bytes.get(at + 10..at + 10 + rdlength)?;
+            let mut option_at = 0;
+            while let Some(code) = options.get(option_at..option_at + 4) {
+                has_ede |= u16::from_be_bytes([code[0], code[1]]) == EDE_OPTION;
+                option_at += 4 + usize::from(u16::from_be_bytes([code[2], code[3]]));
+            }
+        } else {
+            ttls.push((at + 4, ttl));
+        }
+        at += 10 + rdlength;
+    }
+    (at == bytes.len()).then_some((ttls, has_ede))
+}
