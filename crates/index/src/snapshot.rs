@@ -570,7 +570,7 @@ impl SnapshotBuilder {
 
     /// Like [`SnapshotBuilder::add_list`], reading the list from `reader`
     /// (a file): lists of line-local formats (all but adblock and RPZ) are
-    /// parsed a mebibyte at a time, so a reload never holds a big list's
+    /// parsed 128 KiB at a time, so a reload never holds a big list's
     /// text next to the two indexes. The caller sizes the index first with
     /// [`SnapshotBuilder::reserve_rules`] (it knows every list's size before
     /// any is added); without that the index grows as rules arrive. Returns

@@ -45,8 +45,10 @@ pub fn count_lines_in(mut reader: impl std::io::Read) -> usize {
     lines
 }
 
-/// Bytes read per step by [`parse_chunked`].
-const CHUNK: usize = 1 << 20;
+/// Bytes read per step by [`parse_chunked`]: small beside any index (a
+/// reload's extra memory is the new index plus this), large enough that
+/// the per-step work is noise.
+const CHUNK: usize = 1 << 17;
 
 /// Whether every line of `format` parses on its own, so the list can be
 /// parsed in pieces. Adblock is not (`$badfilter` anywhere disables a rule
@@ -56,7 +58,7 @@ pub(crate) fn is_line_local(format: ListFormat) -> bool {
 }
 
 /// Parses a list of a line-local format (see [`is_line_local`]) from
-/// `reader` about a mebibyte at a time, so the list's text is never held
+/// `reader` [`CHUNK`] bytes at a time, so the list's text is never held
 /// whole: each step parses the complete lines read so far and keeps the
 /// unfinished last one. Outcomes and line numbers are exactly those of
 /// [`parse`] over the whole text. Returns the bytes read.
