@@ -30,9 +30,10 @@ saturation (dnsperf -c 8 -q 500; the ceiling is measured in every round
 because this machine's speed drifts over minutes): queries/s, lost %, mean
 latency and the
 server's CPU µs per answered query (utime+stime of all its threads /
-completed queries); then each server once at a fixed offered rate
-(`--rate`, default 20k q/s) with dnsperf -v, whose per-response latencies
-give p50/p99/p99.9. Summary: the median of the saturation rounds, the ratios
+completed queries); then, `--rounds` times again, each at a fixed offered
+rate (`--rate`, default 20k q/s) with dnsperf -v, whose per-response
+latencies give p50/p99/p99.9. Summary: the median of the saturation rounds
+and of the fixed-rate rounds' p50 and p99, the ratios
 shieldns/Unbound, and each server's ratio to the ceiling as the median of
 its per-round ratios (each to the ceiling of its own round). The ceiling
 runs as many SO_REUSEPORT threads as the servers have workers (the same
@@ -363,15 +364,21 @@ def main():
                         print(row(f"{server.name} #{repeat}", r), flush=True)
                         record(kind="saturation", workload=workload, server=server.name, threads=threads,
                                repeat=repeat, **r)
-                print(f"{workload} (fixed rate {args.rate} q/s, {args.rate_seconds} s each):", flush=True)
-                fixed = {}
-                for server in [echo] + servers:
-                    r = server.measure(queries, ["-l", str(args.rate_seconds), "-Q", str(args.rate), "-q", "2000", "-v"],
-                                       latencies=True)
-                    fixed[server.name] = r
-                    print(row(server.name, r), flush=True)
-                    record(kind="fixed_rate", workload=workload, server=server.name, threads=threads,
-                           offered_qps=args.rate, **r)
+                print(f"{workload} (fixed rate {args.rate} q/s, {args.rate_seconds} s each; {args.rounds} rounds "
+                      f"of ceiling A B):", flush=True)
+                # Latency rounds too: at a fixed rate the servers' p99s sit a
+                # few microseconds apart, within one run's noise here.
+                latency_runs = {s.name: [] for s in [echo] + servers}
+                for repeat in range(1, args.rounds + 1):
+                    for server in [echo] + servers:
+                        r = server.measure(queries, ["-l", str(args.rate_seconds), "-Q", str(args.rate), "-q", "2000",
+                                                     "-v"], latencies=True)
+                        latency_runs[server.name].append(r)
+                        print(row(f"{server.name} #{repeat}", r), flush=True)
+                        record(kind="fixed_rate", workload=workload, server=server.name, threads=threads,
+                               offered_qps=args.rate, repeat=repeat, **r)
+                fixed = {name: {key: median(results, key) for key in ("p50_ms", "p99_ms")}
+                         for name, results in latency_runs.items()}
                 ceiling = {key: median(runs["ceiling"], key) for key in ("qps", "lost_pct", "latency_ms",
                                                                          "cpu_us_per_query")}
                 for name, results in runs.items():
@@ -425,7 +432,7 @@ def main():
             os.remove(path)
 
         print("\nSummary (saturation figures: median over the rounds, ratios the median of each round's ratio to "
-              "its ceiling; p50/p99 at the fixed rate):")
+              "its ceiling; p50/p99: medians over the fixed-rate rounds):")
         print(f"  {'thr':>3} {'workload':8} {'server':9} {'q/s':>9} {'lost %':>7} {'mean ms':>8} {'p50 ms':>7} "
               f"{'p99 ms':>7} {'µs/q':>6} {'q/s÷ceil':>9} {'µs÷ceil':>8}")
         for e in summary:
