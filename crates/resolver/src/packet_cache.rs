@@ -1,5 +1,5 @@
 //! A UDP thread's packet cache: encoded answers for allowed names, looked up
-//! in two steps so a whole batch's lookups overlap their memory misses.
+//! in steps so that a whole batch's lookups overlap their memory misses.
 //!
 //! Key design decision: a set-associative table rather than a general
 //! cache crate. A cached answer costs little besides its lookup, and with
@@ -22,6 +22,10 @@ use crate::fastpath::{EDE_OPTION, Query, TYPE_OPT};
 /// Answers per set. Four tags fill half a cache line, and four candidates
 /// keep the least-recently-used choice close to a global one.
 const WAYS: usize = 4;
+
+/// The most sets a cache has (16M answers): its two tables, 96 bytes a set,
+/// are reserved whole up front, even though only the pages it fills count.
+const MAX_SETS: usize = 1 << 22;
 
 /// One cached answer, in a single allocation so that a hit reads one or
 /// two adjacent cache lines: a [`Header`], the query name (as in
@@ -102,7 +106,7 @@ impl Header {
 
 /// What an encoded answer depends on: the policy that checked it, the
 /// question, and the client's EDNS and DO bits.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub(crate) struct PacketKey {
     pub(crate) generation: u64,
     pub(crate) profile: usize,
@@ -185,13 +189,13 @@ impl PacketFiller {
 
 impl PacketCache {
     /// A cache of at least `max_entries` answers (rounded up to whole sets,
-    /// a power of two of them).
+    /// a power of two of them), at most [`MAX_SETS`] sets.
     pub(crate) fn new(max_entries: u64) -> Self {
         let sets = usize::try_from(max_entries.max(1))
             .unwrap_or(usize::MAX)
             .div_ceil(WAYS)
-            .checked_next_power_of_two()
-            .unwrap_or(1 << 20);
+            .min(MAX_SETS)
+            .next_power_of_two();
         let (sender, arrivals) = std::sync::mpsc::sync_channel(ARRIVALS);
         Self {
             // `vec![zero; n]` of plain integers and null pointers allocates
@@ -480,4 +484,32 @@ fn record_ttls(bytes: &[u8], question_end: usize) -> Option<(TtlOffsets, bool)> 
         at += 10 + rdlength;
     }
     (at == bytes.len()).then_some((ttls, has_ede))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_reads_back_as_written_in_its_fixed_size() {
+        let header = Header {
+            generation: 0x0102_0304_0506_0708,
+            inserted: u64::MAX - 1,
+            lifetime: 86_400,
+            profile: 7,
+            used: 0x1122_3344_5566_7788,
+            qtype: 28,
+            flags: 3,
+            name_len: 253,
+            question_end: 271,
+            ttl_count: 9,
+        };
+        let mut bytes = Vec::new();
+        header.encode(&mut bytes);
+        assert_eq!(bytes.len(), HEADER);
+        assert_eq!(bytes[USED_AT..USED_AT + 8], header.used.to_ne_bytes());
+        assert_eq!(Header::decode(&bytes), Some(header));
+        assert_eq!(Header::decode(&bytes[..HEADER - 1]), None);
+        assert!(header.expired(86_400 * 1_000_000_000) && !header.expired(86_400 * 1_000_000_000 - 1));
+    }
 }
