@@ -291,6 +291,17 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             });
             continue;
         }
+        if let ListSource::Remote(remote) = &list.source {
+            match add_cached(&mut builder, list, remote) {
+                Ok(load) => {
+                    loads.push(load);
+                    continue;
+                }
+                // Falls through to the empty list below (not mandatory).
+                Err(SyncError::NotCached { .. }) if !list.mandatory => {}
+                Err(error) => return Err(error),
+            }
+        }
         let (bytes, source, file) = match read_list(list, sources.base_dir) {
             // A non-mandatory `url` list that was never downloaded has no
             // last-known-good version: it is enforced empty (keeping list
@@ -388,47 +399,127 @@ pub fn read_list(list: &ListConfig, base_dir: &Path) -> Result<(Vec<u8>, String,
 /// Reads a `url` list's cached copy and checks it again: its digest against
 /// the state file, the `sha256` pin and the minisign signature.
 fn read_cached(list: &ListConfig, remote: &RemoteList) -> Result<(Vec<u8>, String, Option<PathBuf>), SyncError> {
-    let not_cached = |dir: &Path| SyncError::NotCached {
-        list: list.name.clone(),
-        cache_dir: dir.to_path_buf(),
-    };
-    let Some(dir) = remote.cache_dir.as_deref() else {
-        return Err(not_cached(Path::new(DEFAULT_CACHE_DIR)));
-    };
-    let current = cache::load_state(dir, &list.name)?
-        .and_then(|state| state.current)
-        .ok_or_else(|| not_cached(dir))?;
-    let path = dir.join(&current.file);
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| SyncError::Cache {
+    let copy = CachedCopy::find(list, remote)?;
+    let bytes = std::fs::read(&copy.path).map_err(|source| copy.read_error(list, source))?;
+    let signed = syncer::Signed::decode(list, remote, copy.signature.as_deref())?;
+    let mut verifier = syncer::Verifier::new(list, remote, signed.as_ref())?;
+    verifier.update(&bytes);
+    copy.check_digest(list, verifier.finish()?)?;
+    Ok((bytes, copy.describe(remote), Some(copy.path)))
+}
+
+/// The current cached copy of a `url` list: its data file, its state and
+/// its signature (small, read whole).
+struct CachedCopy {
+    path: PathBuf,
+    current: cache::CachedVersion,
+    signature: Option<Vec<u8>>,
+}
+
+impl CachedCopy {
+    fn find(list: &ListConfig, remote: &RemoteList) -> Result<Self, SyncError> {
+        let not_cached = |dir: &Path| SyncError::NotCached {
             list: list.name.clone(),
-            path: path.to_path_buf(),
-            source,
+            cache_dir: dir.to_path_buf(),
+        };
+        let Some(dir) = remote.cache_dir.as_deref() else {
+            return Err(not_cached(Path::new(DEFAULT_CACHE_DIR)));
+        };
+        let current = cache::load_state(dir, &list.name)?
+            .and_then(|state| state.current)
+            .ok_or_else(|| not_cached(dir))?;
+        let signature = match &current.signature_file {
+            Some(file) => {
+                let path = dir.join(file);
+                Some(std::fs::read(&path).map_err(|source| SyncError::Cache {
+                    list: list.name.clone(),
+                    path,
+                    source,
+                })?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            path: dir.join(&current.file),
+            current,
+            signature,
         })
-    };
-    let bytes = read(&path)?;
-    let signature = match &current.signature_file {
-        Some(file) => Some(read(&dir.join(file))?),
-        None => None,
-    };
-    let digest = syncer::verify(list, remote, &bytes, signature.as_deref())?;
-    if hex::encode(digest) != current.sha256 {
-        return Err(SyncError::Cache {
+    }
+
+    fn read_error(&self, list: &ListConfig, source: std::io::Error) -> SyncError {
+        SyncError::Cache {
             list: list.name.clone(),
-            path,
-            source: std::io::Error::new(
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Checks the digest of what was read against the state file's.
+    fn check_digest(&self, list: &ListConfig, digest: [u8; 32]) -> Result<(), SyncError> {
+        if hex::encode(digest) == self.current.sha256 {
+            return Ok(());
+        }
+        Err(self.read_error(
+            list,
+            std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
                     "sha256 is {}, the state file says {}",
                     hex::encode(digest),
-                    current.sha256
+                    self.current.sha256
                 ),
             ),
-        });
+        ))
     }
-    Ok((
-        bytes,
-        format!("{} (cached, serial {})", remote.url, current.serial),
-        Some(path),
-    ))
+
+    fn describe(&self, remote: &RemoteList) -> String {
+        format!("{} (cached, serial {})", remote.url, self.current.serial)
+    }
+}
+
+/// Feeds what a build reads from a cached copy to its [`syncer::Verifier`].
+struct VerifyingReader<'a, R> {
+    inner: R,
+    verifier: syncer::Verifier<'a>,
+}
+
+impl<R: std::io::Read> std::io::Read for VerifyingReader<'_, R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.verifier.update(buffer.get(..read).unwrap_or_default());
+        Ok(read)
+    }
+}
+
+/// Adds a `url` list's cached copy to `builder`, parsing it as it is read
+/// (like a local file) and verifying it on the way: the digest against the
+/// state file, the `sha256` pin and the minisign signature are checked once
+/// the whole copy has been read, and a copy that fails them fails the build.
+/// Returns the load report.
+fn add_cached(builder: &mut SnapshotBuilder, list: &ListConfig, remote: &RemoteList) -> Result<ListLoad, SyncError> {
+    let copy = CachedCopy::find(list, remote)?;
+    let signed = syncer::Signed::decode(list, remote, copy.signature.as_deref())?;
+    let file = std::fs::File::open(&copy.path).map_err(|source| copy.read_error(list, source))?;
+    let mut reader = VerifyingReader {
+        inner: file,
+        verifier: syncer::Verifier::new(list, remote, signed.as_ref())?,
+    };
+    let (info, bytes) = builder
+        .add_list_from(list.policy(), &mut reader)
+        .map_err(|source| SyncError::Index {
+            file: Some(copy.path.clone()),
+            source,
+        })?;
+    // The parser stops at the end of the file, so the verifier has seen all
+    // of it; read on regardless, in case a format ever stops early.
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| copy.read_error(list, source))?;
+    copy.check_digest(list, reader.verifier.finish()?)?;
+    Ok(ListLoad {
+        name: list.name.clone(),
+        source: copy.describe(remote),
+        bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+        rules: info.counts.rules,
+        rejected: info.counts.rejected,
+        rejected_examples: info.rejected_examples.clone(),
+    })
 }

@@ -470,33 +470,104 @@ pub(crate) fn verify(
     body: &[u8],
     signature: Option<&[u8]>,
 ) -> Result<[u8; 32], SyncError> {
-    let digest: [u8; 32] = Sha256::digest(body).into();
-    if let Some(pin) = remote.sha256
-        && pin != digest
-    {
-        return Err(SyncError::Sha256Mismatch {
-            list: list.name.clone(),
-            expected: hex::encode(pin),
-            actual: hex::encode(digest),
-        });
-    }
-    if let Some(key) = &remote.minisign {
-        let fail = |reason: String| SyncError::Signature {
-            list: list.name.clone(),
-            url: remote.signature_url.to_string(),
-            reason,
+    let signed = Signed::decode(list, remote, signature)?;
+    let mut verifier = Verifier::new(list, remote, signed.as_ref())?;
+    verifier.update(body);
+    verifier.finish()
+}
+
+/// A list's minisign key and the signature of one copy, decoded; `None`
+/// from [`Signed::decode`] when the list has no key.
+pub(crate) struct Signed {
+    key: minisign_verify::PublicKey,
+    signature: minisign_verify::Signature,
+}
+
+impl Signed {
+    pub(crate) fn decode(
+        list: &ListConfig,
+        remote: &RemoteList,
+        signature: Option<&[u8]>,
+    ) -> Result<Option<Self>, SyncError> {
+        let Some(key) = &remote.minisign else {
+            return Ok(None);
         };
-        let key = minisign_verify::PublicKey::from_base64(key).map_err(|e| fail(format!("bad public key: {e}")))?;
-        let signature = signature.ok_or_else(|| fail("no signature".into()))?;
-        let text = std::str::from_utf8(signature).map_err(|_| fail("the signature file is not text".into()))?;
-        let signature =
-            minisign_verify::Signature::decode(text).map_err(|e| fail(format!("unreadable signature: {e}")))?;
+        let key = minisign_verify::PublicKey::from_base64(key)
+            .map_err(|e| signature_failure(list, remote, format!("bad public key: {e}")))?;
+        let signature = signature.ok_or_else(|| signature_failure(list, remote, "no signature".into()))?;
+        let text = std::str::from_utf8(signature)
+            .map_err(|_| signature_failure(list, remote, "the signature file is not text".into()))?;
+        let signature = minisign_verify::Signature::decode(text)
+            .map_err(|e| signature_failure(list, remote, format!("unreadable signature: {e}")))?;
+        Ok(Some(Self { key, signature }))
+    }
+}
+
+fn signature_failure(list: &ListConfig, remote: &RemoteList, reason: String) -> SyncError {
+    SyncError::Signature {
+        list: list.name.clone(),
+        url: remote.signature_url.to_string(),
+        reason,
+    }
+}
+
+/// Checks a list body fed piece by piece ([`Verifier::update`]), so a
+/// build can parse a big cached copy as it reads it and still use nothing
+/// unverified: a copy that fails [`Verifier::finish`] fails the build,
+/// and the last good snapshot stays.
+pub(crate) struct Verifier<'a> {
+    list: &'a ListConfig,
+    remote: &'a RemoteList,
+    sha256: Sha256,
+    signature: Option<minisign_verify::StreamVerifier<'a>>,
+}
+
+impl<'a> Verifier<'a> {
+    pub(crate) fn new(
+        list: &'a ListConfig,
+        remote: &'a RemoteList,
+        signed: Option<&'a Signed>,
+    ) -> Result<Self, SyncError> {
         // Legacy (non-prehashed) signatures are refused: every minisign
         // release since 0.8 signs prehashed.
-        key.verify(body, &signature, false)
-            .map_err(|e| fail(format!("does not verify: {e}")))?;
+        let signature = signed
+            .map(|signed| signed.key.verify_stream(&signed.signature))
+            .transpose()
+            .map_err(|e| signature_failure(list, remote, format!("does not verify: {e}")))?;
+        Ok(Self {
+            list,
+            remote,
+            sha256: Sha256::new(),
+            signature,
+        })
     }
-    Ok(digest)
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        if let Some(signature) = &mut self.signature {
+            signature.update(bytes);
+        }
+    }
+
+    /// The body's sha256, once it matches the pin and the signature.
+    pub(crate) fn finish(self) -> Result<[u8; 32], SyncError> {
+        let digest: [u8; 32] = self.sha256.finalize().into();
+        if let Some(pin) = self.remote.sha256
+            && pin != digest
+        {
+            return Err(SyncError::Sha256Mismatch {
+                list: self.list.name.clone(),
+                expected: hex::encode(pin),
+                actual: hex::encode(digest),
+            });
+        }
+        if let Some(mut signature) = self.signature {
+            signature
+                .finalize()
+                .map_err(|e| signature_failure(self.list, self.remote, format!("does not verify: {e}")))?;
+        }
+        Ok(digest)
+    }
 }
 
 /// Parses a download the way a build will and counts its rules; a body

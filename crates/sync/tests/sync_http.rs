@@ -57,6 +57,17 @@ impl Setup {
         syncer.update(&lists, &force, &NoProgress).await
     }
 
+    /// Builds a snapshot from the lists as the daemon does (cached copies
+    /// are parsed as they are read and verified on the way).
+    fn build(&self) -> Result<shieldns_sync::Built, shieldns_sync::SyncError> {
+        shieldns_sync::build_snapshot(shieldns_sync::PolicySources {
+            lists: &self.config.lists,
+            profiles: &[],
+            allow: &[],
+            base_dir: self.dir.path(),
+        })
+    }
+
     fn read(&self, index: usize) -> Result<String, shieldns_sync::SyncError> {
         read_list(&self.config.lists[index], self.dir.path()).map(|(bytes, _, _)| String::from_utf8(bytes).unwrap())
     }
@@ -265,11 +276,22 @@ async fn garbage_pins_signatures_and_the_shrink_guard() {
     );
     assert_eq!(setup.read(0).unwrap(), shrunk);
 
-    // The cached copy is verified on every read: a tampered copy is refused.
+    let built = setup.build().unwrap();
+    assert_eq!(built.lists[0].rules, 40);
+    assert!(
+        built.lists[0].source.contains("cached, serial 2"),
+        "{}",
+        built.lists[0].source
+    );
+
+    // The cached copy is verified on every read, and by every build that
+    // parses it: a tampered copy is refused.
     let state = syncer.state("feed").unwrap().current.clone().unwrap();
     std::fs::write(setup.dir.path().join("cache").join(&state.file), names("evil", 40)).unwrap();
     let error = setup.read(0).unwrap_err().to_string();
     assert!(error.contains("does not verify"), "{error}");
+    let error = setup.build().err().unwrap().to_string();
+    assert!(error.contains("feed") && error.contains("does not verify"), "{error}");
 }
 
 #[tokio::test]
@@ -287,6 +309,31 @@ async fn a_sha256_pin_refuses_other_bytes() {
     let reason = failure(&setup.pass(&mut syncer, &[]).await);
     assert!(reason.contains("sha256 mismatch") && reason.contains(&pin), "{reason}");
     assert_eq!(setup.read(0).unwrap(), body);
+    assert_eq!(setup.build().unwrap().lists[0].rules, 5);
+    // A cached copy changed since its download fails the build on the pin.
+    let state = syncer.state("feed").unwrap().current.clone().unwrap();
+    std::fs::write(setup.dir.path().join("cache").join(&state.file), names("c", 5)).unwrap();
+    let error = setup.build().err().unwrap().to_string();
+    assert!(error.contains("sha256 mismatch") && error.contains(&pin), "{error}");
+}
+
+#[tokio::test]
+async fn a_build_refuses_a_cached_copy_changed_since_its_download() {
+    let publisher = Publisher::start();
+    publisher.put("feed.txt", names("a", 50));
+    let setup = Setup::new(&publisher, &list_toml(&publisher.url("feed.txt"), ""));
+    let mut syncer = setup.syncer();
+    assert!(setup.pass(&mut syncer, &[]).await.changed());
+    assert_eq!(setup.build().unwrap().lists[0].rules, 50);
+    // Neither pin nor key: the state file's digest is what catches it.
+    let state = syncer.state("feed").unwrap().current.clone().unwrap();
+    let path = setup.dir.path().join("cache").join(&state.file);
+    std::fs::write(&path, names("b", 50)).unwrap();
+    let error = setup.build().err().unwrap().to_string();
+    assert!(
+        error.contains("the state file says") && error.contains(&state.file),
+        "{error}"
+    );
 }
 
 #[tokio::test]
