@@ -14,10 +14,17 @@ size the daemon logs), RSS after the last reload, and
 checks that a name answered from the cache before it was listed is blocked
 right after the reload that lists it. Loopback only (127.0.30.0/24); needs
 dnsperf and dig; builds nothing (run bench.py or `cargo build --release`
-first).
+first). `--source url` makes the big list a `url` list instead of a file:
+the script writes its verified cached copy and state file into the sync
+cache itself (the URL points at a closed loopback port, so every refresh
+fails and the daemon builds from that copy, the path a pulled national or
+category list takes).
 """
 
 import argparse
+import datetime
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -63,6 +70,8 @@ def main():
                         help="seconds between one reload's end and the next SIGHUP (0: back to back; the "
                              "allocator returns a replaced index's pages within about a second, so back-to-back "
                              "reloads stack them)")
+    parser.add_argument("--source", choices=["file", "url"], default="file",
+                        help="the big list as a local file or as a url list's cached copy")
     args = parser.parse_args()
     for tool in ["dnsperf", "dig"]:
         if not shutil.which(tool):
@@ -76,10 +85,29 @@ def main():
         names = list(workloads.synthetic_names(args.names))
         base = "\n".join(names) + "\n"
 
+        url = "https://127.0.30.1:9/bench.txt"  # a closed loopback port: refreshes fail at once
+        os.makedirs(f"{work}/cache", exist_ok=True)
+
         def write_list(extra):
-            with open(f"{work}/list.tmp", "w") as f:
-                f.write(base + extra)
-            os.replace(f"{work}/list.tmp", f"{work}/list.txt")
+            body = (base + extra).encode()
+            if args.source == "file":
+                with open(f"{work}/list.tmp", "wb") as f:
+                    f.write(body)
+                os.replace(f"{work}/list.tmp", f"{work}/list.txt")
+                return
+            # A verified version as the syncer stores one: a content-named
+            # data file, then the state file naming it, replaced last.
+            digest = hashlib.sha256(body).hexdigest()
+            name = f"bench-{digest[:16]}.list"
+            with open(f"{work}/cache/{name}", "wb") as f:
+                f.write(body)
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            state = {"list": "bench", "url": url, "current": {
+                "file": name, "sha256": digest, "fetched_at": now, "entries": len(names),
+                "bytes": len(body), "serial": 1}}
+            with open(f"{work}/cache/bench.tmp", "w") as f:
+                json.dump(state, f)
+            os.replace(f"{work}/cache/bench.tmp", f"{work}/cache/bench.json")
 
         write_list("")
         # The names that flip from allowed to blocked answer from RPZ local
@@ -91,8 +119,11 @@ def main():
         with open(f"{work}/shieldns.toml", "w") as f:
             f.write(f'[server]\nlisten = ["{SHIELD_IP}:{PORT}"]\nallow = ["127.0.0.0/8"]\n'
                     f'[upstream]\nmode = "forward"\nforward = ["127.0.30.1:53"]\ntimeout_ms = 500\n'
-                    f'[[list]]\nname = "bench"\ncategory = "adult"\nformat = "domains"\npath = "{work}/list.txt"\n'
-                    f'[[list]]\nname = "local"\nformat = "rpz"\npath = "{work}/local.rpz"\n'
+                    + (f'[sync]\ncache_dir = "{work}/cache"\nconnect_timeout = "200ms"\nretries = 0\n'
+                       if args.source == "url" else "")
+                    + f'[[list]]\nname = "bench"\ncategory = "adult"\nformat = "domains"\n'
+                    + (f'path = "{work}/list.txt"\n' if args.source == "file" else f'url = "{url}"\n')
+                    + f'[[list]]\nname = "local"\nformat = "rpz"\npath = "{work}/local.rpz"\n'
                     f'[[profile]]\nname = "all"\nclients = ["0.0.0.0/0"]\nblock = ["adult"]\n')
         with open(f"{work}/queries.txt", "w") as f:
             for i in range(0, len(names), max(1, len(names) // 5000)):
