@@ -401,10 +401,7 @@ pub fn read_list(list: &ListConfig, base_dir: &Path) -> Result<(Vec<u8>, String,
 fn read_cached(list: &ListConfig, remote: &RemoteList) -> Result<(Vec<u8>, String, Option<PathBuf>), SyncError> {
     let copy = CachedCopy::find(list, remote)?;
     let bytes = std::fs::read(&copy.path).map_err(|source| copy.read_error(list, source))?;
-    let signed = syncer::Signed::decode(list, remote, copy.signature.as_deref())?;
-    let mut verifier = syncer::Verifier::new(list, remote, signed.as_ref())?;
-    verifier.update(&bytes);
-    copy.check_digest(list, verifier.finish()?)?;
+    copy.check_digest(list, syncer::verify(list, remote, &bytes, copy.signature.as_deref())?)?;
     Ok((bytes, copy.describe(remote), Some(copy.path)))
 }
 
