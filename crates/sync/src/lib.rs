@@ -291,32 +291,30 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             });
             continue;
         }
-        if let ListSource::Remote(remote) = &list.source {
-            match add_cached(&mut builder, list, remote) {
+        let (bytes, source, file) = match &list.source {
+            // A `url` list's cached copy is parsed as it is read, like a
+            // local file, and verified on the way.
+            ListSource::Remote(remote) => match add_cached(&mut builder, list, remote) {
                 Ok(load) => {
                     loads.push(load);
                     continue;
                 }
-                // Falls through to the empty list below (not mandatory).
-                Err(SyncError::NotCached { .. }) if !list.mandatory => {}
-                Err(error) => return Err(error),
-            }
-        }
-        let (bytes, source, file) = match read_list(list, sources.base_dir) {
-            // A non-mandatory `url` list that was never downloaded has no
-            // last-known-good version: it is enforced empty (keeping list
-            // ids aligned with the configuration) until its first verified
-            // download, rather than keeping the resolver from starting. A
-            // mandatory list without a copy fails the build.
-            Err(SyncError::NotCached { .. }) if !list.mandatory => (
-                Vec::new(),
-                format!(
-                    "{} (no verified copy yet: empty until the first successful download)",
-                    list.describe_source()
+                // A non-mandatory `url` list that was never downloaded has
+                // no last-known-good version: it is enforced empty (keeping
+                // list ids aligned with the configuration) until its first
+                // verified download, rather than keeping the resolver from
+                // starting. A mandatory list without a copy fails the build.
+                Err(SyncError::NotCached { .. }) if !list.mandatory => (
+                    Vec::new(),
+                    format!(
+                        "{} (no verified copy yet: empty until the first successful download)",
+                        list.describe_source()
+                    ),
+                    None,
                 ),
-                None,
-            ),
-            other => other?,
+                Err(error) => return Err(error),
+            },
+            _ => read_list(list, sources.base_dir)?,
         };
         let info = builder
             .add_list(list.policy(), &bytes)
