@@ -68,6 +68,14 @@ impl Setup {
         })
     }
 
+    /// Overwrites the current cached copy of list `feed` with `body`, as a
+    /// disk fault or an intruder would; returns its file name.
+    fn overwrite_cached(&self, syncer: &Syncer, body: &str) -> String {
+        let state = syncer.state("feed").unwrap().current.clone().unwrap();
+        std::fs::write(self.dir.path().join("cache").join(&state.file), body).unwrap();
+        state.file
+    }
+
     fn read(&self, index: usize) -> Result<String, shieldns_sync::SyncError> {
         read_list(&self.config.lists[index], self.dir.path()).map(|(bytes, _, _)| String::from_utf8(bytes).unwrap())
     }
@@ -286,8 +294,7 @@ async fn garbage_pins_signatures_and_the_shrink_guard() {
 
     // The cached copy is verified on every read, and by every build that
     // parses it: a tampered copy is refused.
-    let state = syncer.state("feed").unwrap().current.clone().unwrap();
-    std::fs::write(setup.dir.path().join("cache").join(&state.file), names("evil", 40)).unwrap();
+    setup.overwrite_cached(&syncer, &names("evil", 40));
     let error = setup.read(0).unwrap_err().to_string();
     assert!(error.contains("does not verify"), "{error}");
     let error = setup.build().err().unwrap().to_string();
@@ -311,8 +318,7 @@ async fn a_sha256_pin_refuses_other_bytes() {
     assert_eq!(setup.read(0).unwrap(), body);
     assert_eq!(setup.build().unwrap().lists[0].rules, 5);
     // A cached copy changed since its download fails the build on the pin.
-    let state = syncer.state("feed").unwrap().current.clone().unwrap();
-    std::fs::write(setup.dir.path().join("cache").join(&state.file), names("c", 5)).unwrap();
+    setup.overwrite_cached(&syncer, &names("c", 5));
     let error = setup.build().err().unwrap().to_string();
     assert!(error.contains("sha256 mismatch") && error.contains(&pin), "{error}");
 }
@@ -326,12 +332,10 @@ async fn a_build_refuses_a_cached_copy_changed_since_its_download() {
     assert!(setup.pass(&mut syncer, &[]).await.changed());
     assert_eq!(setup.build().unwrap().lists[0].rules, 50);
     // Neither pin nor key: the state file's digest is what catches it.
-    let state = syncer.state("feed").unwrap().current.clone().unwrap();
-    let path = setup.dir.path().join("cache").join(&state.file);
-    std::fs::write(&path, names("b", 50)).unwrap();
+    let file = setup.overwrite_cached(&syncer, &names("b", 50));
     let error = setup.build().err().unwrap().to_string();
     assert!(
-        error.contains("the state file says") && error.contains(&state.file),
+        error.contains("the state file says") && error.contains(&file),
         "{error}"
     );
 }
