@@ -61,6 +61,11 @@ const USED_AT: usize = 24;
 const TTL_ROW: usize = 6;
 
 impl Header {
+    /// The `flags` byte of a key's EDNS and DO bits.
+    fn flags(edns: bool, dnssec_ok: bool) -> u8 {
+        u8::from(edns) | (u8::from(dnssec_ok) << 1)
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.generation.to_ne_bytes());
         out.extend_from_slice(&self.inserted.to_ne_bytes());
@@ -301,7 +306,7 @@ impl PacketCache {
         let Some((name, ttls, bytes)) = header.parts(entry) else {
             return false;
         };
-        let flags = u8::from(query.edns_payload.is_some()) | (u8::from(query.dnssec_ok) << 1);
+        let flags = Header::flags(query.edns_payload.is_some(), query.dnssec_ok);
         let age = now.saturating_sub(header.inserted);
         if header.generation != at.generation
             || usize::try_from(header.profile).ok() != Some(at.profile)
@@ -384,7 +389,7 @@ impl PacketCache {
             },
             used: self.uses,
             qtype: key.qtype,
-            flags: u8::from(key.edns) | (u8::from(key.dnssec_ok) << 1),
+            flags: Header::flags(key.edns, key.dnssec_ok),
             // A question name is at most 255 bytes in wire form, so shorter
             // dotted; an answer is at most 65,535 bytes.
             name_len: match u8::try_from(key.name.len()) {
