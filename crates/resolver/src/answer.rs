@@ -13,6 +13,12 @@ pub(crate) const EDE_OPTION: u16 = 15;
 pub(crate) const EDE_STALE_ANSWER: u16 = 3;
 /// EDE info code 6: DNSSEC Bogus.
 pub(crate) const EDE_DNSSEC_BOGUS: u16 = 6;
+/// EDE info code 9: DNSKEY Missing.
+pub(crate) const EDE_DNSKEY_MISSING: u16 = 9;
+/// EDE info code 10: RRSIGs Missing.
+pub(crate) const EDE_RRSIGS_MISSING: u16 = 10;
+/// EDE info code 22: No Reachable Authority.
+pub(crate) const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
 /// EDE info code 15: Blocked.
 pub(crate) const EDE_BLOCKED: u16 = 15;
 /// EDE info code 17: Filtered.

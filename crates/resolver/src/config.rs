@@ -93,10 +93,27 @@ pub enum UpstreamMode {
     Forward,
 }
 
+/// Which library resolves: libunbound (the default) or hickory's
+/// experimental recursor and forwarder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamEngine {
+    /// NLnet Labs' libunbound: validating, caching, hardened recursion and
+    /// forwarding (Deckard: see `tests/conformance/passing.txt`).
+    #[default]
+    Unbound,
+    /// hickory-dns's recursor and forwarder (Deckard: 7 of 191 scenarios);
+    /// kept for comparison, not for production.
+    Hickory,
+}
+
 /// `[upstream]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// The resolution library.
+    #[serde(default)]
+    pub engine: UpstreamEngine,
     /// Recursive or forward.
     #[serde(default)]
     pub mode: UpstreamMode,
@@ -106,34 +123,112 @@ pub struct UpstreamConfig {
     /// A root hints zone file; built-in IANA hints when absent.
     #[serde(default)]
     pub root_hints: Option<PathBuf>,
-    /// DNSSEC validation in recursive mode (bogus answers become SERVFAIL
-    /// with EDE 6).
+    /// DNSSEC validation (bogus answers become SERVFAIL with EDE 6, unless
+    /// the client set CD). With libunbound it applies to forward mode too.
     #[serde(default = "yes")]
     pub dnssec: bool,
-    /// A trust anchor file (DS or DNSKEY records of the root) replacing the
-    /// built-in root KSKs.
+    /// Trust anchors, one DS or DNSKEY record each in zone-file form
+    /// (`". IN DS 20326 8 2 E06D..."`), for any zone. Absent: the IANA root
+    /// anchors (KSK-2017 and KSK-2024) built in, unless a file below is
+    /// given. An explicit empty list means no anchor (nothing validates).
     #[serde(default)]
-    pub trust_anchor: Option<PathBuf>,
-    /// Milliseconds to wait for one upstream query before trying the next.
+    pub trust_anchors: Option<Vec<String>>,
+    /// Zone files of DS or DNSKEY trust anchors, any zone, several allowed.
+    #[serde(default)]
+    pub trust_anchor_files: Vec<PathBuf>,
+    /// An RFC 5011 trust-anchor state file (libunbound's `auto-trust-anchor-file`),
+    /// kept up to date by the resolver: it must be writable. Opt-in, since it
+    /// sends periodic DNSKEY probes.
+    #[serde(default)]
+    pub auto_trust_anchor_file: Option<PathBuf>,
+    /// Negative trust anchors: zones treated as insecure (not validated),
+    /// e.g. a domain whose operator broke its DNSSEC.
+    #[serde(default)]
+    pub negative_trust_anchors: Vec<String>,
+    /// QNAME minimisation (RFC 9156): authorities see only the labels they
+    /// need.
+    #[serde(default = "yes")]
+    pub qname_minimisation: bool,
+    /// Accept glue only from a zone's own servers (in-bailiwick).
+    #[serde(default = "yes")]
+    pub harden_glue: bool,
+    /// Query authorities over IPv4.
+    #[serde(default = "yes")]
+    pub do_ip4: bool,
+    /// Query authorities over IPv6 (an IPv6-only network sets `do_ip4 = false`).
+    #[serde(default = "yes")]
+    pub do_ip6: bool,
+    /// Source addresses for upstream queries (empty: the system's choice).
+    #[serde(default)]
+    pub outgoing_interfaces: Vec<std::net::IpAddr>,
+    /// Milliseconds to wait for one upstream query before trying the next
+    /// (hickory engine only; libunbound adapts its own retry timers).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Allow recursion to name servers on loopback and private addresses.
-    /// Off by default so a hostile delegation cannot aim queries at the
-    /// operator's internal network; lab setups turn it on.
+    /// Milliseconds one resolution may take before the client gets SERVFAIL
+    /// with EDE 22 (libunbound engine; the resolution goes on and its answer
+    /// is cached for the client's retry).
+    #[serde(default = "default_resolution_timeout_ms")]
+    pub resolution_timeout_ms: u64,
+    /// Allow recursion to name servers on private addresses (RFC 1918, ULA,
+    /// link-local). Off by default so a hostile delegation cannot aim
+    /// queries at the operator's internal network; lab setups turn it on.
+    /// With the hickory engine it also allows loopback.
     #[serde(default)]
     pub allow_private_nameservers: bool,
+    /// Allow name servers on 127.0.0.0/8 and ::1 (libunbound engine).
+    #[serde(default)]
+    pub allow_loopback_nameservers: bool,
+    /// Zones libunbound answers locally by default (RFC 6761/6303: `test.`,
+    /// `invalid.`, `onion.`, `localhost.`, `home.arpa.`, private reverse
+    /// zones) that should be resolved upstream instead.
+    #[serde(default)]
+    pub resolve_local_zones: Vec<String>,
+    /// libunbound contexts, each a worker thread with its own share of the
+    /// name space and of the cache; 0 means one per core.
+    #[serde(default)]
+    pub contexts: usize,
+    /// Bytes of libunbound's record caches (message and RRset caches, 1:2),
+    /// split among the contexts.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// Sockets each context may have open towards authorities.
+    #[serde(default = "default_outgoing_range")]
+    pub outgoing_range: u32,
+    /// Further libunbound options by their `unbound.conf(5)` name, for what
+    /// has no key of its own (e.g. `"target-fetch-policy" = "0 0 0 0 0"`).
+    /// Applied last; a bad name or value stops the start with libunbound's
+    /// error.
+    #[serde(default)]
+    pub unbound_options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
+            engine: UpstreamEngine::default(),
             mode: UpstreamMode::Recursive,
             forward: Vec::new(),
             root_hints: None,
             dnssec: true,
-            trust_anchor: None,
+            trust_anchors: None,
+            trust_anchor_files: Vec::new(),
+            auto_trust_anchor_file: None,
+            negative_trust_anchors: Vec::new(),
+            qname_minimisation: true,
+            harden_glue: true,
+            do_ip4: true,
+            do_ip6: true,
+            outgoing_interfaces: Vec::new(),
             timeout_ms: default_timeout_ms(),
+            resolution_timeout_ms: default_resolution_timeout_ms(),
             allow_private_nameservers: false,
+            allow_loopback_nameservers: false,
+            resolve_local_zones: Vec::new(),
+            contexts: 0,
+            cache_bytes: default_cache_bytes(),
+            outgoing_range: default_outgoing_range(),
+            unbound_options: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -143,6 +238,15 @@ fn yes() -> bool {
 }
 fn default_timeout_ms() -> u64 {
     2000
+}
+fn default_resolution_timeout_ms() -> u64 {
+    4000
+}
+fn default_cache_bytes() -> u64 {
+    64 << 20
+}
+fn default_outgoing_range() -> u32 {
+    1024
 }
 
 /// `[cache]`.

@@ -24,7 +24,7 @@ use shieldns_metrics::{LoggedBlock, Metrics, PolicyAction, QueryEvent};
 use tracing::{debug, warn};
 
 use crate::answer::{
-    self, BlockAnswer, EDE_BLOCKED, EDE_DNSSEC_BOGUS, EDE_FILTERED, EDE_OPTION, EDE_STALE_ANSWER, Ede,
+    self, BlockAnswer, EDE_BLOCKED, EDE_FILTERED, EDE_NO_REACHABLE_AUTHORITY, EDE_OPTION, EDE_STALE_ANSWER, Ede,
 };
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer};
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamFailure};
@@ -267,6 +267,7 @@ impl ShieldHandler {
         query: &QueryContext<'_>,
         dns64: Dns64,
         dnssec_ok: bool,
+        checking_disabled: bool,
     ) -> Result<(UpstreamAnswer, Option<Ede>), BlockAnswer> {
         let qname = query.qname;
         let key = CacheKey {
@@ -274,7 +275,7 @@ impl ShieldHandler {
             qtype: RecordType::AAAA,
             dnssec_ok,
         };
-        let (answer, ede) = self.resolve(key, qname, RecordType::AAAA).await;
+        let (answer, ede) = self.resolve(key, qname, RecordType::AAAA, checking_disabled).await;
         let has_aaaa = answer
             .answers
             .iter()
@@ -287,7 +288,7 @@ impl ShieldHandler {
             qtype: RecordType::A,
             dnssec_ok,
         };
-        let (a_answer, a_ede) = self.resolve(key, qname, RecordType::A).await;
+        let (a_answer, a_ede) = self.resolve(key, qname, RecordType::A, checking_disabled).await;
         if a_answer.rcode != ResponseCode::NoError {
             return Ok((answer, ede));
         }
@@ -325,8 +326,16 @@ impl ShieldHandler {
     }
 
     /// Resolves through the cache and the upstream. Returns the answer and
-    /// an EDE to attach (stale answer, bogus).
-    async fn resolve(&self, key: CacheKey, qname: &Name, qtype: RecordType) -> (UpstreamAnswer, Option<Ede>) {
+    /// an EDE to attach (stale answer, bogus, unreachable). A bogus answer
+    /// is SERVFAIL, unless the client set CD (`checking_disabled`): then it
+    /// gets the data, without AD, and it is not cached.
+    async fn resolve(
+        &self,
+        key: CacheKey,
+        qname: &Name,
+        qtype: RecordType,
+        checking_disabled: bool,
+    ) -> (UpstreamAnswer, Option<Ede>) {
         let now = Instant::now();
         let cached = self.inner.cache.get(&key);
         if let Some(entry) = &cached
@@ -354,6 +363,9 @@ impl ShieldHandler {
                 );
                 (answer, None)
             }
+            Err(UpstreamFailure::Bogus {
+                answer: Some(answer), ..
+            }) if checking_disabled => (*answer, None),
             Err(failure) => {
                 if let (Some(entry), true) = (&cached, self.inner.cache.config().serve_stale) {
                     warn!(%qname, ?failure, "upstream failed; serving stale answer");
@@ -363,7 +375,14 @@ impl ShieldHandler {
                     );
                 }
                 let ede = match failure {
-                    UpstreamFailure::Bogus => Some((EDE_DNSSEC_BOGUS, String::from("DNSSEC validation failed"))),
+                    UpstreamFailure::Bogus { code, reason, .. } => {
+                        debug!(%qname, reason, "DNSSEC validation failed");
+                        Some((code, reason))
+                    }
+                    UpstreamFailure::Unreachable(reason) => {
+                        debug!(%qname, reason, "no reachable authority");
+                        Some((EDE_NO_REACHABLE_AUTHORITY, reason))
+                    }
                     UpstreamFailure::Failed(reason) => {
                         debug!(%qname, reason, "upstream failed");
                         None
@@ -383,7 +402,13 @@ impl ShieldHandler {
     /// An RPZ CNAME rewrite (e.g. to a safe-search host) is answered like a
     /// real CNAME: the target is resolved and its records follow, because
     /// stub resolvers do not chase CNAMEs themselves.
-    async fn follow_rewrite_cname(&self, block: BlockAnswer, qtype: RecordType, dnssec_ok: bool) -> BlockAnswer {
+    async fn follow_rewrite_cname(
+        &self,
+        block: BlockAnswer,
+        qtype: RecordType,
+        dnssec_ok: bool,
+        checking_disabled: bool,
+    ) -> BlockAnswer {
         let BlockAnswer::Respond {
             rcode,
             mut answers,
@@ -409,7 +434,7 @@ impl ShieldHandler {
             qtype,
             dnssec_ok,
         };
-        let (resolved, _) = self.resolve(key, &target, qtype).await;
+        let (resolved, _) = self.resolve(key, &target, qtype, checking_disabled).await;
         answers.extend(resolved.answers);
         BlockAnswer::Respond {
             rcode: resolved.rcode,
@@ -493,6 +518,7 @@ impl ShieldHandler {
             ours
         });
         let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let checking_disabled = request.metadata.checking_disabled;
 
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             // RFC 6891 §6.1.3: BADVERS is rcode 16, split between the header
@@ -547,7 +573,9 @@ impl ShieldHandler {
         };
         match self.decide(&query, qtype) {
             Decision::Block(block) => {
-                let block = self.follow_rewrite_cname(block, qtype, dnssec_ok).await;
+                let block = self
+                    .follow_rewrite_cname(block, qtype, dnssec_ok, checking_disabled)
+                    .await;
                 return self
                     .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
                     .await;
@@ -561,7 +589,7 @@ impl ShieldHandler {
             .dns64
             .filter(|_| qtype == RecordType::AAAA);
         let (answer, ede) = match dns64 {
-            Some(dns64) => match self.resolve_dns64(&query, dns64, dnssec_ok).await {
+            Some(dns64) => match self.resolve_dns64(&query, dns64, dnssec_ok, checking_disabled).await {
                 Ok(resolved) => resolved,
                 Err(block) => {
                     return self
@@ -575,7 +603,7 @@ impl ShieldHandler {
                     qtype,
                     dnssec_ok,
                 };
-                self.resolve(key, &qname, qtype).await
+                self.resolve(key, &qname, qtype, checking_disabled).await
             }
         };
         if let Some(block) = self.check_answer(&query, qtype, &answer.answers) {
@@ -584,7 +612,8 @@ impl ShieldHandler {
                 .await;
         }
         metadata.response_code = answer.rcode;
-        metadata.authentic_data = answer.authentic_data && dnssec_ok;
+        // RFC 6840 §5.8: AD for a client that asked with DO or AD.
+        metadata.authentic_data = answer.authentic_data && (dnssec_ok || request.metadata.authentic_data);
         if let (Some((code, text)), Some(edns)) = (&ede, response_edns.as_mut()) {
             edns.options_mut().insert(ede_option(*code, text));
         }

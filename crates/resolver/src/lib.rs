@@ -20,9 +20,10 @@ mod fastpath;
 mod handler;
 mod packet_cache;
 mod server;
+mod unbound;
 mod upstream;
 
-pub use config::{CacheConfig, ServerConfig, UpstreamConfig, UpstreamMode};
+pub use config::{CacheConfig, ServerConfig, UpstreamConfig, UpstreamEngine, UpstreamMode};
 pub use error::ResolverError;
 pub use handler::{Clock, ShieldHandler};
 pub use server::{RunningResolver, start};

@@ -54,7 +54,7 @@ pub async fn start(
             reason: "no listen address".into(),
         });
     }
-    let upstream = Upstream::new(upstream)?;
+    let upstream = Upstream::new(upstream, cache)?;
     let fast = Arc::new(FastPath {
         snapshot: snapshot.clone(),
         clock,

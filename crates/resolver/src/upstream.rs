@@ -1,10 +1,9 @@
-//! Upstream resolution: recursion from the root (hickory's recursor) or
-//! forwarding (hickory's name-server pool), behind one interface.
+//! Upstream resolution behind one interface: libunbound (the default, in
+//! [`crate::unbound`]) or hickory's recursor and forwarder.
 //!
-//! Both return the upstream's answer as plain records; the handler owns
-//! caching, serve-stale and policy, so neither mode's own quirks (the
-//! forwarder's clone-per-hit cache, the recursor's missing serve-stale) are
-//! on the answer path.
+//! Every engine returns the upstream's answer as plain records; the handler
+//! owns its answer cache, serve-stale and policy, so no engine's own quirks
+//! are on the answer path.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,8 +20,9 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::recursor::{DnssecConfig, DnssecPolicy, Recursor, RecursorOptions};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
-use crate::config::{UpstreamConfig, UpstreamMode};
+use crate::config::{CacheConfig, UpstreamConfig, UpstreamEngine, UpstreamMode};
 use crate::error::ResolverError;
+use crate::unbound::UnboundEngine;
 
 /// The IANA root server addresses (root hints as of 2024; stable for
 /// decades), used when no `upstream.root_hints` file is configured.
@@ -67,14 +67,23 @@ pub(crate) struct UpstreamAnswer {
 /// Why an upstream query failed.
 #[derive(Debug)]
 pub(crate) enum UpstreamFailure {
-    /// DNSSEC validation failed (EDE 6).
-    Bogus,
-    /// Anything else: timeouts, SERVFAIL, unreachable servers.
+    /// DNSSEC validation failed: EDE `code` (6 Bogus, 9 DNSKEY Missing,
+    /// 10 RRSIGs Missing) with the validator's reason. `answer` is the bogus
+    /// data, served only to a client that set CD.
+    Bogus {
+        code: u16,
+        reason: String,
+        answer: Option<Box<UpstreamAnswer>>,
+    },
+    /// No authority (or forwarder) gave a usable answer in time (EDE 22).
+    Unreachable(String),
+    /// Anything else.
     Failed(String),
 }
 
-/// Recursive or forwarding upstream.
+/// The upstream engine.
 pub(crate) enum Upstream {
+    Unbound(UnboundEngine),
     Recursive(Box<Recursor<TokioRuntimeProvider>>),
     Forward(NameServerPool<TokioRuntimeProvider>),
 }
@@ -82,6 +91,7 @@ pub(crate) enum Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Unbound(engine) => engine.fmt(f),
             Self::Recursive(_) => f.write_str("Upstream::Recursive"),
             Self::Forward(_) => f.write_str("Upstream::Forward"),
         }
@@ -89,8 +99,15 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Builds the upstream from configuration.
-    pub(crate) fn new(config: &UpstreamConfig) -> Result<Self, ResolverError> {
+    /// Builds the upstream from configuration. Runs inside the Tokio runtime.
+    pub(crate) fn new(config: &UpstreamConfig, cache: &CacheConfig) -> Result<Self, ResolverError> {
+        match config.engine {
+            UpstreamEngine::Unbound => Ok(Self::Unbound(UnboundEngine::new(config, cache)?)),
+            UpstreamEngine::Hickory => Self::hickory(config),
+        }
+    }
+
+    fn hickory(config: &UpstreamConfig) -> Result<Self, ResolverError> {
         let timeout = Duration::from_millis(config.timeout_ms.max(100));
         match config.mode {
             UpstreamMode::Forward => {
@@ -131,9 +148,9 @@ impl Upstream {
                 options.case_randomization = true;
                 let policy = if config.dnssec {
                     let mut dnssec = DnssecConfig::default();
-                    if let Some(path) = &config.trust_anchor {
+                    if let Some(path) = config.trust_anchor_files.first() {
                         let anchors = TrustAnchors::from_file(path).map_err(|e| ResolverError::Config {
-                            key: "upstream.trust_anchor",
+                            key: "upstream.trust_anchor_files",
                             reason: format!("{}: {e}", path.display()),
                         })?;
                         dnssec.trust_anchor = Some(Arc::new(anchors));
@@ -157,6 +174,7 @@ impl Upstream {
         dnssec_ok: bool,
     ) -> Result<UpstreamAnswer, UpstreamFailure> {
         match self {
+            Self::Unbound(engine) => engine.resolve(name, qtype, dnssec_ok).await,
             Self::Recursive(recursor) => {
                 let query = Query::query(name.clone(), qtype);
                 match recursor.resolve(query, Instant::now(), dnssec_ok).await {
@@ -181,7 +199,11 @@ impl Upstream {
                     Err(error) => {
                         let text = error.to_string();
                         if text.to_ascii_lowercase().contains("bogus") {
-                            Err(UpstreamFailure::Bogus)
+                            Err(UpstreamFailure::Bogus {
+                                code: crate::answer::EDE_DNSSEC_BOGUS,
+                                reason: text,
+                                answer: None,
+                            })
                         } else {
                             Err(UpstreamFailure::Failed(text))
                         }
@@ -241,7 +263,11 @@ fn from_recursor(message: Message, qname: &Name) -> Result<UpstreamAnswer, Upstr
     let mut answer = from_message(message);
     let records = || answer.answers.iter().chain(&answer.authorities);
     if records().any(|r| r.proof == Proof::Bogus) {
-        return Err(UpstreamFailure::Bogus);
+        return Err(UpstreamFailure::Bogus {
+            code: crate::answer::EDE_DNSSEC_BOGUS,
+            reason: "DNSSEC validation failed".into(),
+            answer: None,
+        });
     }
     answer.authentic_data = records().next().is_some() && records().all(|r| r.proof == Proof::Secure);
     for record in answer.answers.iter_mut().chain(answer.authorities.iter_mut()) {

@@ -40,7 +40,7 @@ fn start(instance: u8) -> Option<(Hierarchy, Daemon)> {
     let hierarchy = Hierarchy::start(instance)?;
     let anchor = hierarchy
         .trust_anchor_file()
-        .map(|path| format!("trust_anchor = \"{}\"", path.display()))
+        .map(|path| format!("trust_anchor_files = [\"{}\"]", path.display()))
         .unwrap_or_default();
     let config = CONFIG
         .replace("@HINTS@", &hierarchy.root_hints_file().display().to_string())
