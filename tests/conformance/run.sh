@@ -57,6 +57,18 @@ if [ -n "$gained" ]; then
     printf '  %s\n' $gained
 fi
 if [ -n "$lost" ]; then
+    # One more try, alone, for each lost scenario: on 2 cores a loaded
+    # machine makes Deckard's timing checks fail ("under load").
+    retry="$OUT-retry"; rm -rf "$retry"; mkdir -p "$retry/set"
+    for s in $lost; do ln -sf "$HOME_DIR/deckard/sets/resolver/$s" "$retry/set/$s"; done
+    "$HOME_DIR/run-deckard.sh" --cmd "$BINARY run --config shieldns.toml" \
+        --template "$HERE/shieldns.toml.j2:shieldns.toml" \
+        --template "$HERE/hints.zone.j2:hints.zone" \
+        --fake-monotonic -j 1 --scenarios "$retry/set" --out "$retry/out" --name shieldns >/dev/null 2>&1
+    [ -s "$retry/out/passed.txt" ] && lost=$(comm -23 <(printf '%s\n' $lost | sort -u) <(sort -u "$retry/out/passed.txt"))
+    [ -s "$retry/out/failed.txt" ] && cp "$retry/out/failed.txt" "$OUT/failed-retry.txt"
+fi
+if [ -n "$lost" ]; then
     echo "conformance: REGRESSED (listed in passing.txt, now failing):"
     for s in $lost; do grep -P "^\Q$s\E\t" "$OUT/failed.txt" || echo "$s"; done | sed 's/^/  /'
     exit 1

@@ -893,6 +893,11 @@ async fn send_datagram(socket: &std::net::UdpSocket, bytes: &[u8], peer: SocketA
 /// FORMERR when their header is readable, and nothing otherwise.
 async fn answer_slowly(handler: ShieldHandler, packet: Vec<u8>, peer: SocketAddr, responder: UdpResponder) {
     let header = packet.get(..12).map(|h| [h[0], h[1], h[2]]);
+    // A response (QR=1) is never answered, so two resolvers cannot be made
+    // to answer each other's answers; nor is a datagram without a header.
+    if header.is_none_or(|[_, _, flags]| flags & 0x80 != 0) {
+        return;
+    }
     match Request::from_bytes(packet, peer, Protocol::Udp) {
         Ok(request) => {
             handler.handle_request::<_, TokioTime>(&request, responder).await;

@@ -508,6 +508,15 @@ impl ShieldHandler {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&self.inner.in_flight);
         let client = request.src().ip();
+        if request.metadata.message_type == hickory_proto::op::MessageType::Response {
+            // Never answer an answer (TCP; UDP drops them before parsing).
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::Refused;
+            return ResponseInfo::from(hickory_proto::op::Header {
+                metadata,
+                counts: Default::default(),
+            });
+        }
 
         // Answer with EDNS only when asked with EDNS (RFC 6891 §7), with our
         // payload limit, which also bounds the UDP response size.
@@ -533,12 +542,21 @@ impl ShieldHandler {
         }
         let query = match request.request_info() {
             Ok(info) if request.metadata.op_code == OpCode::Query => info.query.original().clone(),
-            Ok(_) => {
-                let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
-                    .error_msg(&request.metadata, ResponseCode::NotImp);
+            // Any other opcode (NOTIFY, UPDATE, ...): NOTIMP, echoing no flag
+            // of the query's but RD, whether or not its sections parse.
+            _ if request.metadata.op_code != OpCode::Query => {
+                let mut metadata = Metadata::new(
+                    request.metadata.id,
+                    hickory_proto::op::MessageType::Response,
+                    request.metadata.op_code,
+                );
+                metadata.recursion_desired = request.metadata.recursion_desired;
+                metadata.response_code = ResponseCode::NotImp;
+                let response =
+                    MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build_no_records(metadata);
                 return send(&mut response_handle, response, request).await;
             }
-            Err(_) => {
+            _ => {
                 let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
                     .error_msg(&request.metadata, ResponseCode::FormErr);
                 return send(&mut response_handle, response, request).await;
@@ -548,6 +566,24 @@ impl ShieldHandler {
         let qtype = query.query_type();
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;
+
+        // Questions a filtering resolver does not resolve: other classes
+        // and zone transfers (REFUSED); meta types and a query with TC set
+        // cannot be a well-formed question (FORMERR).
+        let refusal = if query.query_class() != hickory_proto::rr::DNSClass::IN
+            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+        {
+            Some(ResponseCode::Refused)
+        } else if matches!(qtype, RecordType::OPT | RecordType::TSIG) || request.metadata.truncation {
+            Some(ResponseCode::FormErr)
+        } else {
+            None
+        };
+        if let Some(rcode) = refusal {
+            let response =
+                MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).error_msg(&request.metadata, rcode);
+            return send(&mut response_handle, response, request).await;
+        }
 
         // The one snapshot load of this query.
         let snapshot = self.inner.snapshot.load_full();

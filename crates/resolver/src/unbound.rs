@@ -169,8 +169,16 @@ fn settings(config: &UpstreamConfig, cache: &CacheConfig, contexts: usize) -> Re
     set("harden-glue", yes_no(config.harden_glue));
     set("do-ip4", yes_no(config.do_ip4));
     set("do-ip6", yes_no(config.do_ip6));
-    set("do-not-query-localhost", yes_no(!config.allow_loopback_nameservers));
-    if !config.allow_private_nameservers {
+    // Forwarders are the operator's own choice (often a local dnsdist or a
+    // resolver on the LAN): only delegations found while recursing are held
+    // to the loopback and private-range rules.
+    let forward = config.mode == UpstreamMode::Forward;
+    let loopback_forwarder = forward && config.forward.iter().any(|a| a.ip().is_loopback());
+    set(
+        "do-not-query-localhost",
+        yes_no(!(config.allow_loopback_nameservers || loopback_forwarder)),
+    );
+    if !config.allow_private_nameservers && !forward {
         for range in PRIVATE_RANGES {
             set("do-not-query-address", range.to_owned());
         }

@@ -18,6 +18,9 @@ allow = ["127.0.0.0/25", "::1/128"]
 
 [upstream]
 mode = "forward"
+# The fake upstream serves unsigned test. data.
+dnssec = false
+resolve_local_zones = ["test."]
 forward = [@UPSTREAMS@]
 timeout_ms = 400
 

@@ -19,7 +19,9 @@ root_hints = "@HINTS@"
 dnssec = true
 @ANCHOR@
 allow_private_nameservers = true
-timeout_ms = 1000
+allow_loopback_nameservers = true
+resolve_local_zones = ["test."]
+resolution_timeout_ms = 1500
 
 [[list]]
 name = "adult"
@@ -154,4 +156,108 @@ fn policy_checks_apply_to_recursive_answers() {
     // Real AAAA records are kept.
     let out = daemon.dig(&["www.example.test", "AAAA"]);
     assert_eq!(answers(&out), ["www.example.test. 3600 IN AAAA 2001:db8::10"], "{out}");
+}
+
+/// Lame, SERVFAILing and glueless delegations: each zone has a working
+/// server, and the resolver must find it whatever order it tries them in.
+#[test]
+fn resolves_past_lame_servfailing_and_glueless_delegations() {
+    let Some((_hierarchy, daemon)) = start(34) else { return };
+    // Several rounds, each on a fresh name, so that both server orders of
+    // the lame and SERVFAIL zones are met.
+    for round in 0..4 {
+        for (zone, address) in [
+            ("lame.test", "192.0.2.50"),
+            ("retry.test", "192.0.2.51"),
+            ("glueless.test", "192.0.2.52"),
+        ] {
+            let out = daemon.dig(&[&format!("www.{zone}"), "A"]);
+            assert_eq!(status(&out), "NOERROR", "round {round}: {out}\n{}", daemon.log_text());
+            assert_eq!(answers(&out), [format!("www.{zone}. 3600 IN A {address}")], "{out}");
+            let out = daemon.dig(&[&format!("n{round}.{zone}"), "A"]);
+            assert_eq!(status(&out), "NXDOMAIN", "round {round}: {out}");
+        }
+    }
+}
+
+/// A CNAME whose target does not exist: NXDOMAIN, with the CNAME kept and
+/// the target zone's SOA in the authority section; positive answers carry
+/// no authority NS records (minimal responses).
+#[test]
+fn keeps_a_cname_to_nxdomain_and_answers_minimally() {
+    let Some((_hierarchy, daemon)) = start(35) else { return };
+    let out = daemon.dig(&["dangling.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}\n{}", daemon.log_text());
+    assert_eq!(
+        answers(&out),
+        ["dangling.example.test. 3600 IN CNAME nothing.other.test."],
+        "{out}"
+    );
+    assert!(out.contains("other.test.\t\t300\tIN\tSOA") || out.contains("IN\tSOA"), "{out}");
+
+    let out = daemon.dig(&["WwW.ExAmPlE.TeSt", "A"]);
+    assert!(out.contains("AUTHORITY: 0,"), "no authority records on a positive answer: {out}");
+    assert!(out.contains(";WwW.ExAmPlE.TeSt.\t"), "the question in the client's case: {out}");
+}
+
+/// With every server of a zone gone, the client gets SERVFAIL with EDE 22
+/// (No Reachable Authority) once the resolution deadline passes, never
+/// EDE 6 (DNSSEC Bogus).
+#[test]
+fn an_unreachable_authority_is_ede_22() {
+    let Some((mut hierarchy, daemon)) = start(36) else { return };
+    hierarchy.stop_server("example");
+    let out = daemon.dig(&["+tries=1", "+time=5", "www.other.test", "A"]);
+    assert_eq!(status(&out), "SERVFAIL", "{out}\n{}", daemon.log_text());
+    let ede = ede(&out).unwrap_or_default();
+    assert!(ede.starts_with("; EDE: 22 (No Reachable Authority)"), "{out}");
+}
+
+/// Trust anchors given as a DS line (not a file), and a negative trust
+/// anchor that turns the bogus zone insecure.
+#[test]
+fn ds_anchor_and_negative_trust_anchor() {
+    if !require(&[("dig", "bind9-dnsutils")]) {
+        return;
+    }
+    let Some(hierarchy) = Hierarchy::start(37) else { return };
+    let Some(ds) = hierarchy.root_ds() else {
+        eprintln!("SKIP: zone signing tools missing (apt-get install ldnsutils)");
+        return;
+    };
+    let config = CONFIG
+        .replace("@HINTS@", &hierarchy.root_hints_file().display().to_string())
+        .replace(
+            "@ANCHOR@",
+            &format!("trust_anchors = [\"{ds}\"]\nnegative_trust_anchors = [\"bogus.test.\"]"),
+        );
+    let daemon = Daemon::start(&config, &[("adult.txt", "blocked.example.test\n")]);
+
+    let out = daemon.dig(&["+dnssec", "www.signed.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}\n{}", daemon.log_text());
+    assert!(out.contains(" ad;") || out.contains(" ad "), "secure under the DS anchor: {out}");
+    assert!(out.contains("\tRRSIG\t"), "a DO client gets the signatures: {out}");
+    let out = daemon.dig(&["www.signed.test", "A"]);
+    assert!(!out.contains("RRSIG"), "a client without DO gets none: {out}");
+
+    // The negative trust anchor: bogus.test. answers, insecure (no AD).
+    let out = daemon.dig(&["+dnssec", "www.bogus.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}\n{}", daemon.log_text());
+    assert!(out.contains("192.0.2.40"), "{out}");
+    assert!(!(out.contains(" ad;") || out.contains(" ad ")), "{out}");
+}
+
+/// A bogus answer to a client that set CD: the data, without AD.
+#[test]
+fn checking_disabled_gets_bogus_data() {
+    let Some((hierarchy, daemon)) = start(38) else { return };
+    if hierarchy.trust_anchor_file().is_none() {
+        eprintln!("SKIP: zone signing tools missing (apt-get install ldnsutils)");
+        return;
+    }
+    let out = daemon.dig(&["+cd", "www.bogus.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}\n{}", daemon.log_text());
+    assert!(out.contains("192.0.2.40"), "{out}");
+    let out = daemon.dig(&["www.bogus.test", "A"]);
+    assert_eq!(status(&out), "SERVFAIL", "without CD it stays SERVFAIL: {out}");
 }

@@ -19,6 +19,9 @@ listen = ["127.0.0.1:@PORT@"]
 
 [upstream]
 mode = "forward"
+# The fake upstream serves unsigned test. data.
+dnssec = false
+resolve_local_zones = ["test."]
 forward = ["@UPSTREAM@"]
 
 [[list]]

@@ -32,6 +32,9 @@ allow = ["127.0.0.0/8"]
 
 [upstream]
 mode = "forward"
+# The fake upstream serves unsigned test. data.
+dnssec = false
+resolve_local_zones = ["test."]
 forward = ["@UPSTREAM@"]
 timeout_ms = 400
 

@@ -11,6 +11,15 @@
 //! | `signed`  | 127.53.X.4    | `signed.test.`                 | signed, DS in `test.`: secure       |
 //! | `bogus`   | 127.53.X.5    | `bogus.test.`                  | signed, but `test.` has a DS for a key `bogus.test.` never publishes: bogus |
 //!
+//! Failure zones, all unsigned and served by `example` (127.53.X.3), each with a
+//! second, broken server listed first and last in turn by resolvers' random choice:
+//!
+//! | zone             | its NS                                   | what goes wrong                               |
+//! |------------------|------------------------------------------|-----------------------------------------------|
+//! | `lame.test.`     | `ns1.bogus.test.`, `ns1.example.test.`   | `bogus` is not authoritative: REFUSED (lame)  |
+//! | `retry.test.`    | `ns1.signed.test.`, `ns1.example.test.`  | `signed` has a broken zone file: SERVFAIL     |
+//! | `glueless.test.` | `ns.other.test.` only                    | no glue anywhere: the NS name must be resolved |
+//!
 //! Zone data (default TTL 3600, SOA minimum / negative TTL 300; anything absent is NXDOMAIN):
 //!
 //! ```text
@@ -37,6 +46,11 @@
 //! www.signed.test.               A     192.0.2.30
 //! www.signed.test.               AAAA  2001:db8::30
 //! www.bogus.test.                A     192.0.2.40
+//! dangling.example.test.         CNAME nothing.other.test.      (target NXDOMAIN)
+//! www.lame.test.                 A     192.0.2.50
+//! www.retry.test.                A     192.0.2.51
+//! www.glueless.test.             A     192.0.2.52
+//! ns.other.test.                 A     127.53.X.3
 //! ```
 //!
 //! Signing uses `ldns-keygen` / `ldns-signzone` (ECDSAP256SHA256, a KSK and a ZSK per signed
@@ -86,6 +100,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Number of TXT records at `big.example.test.` and the length of each.
 pub(crate) const BIG_TXT_COUNT: usize = 10;
 pub(crate) const BIG_TXT_LEN: usize = 200;
+
+/// The zone-file key of the file nsd cannot load.
+const BROKEN_ZONE: &str = "broken";
 
 /// One of the fake servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,8 +160,8 @@ impl Server {
         match self {
             Self::Root => &["."],
             Self::Tld => &["test."],
-            Self::Example => &["example.test.", "other.test."],
-            Self::Signed => &["signed.test."],
+            Self::Example => &["example.test.", "other.test.", "lame.test.", "retry.test.", "glueless.test."],
+            Self::Signed => &["signed.test.", "retry.test."],
             Self::Bogus => &["bogus.test."],
         }
     }
@@ -360,9 +377,12 @@ impl Hierarchy {
             log = d("nsd.log"),
         );
         for zone in server.zones() {
+            // `signed` serves `retry.test.` from a file nsd cannot load, so it
+            // answers SERVFAIL for that zone.
+            let broken = (server == Server::Signed && *zone == "retry.test.").then(|| BROKEN_ZONE);
             let (_, file) = zone_files
                 .iter()
-                .find(|(z, _)| z == zone)
+                .find(|(z, _)| *z == broken.unwrap_or(zone))
                 .expect("a zone file for every served zone");
             let _ = write!(conf, "zone:\n  name: \"{zone}\"\n  zonefile: \"{}\"\n", file.display());
         }
@@ -405,6 +425,8 @@ impl Hierarchy {
         let mut pending: Vec<(Server, &'static str)> = Server::ALL
             .iter()
             .flat_map(|s| s.zones().iter().map(move |z| (*s, *z)))
+            // The broken zone never answers its SOA; its server's other zone does.
+            .filter(|&(server, zone)| !(server == Server::Signed && zone == "retry.test."))
             .collect();
         loop {
             for (server, child) in &mut self.servers {
@@ -651,6 +673,7 @@ fn write_zones(
          cname-to-blocked.example.test. CNAME blocked.example.test.\n\
          rebind.example.test. A 10.0.0.1\n\
          ttl1.example.test. 60 A 192.0.2.11\n\
+         dangling.example.test. CNAME nothing.other.test.\n\
          mx.example.test. MX 10 mail.example.test.\n\
          mail.example.test. A 192.0.2.25\n",
         ns = ip(Server::Example)
@@ -665,8 +688,22 @@ fn write_zones(
     }
     files.push(("example.test.", write("example.test", &example)));
     let mut other = soa("other.test.", "ns1.example.test.");
-    other.push_str("other.test. NS ns1.example.test.\nwww.other.test. A 192.0.2.20\n");
+    let _ = write!(
+        other,
+        "other.test. NS ns1.example.test.\nwww.other.test. A 192.0.2.20\nns.other.test. A {}\n",
+        ip(Server::Example)
+    );
     files.push(("other.test.", write("other.test", &other)));
+    for (zone, ns, address) in [
+        ("lame.test.", "ns1.example.test.", "192.0.2.50"),
+        ("retry.test.", "ns1.example.test.", "192.0.2.51"),
+        ("glueless.test.", "ns.other.test.", "192.0.2.52"),
+    ] {
+        let mut text = soa(zone, ns);
+        let _ = writeln!(text, "{zone} NS {ns}\nwww.{zone} A {address}");
+        files.push((zone, write(zone.trim_end_matches('.'), &text)));
+    }
+    files.push((BROKEN_ZONE, write(BROKEN_ZONE, "this is not a zone file !\n")));
 
     let mut signed = soa("signed.test.", "ns1.signed.test.");
     let _ = write!(
@@ -688,7 +725,10 @@ fn write_zones(
          example.test. NS ns1.example.test.\nns1.example.test. A {example}\n\
          other.test. NS ns1.example.test.\n\
          signed.test. NS ns1.signed.test.\nns1.signed.test. A {signed}\n\
-         bogus.test. NS ns1.bogus.test.\nns1.bogus.test. A {bogus}\n",
+         bogus.test. NS ns1.bogus.test.\nns1.bogus.test. A {bogus}\n\
+         lame.test. NS ns1.bogus.test.\nlame.test. NS ns1.example.test.\n\
+         retry.test. NS ns1.signed.test.\nretry.test. NS ns1.example.test.\n\
+         glueless.test. NS ns.other.test.\n",
         tld = ip(Server::Tld),
         example = ip(Server::Example),
         signed = ip(Server::Signed),
