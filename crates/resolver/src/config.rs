@@ -274,7 +274,9 @@ pub struct CacheConfig {
     /// (RFC 8767 suggests 1–3 days).
     #[serde(default = "default_stale_window")]
     pub stale_window: u32,
-    /// Refresh popular answers in the background shortly before they expire.
+    /// Refresh popular answers in the background shortly before they expire
+    /// (hickory engine; libunbound's library build has no prefetch, and a
+    /// refresh through it would be answered from its own cache).
     #[serde(default = "yes")]
     pub prefetch: bool,
 }

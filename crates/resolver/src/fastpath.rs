@@ -432,7 +432,10 @@ impl FastPath {
         // lists) depend on the time, so a cached answer checked in one window
         // must not be served in another; and queries the query log wants go
         // through the handler, which builds the log event.
-        let cacheable = profile.schedules.is_empty() && !self.metrics.logs(false);
+        // A CD query may be answered with data that failed validation, which
+        // must never reach the packet cache a non-CD query is answered from.
+        let checking_disabled = query.packet.get(3).is_some_and(|flags| flags & 0x10 != 0);
+        let cacheable = profile.schedules.is_empty() && !self.metrics.logs(false) && !checking_disabled;
         let lookup = CacheLookup {
             generation: snapshot.generation(),
             profile: profile_id.index(),

@@ -580,8 +580,8 @@ impl ShieldHandler {
             None
         };
         if let Some(rcode) = refusal {
-            let response =
-                MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).error_msg(&request.metadata, rcode);
+            let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
+                .error_msg(&request.metadata, rcode);
             return send(&mut response_handle, response, request).await;
         }
 

@@ -54,9 +54,8 @@ impl UnboundEngine {
             n => n,
         };
         let settings = settings(config, cache, contexts)?;
-        let resolver = Resolver::new(&settings, contexts).map_err(|e| ResolverError::Upstream {
-            reason: e.to_string(),
-        })?;
+        let resolver =
+            Resolver::new(&settings, contexts).map_err(|e| ResolverError::Upstream { reason: e.to_string() })?;
         tracing::info!(
             version = %shieldns_unbound::version(),
             contexts,
@@ -163,7 +162,11 @@ fn settings(config: &UpstreamConfig, cache: &CacheConfig, contexts: usize) -> Re
     let mut set = |name: &str, value: String| options.push((name.to_owned(), value));
     set(
         "module-config",
-        String::from(if config.dnssec { "validator iterator" } else { "iterator" }),
+        String::from(if config.dnssec {
+            "validator iterator"
+        } else {
+            "iterator"
+        }),
     );
     set("qname-minimisation", yes_no(config.qname_minimisation));
     set("harden-glue", yes_no(config.harden_glue));

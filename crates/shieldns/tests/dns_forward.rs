@@ -425,8 +425,14 @@ fn prefetches_popular_answers_before_they_expire() {
     }
     // TCP goes through the handler and its answer cache (UDP repeats would
     // be served by the fast path's packet cache, which does not prefetch).
+    // Prefetch is the hickory engine's: libunbound answers a refresh from
+    // its own cache, whose copy expires with ours (see `cache.prefetch`).
     let upstream = FakeUpstream::start("127.0.0.1", 10);
-    let daemon = start(&[&upstream]);
+    let list = format!("\"{}\"", upstream.addr);
+    let config = CONFIG
+        .replace("@UPSTREAMS@", &list)
+        .replace("mode = \"forward\"", "engine = \"hickory\"\nmode = \"forward\"");
+    let daemon = Daemon::start(&config, FILES);
     let count = || upstream.queries.load(std::sync::atomic::Ordering::Relaxed);
     let before = count();
     assert_eq!(status(&daemon.dig(&["+tcp", "www.example.test", "A"])), "NOERROR");

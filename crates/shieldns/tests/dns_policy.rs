@@ -20,7 +20,7 @@ listen = ["127.0.0.1:@PORT@"]
 mode = "forward"
 # The fake upstream serves unsigned test. data.
 dnssec = false
-resolve_local_zones = ["test."]
+resolve_local_zones = ["test.", "home.arpa."]
 forward = ["@UPSTREAM@"]
 
 [[list]]

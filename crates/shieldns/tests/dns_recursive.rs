@@ -193,11 +193,20 @@ fn keeps_a_cname_to_nxdomain_and_answers_minimally() {
         ["dangling.example.test. 3600 IN CNAME nothing.other.test."],
         "{out}"
     );
-    assert!(out.contains("other.test.\t\t300\tIN\tSOA") || out.contains("IN\tSOA"), "{out}");
+    assert!(
+        out.contains("other.test.\t\t300\tIN\tSOA") || out.contains("IN\tSOA"),
+        "{out}"
+    );
 
     let out = daemon.dig(&["WwW.ExAmPlE.TeSt", "A"]);
-    assert!(out.contains("AUTHORITY: 0,"), "no authority records on a positive answer: {out}");
-    assert!(out.contains(";WwW.ExAmPlE.TeSt.\t"), "the question in the client's case: {out}");
+    assert!(
+        out.contains("AUTHORITY: 0,"),
+        "no authority records on a positive answer: {out}"
+    );
+    assert!(
+        out.contains(";WwW.ExAmPlE.TeSt.\t"),
+        "the question in the client's case: {out}"
+    );
 }
 
 /// With every server of a zone gone, the client gets SERVFAIL with EDE 22
@@ -205,7 +214,9 @@ fn keeps_a_cname_to_nxdomain_and_answers_minimally() {
 /// EDE 6 (DNSSEC Bogus).
 #[test]
 fn an_unreachable_authority_is_ede_22() {
-    let Some((mut hierarchy, daemon)) = start(36) else { return };
+    let Some((mut hierarchy, daemon)) = start(36) else {
+        return;
+    };
     hierarchy.stop_server("example");
     let out = daemon.dig(&["+tries=1", "+time=5", "www.other.test", "A"]);
     assert_eq!(status(&out), "SERVFAIL", "{out}\n{}", daemon.log_text());
@@ -235,7 +246,10 @@ fn ds_anchor_and_negative_trust_anchor() {
 
     let out = daemon.dig(&["+dnssec", "www.signed.test", "A"]);
     assert_eq!(status(&out), "NOERROR", "{out}\n{}", daemon.log_text());
-    assert!(out.contains(" ad;") || out.contains(" ad "), "secure under the DS anchor: {out}");
+    assert!(
+        out.contains(" ad;") || out.contains(" ad "),
+        "secure under the DS anchor: {out}"
+    );
     assert!(out.contains("\tRRSIG\t"), "a DO client gets the signatures: {out}");
     let out = daemon.dig(&["www.signed.test", "A"]);
     assert!(!out.contains("RRSIG"), "a client without DO gets none: {out}");

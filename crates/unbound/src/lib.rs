@@ -349,7 +349,9 @@ pub struct Resolver {
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resolver").field("contexts", &self.shards.len()).finish()
+        f.debug_struct("Resolver")
+            .field("contexts", &self.shards.len())
+            .finish()
     }
 }
 
