@@ -17,6 +17,8 @@ pub(crate) const EDE_DNSSEC_BOGUS: u16 = 6;
 pub(crate) const EDE_DNSKEY_MISSING: u16 = 9;
 /// EDE info code 10: RRSIGs Missing.
 pub(crate) const EDE_RRSIGS_MISSING: u16 = 10;
+/// EDE info code 20: Not Authoritative.
+pub(crate) const EDE_NOT_AUTHORITATIVE: u16 = 20;
 /// EDE info code 22: No Reachable Authority.
 pub(crate) const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
 /// EDE info code 15: Blocked.

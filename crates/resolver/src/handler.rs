@@ -24,7 +24,8 @@ use shieldns_metrics::{LoggedBlock, Metrics, PolicyAction, QueryEvent};
 use tracing::{debug, warn};
 
 use crate::answer::{
-    self, BlockAnswer, EDE_BLOCKED, EDE_FILTERED, EDE_NO_REACHABLE_AUTHORITY, EDE_OPTION, EDE_STALE_ANSWER, Ede,
+    self, BlockAnswer, EDE_BLOCKED, EDE_FILTERED, EDE_NO_REACHABLE_AUTHORITY, EDE_NOT_AUTHORITATIVE, EDE_OPTION,
+    EDE_STALE_ANSWER, Ede,
 };
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer};
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamFailure};
@@ -79,6 +80,15 @@ struct Observed {
 enum Blocked {
     List { list: shieldns_index::ListId, ede: u16 },
     Policy(PolicyAction),
+}
+
+/// What the client asked of the resolution besides the question.
+#[derive(Clone, Copy, Debug)]
+struct Asked {
+    /// CD: bogus data is wanted rather than SERVFAIL.
+    checking_disabled: bool,
+    /// RD: without it, the cache only.
+    recursion_desired: bool,
 }
 
 /// Counts a query as in flight until dropped.
@@ -267,7 +277,7 @@ impl ShieldHandler {
         query: &QueryContext<'_>,
         dns64: Dns64,
         dnssec_ok: bool,
-        checking_disabled: bool,
+        asked: Asked,
     ) -> Result<(UpstreamAnswer, Option<Ede>), BlockAnswer> {
         let qname = query.qname;
         let key = CacheKey {
@@ -275,7 +285,7 @@ impl ShieldHandler {
             qtype: RecordType::AAAA,
             dnssec_ok,
         };
-        let (answer, ede) = self.resolve(key, qname, RecordType::AAAA, checking_disabled).await;
+        let (answer, ede) = self.resolve(key, qname, RecordType::AAAA, asked).await;
         let has_aaaa = answer
             .answers
             .iter()
@@ -288,7 +298,7 @@ impl ShieldHandler {
             qtype: RecordType::A,
             dnssec_ok,
         };
-        let (a_answer, a_ede) = self.resolve(key, qname, RecordType::A, checking_disabled).await;
+        let (a_answer, a_ede) = self.resolve(key, qname, RecordType::A, asked).await;
         if a_answer.rcode != ResponseCode::NoError {
             return Ok((answer, ede));
         }
@@ -334,7 +344,7 @@ impl ShieldHandler {
         key: CacheKey,
         qname: &Name,
         qtype: RecordType,
-        checking_disabled: bool,
+        asked: Asked,
     ) -> (UpstreamAnswer, Option<Ede>) {
         let now = Instant::now();
         let cached = self.inner.cache.get(&key);
@@ -349,9 +359,23 @@ impl ShieldHandler {
             return (aged(entry, remaining, false), None);
         }
         self.inner.metrics.cache_miss();
-        let asked = Instant::now();
+        if !asked.recursion_desired {
+            // RD=0: answers come from the cache only (RFC 1034 §4.3.1); the
+            // resolver is authoritative for nothing, hence EDE 20.
+            let answer = UpstreamAnswer {
+                rcode: ResponseCode::Refused,
+                answers: vec![],
+                authorities: vec![],
+                authentic_data: false,
+            };
+            return (
+                answer,
+                Some((EDE_NOT_AUTHORITATIVE, String::from("recursion not desired; not cached"))),
+            );
+        }
+        let sent = Instant::now();
         let resolved = self.inner.upstream.resolve(qname, qtype, key.dnssec_ok).await;
-        self.inner.metrics.upstream(asked.elapsed());
+        self.inner.metrics.upstream(sent.elapsed());
         match resolved {
             Ok(answer) => {
                 self.inner.cache.insert(
@@ -365,7 +389,7 @@ impl ShieldHandler {
             }
             Err(UpstreamFailure::Bogus {
                 answer: Some(answer), ..
-            }) if checking_disabled => (*answer, None),
+            }) if asked.checking_disabled => (*answer, None),
             Err(failure) => {
                 if let (Some(entry), true) = (&cached, self.inner.cache.config().serve_stale) {
                     warn!(%qname, ?failure, "upstream failed; serving stale answer");
@@ -407,7 +431,7 @@ impl ShieldHandler {
         block: BlockAnswer,
         qtype: RecordType,
         dnssec_ok: bool,
-        checking_disabled: bool,
+        asked: Asked,
     ) -> BlockAnswer {
         let BlockAnswer::Respond {
             rcode,
@@ -434,7 +458,7 @@ impl ShieldHandler {
             qtype,
             dnssec_ok,
         };
-        let (resolved, _) = self.resolve(key, &target, qtype, checking_disabled).await;
+        let (resolved, _) = self.resolve(key, &target, qtype, asked).await;
         answers.extend(resolved.answers);
         BlockAnswer::Respond {
             rcode: resolved.rcode,
@@ -527,7 +551,10 @@ impl ShieldHandler {
             ours
         });
         let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
-        let checking_disabled = request.metadata.checking_disabled;
+        let asked = Asked {
+            checking_disabled: request.metadata.checking_disabled,
+            recursion_desired: request.metadata.recursion_desired,
+        };
 
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             // RFC 6891 §6.1.3: BADVERS is rcode 16, split between the header
@@ -609,9 +636,7 @@ impl ShieldHandler {
         };
         match self.decide(&query, qtype) {
             Decision::Block(block) => {
-                let block = self
-                    .follow_rewrite_cname(block, qtype, dnssec_ok, checking_disabled)
-                    .await;
+                let block = self.follow_rewrite_cname(block, qtype, dnssec_ok, asked).await;
                 return self
                     .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
                     .await;
@@ -625,7 +650,7 @@ impl ShieldHandler {
             .dns64
             .filter(|_| qtype == RecordType::AAAA);
         let (answer, ede) = match dns64 {
-            Some(dns64) => match self.resolve_dns64(&query, dns64, dnssec_ok, checking_disabled).await {
+            Some(dns64) => match self.resolve_dns64(&query, dns64, dnssec_ok, asked).await {
                 Ok(resolved) => resolved,
                 Err(block) => {
                     return self
@@ -639,7 +664,7 @@ impl ShieldHandler {
                     qtype,
                     dnssec_ok,
                 };
-                self.resolve(key, &qname, qtype, checking_disabled).await
+                self.resolve(key, &qname, qtype, asked).await
             }
         };
         if let Some(block) = self.check_answer(&query, qtype, &answer.answers) {

@@ -653,3 +653,55 @@ fn overload_drops_slow_queries_but_keeps_answering_blocked_ones() {
         "at most 4 of 40 slow queries are admitted, dropped {drops}:\n{body}"
     );
 }
+
+/// Queries a filtering resolver answers without resolving: other classes
+/// and zone transfers REFUSED, other opcodes NOTIMP echoing only RD, RD=0
+/// from the cache only (REFUSED with EDE 20 when not cached), and a
+/// response (QR=1) never answered.
+#[test]
+fn odd_queries_get_the_rfc_answers() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let daemon = start(&[&upstream]);
+    let before = upstream.queries.load(std::sync::atomic::Ordering::Relaxed);
+
+    let out = daemon.dig(&["-c", "CH", "version.bind", "TXT"]);
+    assert_eq!(status(&out), "REFUSED", "{out}");
+    let out = daemon.dig(&["-c", "HS", "www.example.test", "A"]);
+    assert_eq!(status(&out), "REFUSED", "{out}");
+    let out = daemon.dig(&["+notcp", "+cd", "+opcode=notify", "www.example.test", "SOA"]);
+    assert_eq!(status(&out), "NOTIMP", "{out}");
+    assert!(out.contains(";; flags: qr rd;"), "only RD echoed: {out}");
+
+    let out = daemon.dig(&["+norec", "www.example.test", "A"]);
+    assert_eq!(status(&out), "REFUSED", "not cached, no recursion: {out}");
+    assert!(
+        ede(&out).is_some_and(|e| e.starts_with("; EDE: 20 (Not Authoritative)")),
+        "{out}"
+    );
+    assert_eq!(
+        upstream.queries.load(std::sync::atomic::Ordering::Relaxed),
+        before,
+        "none of these reached the upstream"
+    );
+    assert_eq!(status(&daemon.dig(&["+tcp", "www.example.test", "A"])), "NOERROR");
+    let out = daemon.dig(&["+tcp", "+norec", "www.example.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "RD=0 answered from the cache: {out}");
+
+    // A response is never answered (no reflection, no loops).
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let response = [
+        &[0x12, 0x34, 0x81, 0x80, 0x00, 0x01, 0, 0, 0, 0, 0, 0][..],
+        &[
+            3, b'w', b'w', b'w', 7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 4, b't', b'e', b's', b't', 0,
+        ],
+        &[0, 1, 0, 1],
+    ]
+    .concat();
+    socket.send_to(&response, daemon.addr).unwrap();
+    let mut buffer = [0u8; 512];
+    assert!(socket.recv_from(&mut buffer).is_err(), "a QR=1 datagram got an answer");
+}
