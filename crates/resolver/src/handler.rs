@@ -43,7 +43,10 @@ pub struct ShieldHandler {
 struct Inner {
     snapshot: Arc<ArcSwap<Snapshot>>,
     upstream: Upstream,
-    cache: AnswerCache,
+    /// The answer cache: the hickory engine's only cache. None with
+    /// libunbound, whose own byte-bounded cache holds the answers (and
+    /// serves them stale), so no answer is held twice.
+    cache: Option<AnswerCache>,
     udp_payload: u16,
     in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
@@ -136,7 +139,7 @@ impl ShieldHandler {
     pub(crate) fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         upstream: Upstream,
-        cache: AnswerCache,
+        cache: Option<AnswerCache>,
         udp_payload: u16,
         metrics: Arc<Metrics>,
         clock: Clock,
@@ -329,6 +332,7 @@ impl ShieldHandler {
                 authorities: vec![],
                 // Synthesized records are never DNSSEC-secure.
                 authentic_data: false,
+                ede: None,
             };
             return Ok((answer, a_ede));
         }
@@ -347,12 +351,13 @@ impl ShieldHandler {
         asked: Asked,
     ) -> (UpstreamAnswer, Option<Ede>) {
         let now = Instant::now();
-        let cached = self.inner.cache.get(&key);
-        if let Some(entry) = &cached
+        let cache = self.inner.cache.as_ref();
+        let cached = cache.and_then(|cache| cache.get(&key));
+        if let (Some(entry), Some(cache)) = (&cached, cache)
             && entry.is_fresh(now)
         {
             self.inner.metrics.cache_hit();
-            if self.inner.cache.config().prefetch && entry.should_prefetch(now) {
+            if cache.config().prefetch && entry.should_prefetch(now) {
                 self.spawn_prefetch(key.clone(), qname.clone(), qtype);
             }
             let remaining = entry.remaining(now);
@@ -367,6 +372,7 @@ impl ShieldHandler {
                 answers: vec![],
                 authorities: vec![],
                 authentic_data: false,
+                ede: None,
             };
             return (
                 answer,
@@ -378,20 +384,23 @@ impl ShieldHandler {
         self.inner.metrics.upstream(sent.elapsed());
         match resolved {
             Ok(answer) => {
-                self.inner.cache.insert(
-                    key,
-                    answer.rcode,
-                    answer.answers.clone(),
-                    answer.authorities.clone(),
-                    answer.authentic_data,
-                );
-                (answer, None)
+                if let Some(cache) = cache {
+                    cache.insert(
+                        key,
+                        answer.rcode,
+                        answer.answers.clone(),
+                        answer.authorities.clone(),
+                        answer.authentic_data,
+                    );
+                }
+                let ede = answer.ede.clone();
+                (answer, ede)
             }
             Err(UpstreamFailure::Bogus {
                 answer: Some(answer), ..
             }) if asked.checking_disabled => (*answer, None),
             Err(failure) => {
-                if let (Some(entry), true) = (&cached, self.inner.cache.config().serve_stale) {
+                if let (Some(entry), Some(true)) = (&cached, cache.map(|c| c.config().serve_stale)) {
                     warn!(%qname, ?failure, "upstream failed; serving stale answer");
                     return (
                         aged(entry, STALE_ANSWER_TTL, true),
@@ -417,6 +426,7 @@ impl ShieldHandler {
                     answers: vec![],
                     authorities: vec![],
                     authentic_data: false,
+                    ede: None,
                 };
                 (answer, ede)
             }
@@ -471,8 +481,11 @@ impl ShieldHandler {
     fn spawn_prefetch(&self, key: CacheKey, qname: Name, qtype: RecordType) {
         let handler = self.clone();
         tokio::spawn(async move {
-            if let Ok(answer) = handler.inner.upstream.resolve(&qname, qtype, key.dnssec_ok).await {
-                handler.inner.cache.insert(
+            if let (Ok(answer), Some(cache)) = (
+                handler.inner.upstream.resolve(&qname, qtype, key.dnssec_ok).await,
+                handler.inner.cache.as_ref(),
+            ) {
+                cache.insert(
                     key,
                     answer.rcode,
                     answer.answers,
@@ -490,6 +503,7 @@ fn aged(entry: &CachedAnswer, remaining: u32, exact: bool) -> UpstreamAnswer {
         answers: CachedAnswer::records_aged(&entry.answers, remaining, exact),
         authorities: CachedAnswer::records_aged(&entry.authorities, remaining, exact),
         authentic_data: entry.authentic_data,
+        ede: None,
     }
 }
 

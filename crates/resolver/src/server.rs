@@ -55,6 +55,10 @@ pub async fn start(
         });
     }
     let upstream = Upstream::new(upstream, cache)?;
+    let upstream_cache = match upstream {
+        Upstream::Unbound(_) => None,
+        Upstream::Recursive(_) | Upstream::Forward(_) => Some(AnswerCache::new(cache.clone())),
+    };
     let fast = Arc::new(FastPath {
         snapshot: snapshot.clone(),
         clock,
@@ -62,14 +66,7 @@ pub async fn start(
         metrics: metrics.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(server.max_in_flight.max(1))),
     });
-    let handler = ShieldHandler::new(
-        snapshot,
-        upstream,
-        AnswerCache::new(cache.clone()),
-        server.udp_payload,
-        metrics,
-        clock,
-    );
+    let handler = ShieldHandler::new(snapshot, upstream, upstream_cache, server.udp_payload, metrics, clock);
     // UDP is served by our own loops (the fast path, falling back to the
     // handler); TCP by hickory's listener, which calls the same handler.
     let mut hickory = Server::new(handler.clone());

@@ -15,7 +15,9 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, Record, RecordType};
 use shieldns_unbound::{Answer, Resolver, Settings};
 
-use crate::answer::{EDE_DNSKEY_MISSING, EDE_DNSSEC_BOGUS, EDE_RRSIGS_MISSING};
+use hickory_proto::rr::rdata::opt::EdnsOption;
+
+use crate::answer::{EDE_DNSKEY_MISSING, EDE_DNSSEC_BOGUS, EDE_OPTION, EDE_RRSIGS_MISSING, EDE_STALE_ANSWER};
 use crate::config::{CacheConfig, UpstreamConfig, UpstreamMode};
 use crate::error::ResolverError;
 use crate::upstream::{UpstreamAnswer, UpstreamFailure};
@@ -37,6 +39,12 @@ const PRIVATE_RANGES: [&str; 7] = [
     "fc00::/7",
     "fe80::/10",
 ];
+
+/// TTL of answers served stale (RFC 8767 §4 recommends 30 s).
+const STALE_REPLY_TTL: u32 = 30;
+/// How long a refresh of an expired answer may take before the stale copy
+/// is served (RFC 8767 §5's client response timer: 1.8 s).
+const STALE_CLIENT_TIMEOUT: Duration = Duration::from_millis(1800);
 
 /// Recursion or forwarding through libunbound.
 #[derive(Debug)]
@@ -80,6 +88,7 @@ impl UnboundEngine {
         // hand one client another's spelling; the handler answers with the
         // client's own question.
         let text = name.to_ascii().to_ascii_lowercase();
+        let started = std::time::Instant::now();
         let asked = self.resolver.resolve(&text, u16::from(qtype), 1);
         let answer = match tokio::time::timeout(self.deadline, asked).await {
             Ok(Ok(answer)) => answer,
@@ -92,7 +101,7 @@ impl UnboundEngine {
                 )));
             }
         };
-        self.convert(answer, qtype, dnssec_ok)
+        self.convert(answer, qtype, dnssec_ok, started.elapsed())
     }
 
     fn authority(&self) -> &'static str {
@@ -102,7 +111,13 @@ impl UnboundEngine {
         }
     }
 
-    fn convert(&self, answer: Answer, qtype: RecordType, dnssec_ok: bool) -> Result<UpstreamAnswer, UpstreamFailure> {
+    fn convert(
+        &self,
+        answer: Answer,
+        qtype: RecordType,
+        dnssec_ok: bool,
+        elapsed: Duration,
+    ) -> Result<UpstreamAnswer, UpstreamFailure> {
         if answer.bogus {
             let reason = answer.why_bogus.clone().unwrap_or_else(|| "validation failed".into());
             let code = bogus_code(&reason);
@@ -119,7 +134,20 @@ impl UnboundEngine {
                 self.authority()
             )));
         }
-        parse(&answer.packet, qtype, dnssec_ok, answer.secure).map_err(UpstreamFailure::Failed)
+        let mut parsed = parse(&answer.packet, qtype, dnssec_ok, answer.secure).map_err(UpstreamFailure::Failed)?;
+        // The library marks a stale answer (serve-expired) nowhere: its EDE 3
+        // does not reach the packet in library builds and the result's TTL
+        // is the reply TTL. It is the answer that came only once the client
+        // timer ran out, with every TTL at the stale reply TTL.
+        let stale = answer.havedata
+            // The library's timer has millisecond granularity and may fire
+            // a little early.
+            && elapsed + Duration::from_millis(50) >= STALE_CLIENT_TIMEOUT
+            && parsed.answers.iter().all(|record| record.ttl == STALE_REPLY_TTL);
+        if stale && parsed.ede.is_none() {
+            parsed.ede = Some((EDE_STALE_ANSWER, String::from("upstream unreachable")));
+        }
+        Ok(parsed)
     }
 }
 
@@ -139,12 +167,23 @@ fn bogus_code(reason: &str) -> u16 {
 /// the client did not ask for.
 fn parse(packet: &[u8], qtype: RecordType, dnssec_ok: bool, secure: bool) -> Result<UpstreamAnswer, String> {
     let message = Message::from_vec(packet).map_err(|e| format!("libunbound's answer does not parse: {e}"))?;
+    // The library's own EDE (with `ede: yes`): here only Stale Answer, the
+    // one it attaches to an answer it serves.
+    let ede = message.edns.as_ref().and_then(|edns| {
+        edns.options().as_ref().iter().find_map(|(_, option)| match option {
+            EdnsOption::Unknown(EDE_OPTION, data) if data.get(..2) == Some(&EDE_STALE_ANSWER.to_be_bytes()[..]) => {
+                Some((EDE_STALE_ANSWER, String::from("upstream unreachable")))
+            }
+            _ => None,
+        })
+    });
     let keep = |record: &Record| dnssec_ok || record.record_type() == qtype || !is_dnssec(record.record_type());
     Ok(UpstreamAnswer {
         rcode: message.metadata.response_code,
         answers: message.answers.into_iter().filter(keep).collect(),
         authorities: message.authorities.into_iter().filter(keep).collect(),
         authentic_data: secure,
+        ede,
     })
 }
 
@@ -199,6 +238,20 @@ fn settings(config: &UpstreamConfig, cache: &CacheConfig, contexts: usize) -> Re
     set("cache-max-ttl", cache.max_ttl.to_string());
     set("cache-min-ttl", cache.min_ttl.to_string());
     set("cache-max-negative-ttl", cache.negative_max_ttl.to_string());
+    // RFC 8767 serve-stale, the library's way: an expired answer is kept
+    // for `stale_window` and served (TTL 30, EDE 3) when a refresh has not
+    // answered within 1.8 s, the RFC's client response timer.
+    if cache.serve_stale {
+        set("serve-expired", yes_no(true));
+        set("serve-expired-ttl", cache.stale_window.to_string());
+        set("serve-expired-reply-ttl", STALE_REPLY_TTL.to_string());
+        set(
+            "serve-expired-client-timeout",
+            STALE_CLIENT_TIMEOUT.as_millis().to_string(),
+        );
+        set("ede", yes_no(true));
+        set("ede-serve-expired", yes_no(true));
+    }
     if let Some(hints) = &config.root_hints {
         if !hints.is_file() {
             return Err(ResolverError::Config {

@@ -62,6 +62,8 @@ pub(crate) struct UpstreamAnswer {
     pub(crate) answers: Vec<Record>,
     pub(crate) authorities: Vec<Record>,
     pub(crate) authentic_data: bool,
+    /// An EDE the engine attached (libunbound's serve-expired: Stale Answer).
+    pub(crate) ede: Option<crate::answer::Ede>,
 }
 
 /// Why an upstream query failed.
@@ -194,6 +196,7 @@ impl Upstream {
                             answers: vec![],
                             authorities,
                             authentic_data: false,
+                            ede: None,
                         })
                     }
                     Err(error) => {
@@ -244,6 +247,7 @@ impl Upstream {
                             answers: vec![],
                             authorities,
                             authentic_data: false,
+                            ede: None,
                         })
                     }
                     Some(Err(error)) => Err(UpstreamFailure::Failed(error.to_string())),
@@ -305,6 +309,7 @@ fn from_message(message: Message) -> UpstreamAnswer {
         answers: message.answers,
         authorities: message.authorities,
         authentic_data,
+        ede: None,
     }
 }
 
