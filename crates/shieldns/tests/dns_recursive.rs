@@ -275,3 +275,112 @@ fn checking_disabled_gets_bogus_data() {
     let out = daemon.dig(&["www.bogus.test", "A"]);
     assert_eq!(status(&out), "SERVFAIL", "without CD it stays SERVFAIL: {out}");
 }
+
+/// An IPv6-only network (the plan's move to IPv6): one nsd on `[::1]:53`
+/// serves the root, `test.` and `v6.test.`, every name server has only an
+/// AAAA address, and shieldns recurses with `do_ip4 = false`. With IPv6
+/// off as well, nothing is reachable: SERVFAIL with EDE 22.
+#[test]
+fn recurses_over_ipv6_alone() {
+    use std::process::{Command, Stdio};
+    if !require(&[("dig", "bind9-dnsutils")]) {
+        return;
+    }
+    let Some(nsd) = support::hierarchy::find_tool("nsd") else {
+        eprintln!("SKIP: nsd is not installed (Debian package `nsd`)");
+        return;
+    };
+    if let Err(error) = std::net::UdpSocket::bind("[::1]:53") {
+        eprintln!("SKIP: cannot bind [::1]:53 ({error}); the test needs root and a free port");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let zone = |origin: &str, body: &str| {
+        format!("$ORIGIN {origin}\n$TTL 3600\n@ IN SOA ns.root. hostmaster.root. 1 3600 600 86400 300\n{body}")
+    };
+    std::fs::write(
+        path("root.zone"),
+        zone(
+            ".",
+            "@ NS ns.root.\nns.root. AAAA ::1\ntest. NS ns.nic.test.\nns.nic.test. AAAA ::1\n",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        path("test.zone"),
+        zone(
+            "test.",
+            "@ NS ns.nic.test.\nns.nic AAAA ::1\nv6 NS ns.v6.test.\nns.v6 AAAA ::1\n",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        path("v6.test.zone"),
+        zone(
+            "v6.test.",
+            "@ NS ns.v6.test.\nns AAAA ::1\nwww A 192.0.2.60\nwww AAAA 2001:db8::60\n",
+        ),
+    )
+    .unwrap();
+    let mut conf = format!(
+        "server:\n  ip-address: ::1@53\n  do-ip4: no\n  do-ip6: yes\n  username: \"\"\n  chroot: \"\"\n  \
+         zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  zonelistfile: \"{d}/zone.list\"\n  \
+         xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  logfile: \"{d}/nsd.log\"\n  server-count: 1\n\
+         remote-control:\n  control-enable: no\n",
+        d = dir.path().display()
+    );
+    for (name, file) in [(".", "root.zone"), ("test.", "test.zone"), ("v6.test.", "v6.test.zone")] {
+        conf.push_str(&format!("zone:\n  name: \"{name}\"\n  zonefile: \"{}\"\n", path(file)));
+    }
+    std::fs::write(path("nsd.conf"), conf).unwrap();
+    let mut server = Command::new(nsd)
+        .args(["-d", "-c", &path("nsd.conf")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill nsd (by its PID) whatever happens below.
+    struct Stop<'a>(&'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(&mut server);
+    let ready = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let out = support::daemon::dig_at("[::1]:53".parse().unwrap(), &["+norec", "v6.test", "SOA"]);
+        status(&out) == "NOERROR"
+    });
+    assert!(
+        ready,
+        "nsd on [::1]:53 did not come up: {:?}",
+        std::fs::read_to_string(path("nsd.log"))
+    );
+    std::fs::write(path("hints"), ". 3600000 NS ns.root.\nns.root. 3600000 AAAA ::1\n").unwrap();
+
+    let config = |do_ip6: bool| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:@PORT@\"]\n[upstream]\nmode = \"recursive\"\nroot_hints = \"{}\"\n\
+             trust_anchors = []\ndo_ip4 = false\ndo_ip6 = {do_ip6}\nallow_loopback_nameservers = true\n\
+             resolve_local_zones = [\"test.\"]\nresolution_timeout_ms = 1500\n\
+             [[profile]]\nname = \"default\"\nclients = [\"0.0.0.0/0\", \"::/0\"]\nblock = []\n",
+            path("hints")
+        )
+    };
+    let daemon = Daemon::start(&config(true), &[]);
+    let out = daemon.dig(&["www.v6.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}\n{}", daemon.log_text());
+    assert_eq!(answers(&out), ["www.v6.test. 3600 IN A 192.0.2.60"], "{out}");
+    drop(daemon);
+
+    let daemon = Daemon::start(&config(false), &[]);
+    let out = daemon.dig(&["+tries=1", "+time=5", "www.v6.test", "A"]);
+    assert_eq!(status(&out), "SERVFAIL", "neither IPv4 nor IPv6: {out}");
+    assert!(
+        ede(&out).is_some_and(|e| e.starts_with("; EDE: 22 (No Reachable Authority)")),
+        "{out}"
+    );
+}
