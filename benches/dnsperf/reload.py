@@ -119,6 +119,7 @@ def main():
         with open(f"{work}/shieldns.toml", "w") as f:
             f.write(f'[server]\nlisten = ["{SHIELD_IP}:{PORT}"]\nallow = ["127.0.0.0/8"]\n'
                     f'[upstream]\nmode = "forward"\nforward = ["127.0.30.1:53"]\ntimeout_ms = 500\n'
+                    f'dnssec = false\nresolve_local_zones = ["test."]\n'
                     + (f'[sync]\ncache_dir = "{work}/cache"\nconnect_timeout = "200ms"\nretries = 0\n'
                        if args.source == "url" else "")
                     + f'[[list]]\nname = "bench"\ncategory = "adult"\nformat = "domains"\n'

@@ -211,7 +211,11 @@ impl Metrics {
             "UDP queries dropped because server.max_in_flight queries were already being resolved.",
         )?;
         registry.register(Box::new(overload_drops.clone()))?;
-        let cache = counter_vec("shieldns_cache_lookups_total", "Cache lookups by result.", &["result"])?;
+        let cache = counter_vec(
+            "shieldns_cache_lookups_total",
+            "Lookups in shieldns's own answer caches (the UDP packet cache; the hickory engine's answer cache) by result.",
+            &["result"],
+        )?;
         let policy = counter_vec(
             "shieldns_policy_actions_total",
             "Policy actions beyond list blocks, by action.",

@@ -686,6 +686,12 @@ impl ShieldHandler {
                 .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
                 .await;
         }
+        let mut answer = answer;
+        // Owner names in the case the client asked (the engine was asked in
+        // lower case); the encoder then points them at the question.
+        for record in answer.answers.iter_mut().filter(|record| record.name == qname) {
+            record.name = qname.clone();
+        }
         metadata.response_code = answer.rcode;
         // RFC 6840 §5.8: AD for a client that asked with DO or AD.
         metadata.authentic_data = answer.authentic_data && (dnssec_ok || request.metadata.authentic_data);

@@ -207,6 +207,11 @@ fn keeps_a_cname_to_nxdomain_and_answers_minimally() {
         out.contains(";WwW.ExAmPlE.TeSt.\t"),
         "the question in the client's case: {out}"
     );
+    assert_eq!(
+        answers(&out),
+        ["WwW.ExAmPlE.TeSt. 3600 IN A 192.0.2.10"],
+        "the answer's owner in the client's case: {out}"
+    );
 }
 
 /// With every server of a zone gone, the client gets SERVFAIL with EDE 22
