@@ -693,8 +693,11 @@ impl ShieldHandler {
             record.name = qname.clone();
         }
         metadata.response_code = answer.rcode;
-        // RFC 6840 §5.8: AD for a client that asked with DO or AD.
-        metadata.authentic_data = answer.authentic_data && (dnssec_ok || request.metadata.authentic_data);
+        // RFC 6840 §5.8: AD for a client that asked with DO or AD; not for
+        // one that set CD, which asked for no validation and gets none vouched.
+        metadata.authentic_data = answer.authentic_data
+            && (dnssec_ok || request.metadata.authentic_data)
+            && !request.metadata.checking_disabled;
         if let (Some((code, text)), Some(edns)) = (&ede, response_edns.as_mut()) {
             edns.options_mut().insert(ede_option(*code, text));
         }
