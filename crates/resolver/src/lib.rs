@@ -27,3 +27,13 @@ pub use config::{CacheConfig, ServerConfig, UpstreamConfig, UpstreamEngine, Upst
 pub use error::ResolverError;
 pub use handler::{Clock, ShieldHandler};
 pub use server::{RunningResolver, start};
+
+/// Checks `[upstream]` and `[cache]` as `start` would apply them to the
+/// engine (libunbound options, root hints and trust anchor files), without
+/// binding or resolving anything.
+pub fn check_upstream(upstream: &UpstreamConfig, cache: &CacheConfig) -> Result<(), ResolverError> {
+    match upstream.engine {
+        UpstreamEngine::Unbound => unbound::UnboundEngine::check(upstream, cache),
+        UpstreamEngine::Hickory => Ok(()),
+    }
+}

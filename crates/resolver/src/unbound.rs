@@ -77,6 +77,13 @@ impl UnboundEngine {
         })
     }
 
+    /// Checks the configuration as [`Self::new`] would apply it, without
+    /// starting anything.
+    pub(crate) fn check(config: &UpstreamConfig, cache: &CacheConfig) -> Result<(), ResolverError> {
+        let settings = settings(config, cache, 1)?;
+        shieldns_unbound::check(&settings).map_err(|e| ResolverError::Upstream { reason: e.to_string() })
+    }
+
     /// Resolves one question; `dnssec_ok` keeps the DNSSEC records.
     pub(crate) async fn resolve(
         &self,

@@ -28,9 +28,10 @@ pub(crate) fn build(config: &Config, source: &ConfigSource) -> anyhow::Result<Bu
 pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
     let config = source.load()?;
     let built = build(&config, source)?;
+    shieldns_resolver::check_upstream(&config.upstream, &config.cache)?;
     println!("configuration: {} (ok)", source.describe());
     println!(
-        "listen: {}; allow: {}; upstream: {:?}",
+        "listen: {}; allow: {}; upstream: {:?} ({:?})",
         config
             .server
             .listen
@@ -45,7 +46,8 @@ pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", "),
-        config.upstream.mode
+        config.upstream.mode,
+        config.upstream.engine
     );
     println!("lists:");
     for (load, list) in built.lists.iter().zip(&config.lists) {

@@ -252,6 +252,37 @@ fn check_config_summarizes_or_fails_naming_the_problem() {
     let output = shieldns(&["check-config", "--config", &config]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("sinkhole_ipv4"), "{stderr}");
+
+    // The engine's own settings are checked too: libunbound names the
+    // option it refuses, and an anchor file that is not there.
+    let config = write(
+        dir.path(),
+        "engine.toml",
+        r#"[upstream.unbound_options]
+"qname-minimisation" = "perhaps"
+"#,
+    );
+    let output = shieldns(&["check-config", "--config", &config]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("qname-minimisation: perhaps"),
+        "{stderr}"
+    );
+    let config = write(
+        dir.path(),
+        "anchor.toml",
+        r#"[upstream]
+trust_anchor_files = ["/nonexistent/root.key"]
+"#,
+    );
+    let output = shieldns(&["check-config", "--config", &config]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("upstream.trust_anchor_files")
+            && stderr.contains("/nonexistent/root.key"),
+        "{stderr}"
+    );
 }
 
 fn hex_sha256(name: &str) -> String {

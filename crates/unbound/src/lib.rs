@@ -260,6 +260,13 @@ impl Context {
     }
 }
 
+/// Checks `settings` the way [`Resolver::new`] applies them: one context is
+/// configured and finalized (reading root hints and anchor files), then
+/// dropped. Sends no query and needs no runtime.
+pub fn check(settings: &Settings) -> Result<(), UnboundError> {
+    Context::new(settings).map(drop)
+}
+
 /// The library's version string, e.g. "1.17.1".
 pub fn version() -> String {
     // SAFETY: returns a static NUL-terminated string.
