@@ -389,3 +389,33 @@ fn recurses_over_ipv6_alone() {
         "{out}"
     );
 }
+
+/// Forward mode validates too: a second shieldns forwards to the first
+/// (recursing through the hierarchy) and checks the answers against the
+/// hierarchy's root DS itself, so a secure answer carries AD and a bogus
+/// one is SERVFAIL with EDE 6, even though its forwarder hands CD queries
+/// the bogus data.
+#[test]
+fn forward_mode_validates_with_its_own_anchor() {
+    let Some((hierarchy, recursor)) = start(39) else { return };
+    let Some(ds) = hierarchy.root_ds() else {
+        eprintln!("SKIP: zone signing tools missing (apt-get install ldnsutils)");
+        return;
+    };
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:@PORT@\"]\n[upstream]\nmode = \"forward\"\nforward = [\"{}\"]\n\
+         trust_anchors = [\"{ds}\"]\nresolve_local_zones = [\"test.\"]\nresolution_timeout_ms = 3000\n\
+         [[profile]]\nname = \"default\"\nclients = [\"0.0.0.0/0\", \"::/0\"]\nblock = []\n",
+        recursor.addr
+    );
+    let forwarder = Daemon::start(&config, &[]);
+    let out = forwarder.dig(&["+dnssec", "www.signed.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "{out}\n{}", forwarder.log_text());
+    assert!(out.contains(" ad;") || out.contains(" ad "), "validated by the forwarder: {out}");
+    let out = forwarder.dig(&["www.bogus.test", "A"]);
+    assert_eq!(status(&out), "SERVFAIL", "{out}\n{}", forwarder.log_text());
+    assert!(
+        ede(&out).is_some_and(|e| e.starts_with("; EDE: 6 (DNSSEC Bogus)")),
+        "{out}"
+    );
+}
