@@ -411,7 +411,10 @@ fn forward_mode_validates_with_its_own_anchor() {
     let forwarder = Daemon::start(&config, &[]);
     let out = forwarder.dig(&["+dnssec", "www.signed.test", "A"]);
     assert_eq!(status(&out), "NOERROR", "{out}\n{}", forwarder.log_text());
-    assert!(out.contains(" ad;") || out.contains(" ad "), "validated by the forwarder: {out}");
+    assert!(
+        out.contains(" ad;") || out.contains(" ad "),
+        "validated by the forwarder: {out}"
+    );
     let out = forwarder.dig(&["www.bogus.test", "A"]);
     assert_eq!(status(&out), "SERVFAIL", "{out}\n{}", forwarder.log_text());
     assert!(
