@@ -34,7 +34,7 @@ if [ ! -x "$HOME_DIR/run-deckard.sh" ] || [ ! -x "$HOME_DIR/venv/bin/python3" ];
 fi
 if [ -z "$BINARY" ]; then
     (cd "$REPO" && cargo build --release --locked -p shieldns) || exit 2
-    BINARY="$REPO/target/release/shieldns"
+    BINARY="${CARGO_TARGET_DIR:-$REPO/target}/release/shieldns"
 fi
 OUT="${OUT:-$REPO/target/conformance}"
 rm -rf "$OUT"
