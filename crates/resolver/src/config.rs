@@ -253,9 +253,9 @@ fn default_outgoing_range() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// The most answers kept (by the answer cache; the UDP fast path's
-    /// encoded copies are bounded by the same number, split evenly among
-    /// the UDP sockets).
+    /// The most answers kept: the UDP fast path's encoded copies, split
+    /// evenly among the UDP sockets, and the hickory engine's answer cache
+    /// (libunbound's cache is sized by `upstream.cache_bytes`).
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
     /// Lower bound on a cached answer's TTL, in seconds.
