@@ -663,7 +663,7 @@ impl ShieldHandler {
             .profile(query.profile)
             .dns64
             .filter(|_| qtype == RecordType::AAAA);
-        let (answer, ede) = match dns64 {
+        let (mut answer, ede) = match dns64 {
             Some(dns64) => match self.resolve_dns64(&query, dns64, dnssec_ok, asked).await {
                 Ok(resolved) => resolved,
                 Err(block) => {
@@ -686,7 +686,6 @@ impl ShieldHandler {
                 .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
                 .await;
         }
-        let mut answer = answer;
         // Owner names in the case the client asked (the engine was asked in
         // lower case); the encoder then points them at the question.
         for record in answer.answers.iter_mut().filter(|record| record.name == qname) {

@@ -32,8 +32,5 @@ pub use server::{RunningResolver, start};
 /// engine (libunbound options, root hints and trust anchor files), without
 /// binding or resolving anything.
 pub fn check_upstream(upstream: &UpstreamConfig, cache: &CacheConfig) -> Result<(), ResolverError> {
-    match upstream.engine {
-        UpstreamEngine::Unbound => unbound::UnboundEngine::check(upstream, cache),
-        UpstreamEngine::Hickory => Ok(()),
-    }
+    upstream::Upstream::check(upstream, cache)
 }

@@ -15,9 +15,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, Record, RecordType};
 use shieldns_unbound::{Answer, Resolver, Settings};
 
-use hickory_proto::rr::rdata::opt::EdnsOption;
-
-use crate::answer::{EDE_DNSKEY_MISSING, EDE_DNSSEC_BOGUS, EDE_OPTION, EDE_RRSIGS_MISSING, EDE_STALE_ANSWER};
+use crate::answer::{EDE_DNSKEY_MISSING, EDE_DNSSEC_BOGUS, EDE_RRSIGS_MISSING, EDE_STALE_ANSWER};
 use crate::config::{CacheConfig, UpstreamConfig, UpstreamMode};
 use crate::error::ResolverError;
 use crate::upstream::{UpstreamAnswer, UpstreamFailure};
@@ -52,6 +50,8 @@ pub(crate) struct UnboundEngine {
     resolver: Resolver,
     deadline: Duration,
     mode: UpstreamMode,
+    /// Whether libunbound serves expired answers (`cache.serve_stale`).
+    serve_stale: bool,
 }
 
 impl UnboundEngine {
@@ -74,6 +74,7 @@ impl UnboundEngine {
             resolver,
             deadline: Duration::from_millis(config.resolution_timeout_ms.max(100)),
             mode: config.mode,
+            serve_stale: cache.serve_stale,
         })
     }
 
@@ -143,15 +144,17 @@ impl UnboundEngine {
         }
         let mut parsed = parse(&answer.packet, qtype, dnssec_ok, answer.secure).map_err(UpstreamFailure::Failed)?;
         // The library marks a stale answer (serve-expired) nowhere: its EDE 3
-        // does not reach the packet in library builds and the result's TTL
-        // is the reply TTL. It is the answer that came only once the client
-        // timer ran out, with every TTL at the stale reply TTL.
-        let stale = answer.havedata
+        // does not reach the packet in library builds (measured with
+        // `ede: yes`) and the result's TTL is the reply TTL. It is the answer
+        // that came only once the client timer ran out, with every TTL at the
+        // stale reply TTL.
+        let stale = self.serve_stale
+            && answer.havedata
             // The library's timer has millisecond granularity and may fire
             // a little early.
             && elapsed + Duration::from_millis(50) >= STALE_CLIENT_TIMEOUT
             && parsed.answers.iter().all(|record| record.ttl == STALE_REPLY_TTL);
-        if stale && parsed.ede.is_none() {
+        if stale {
             parsed.ede = Some((EDE_STALE_ANSWER, String::from("upstream unreachable")));
         }
         Ok(parsed)
@@ -174,23 +177,13 @@ fn bogus_code(reason: &str) -> u16 {
 /// the client did not ask for.
 fn parse(packet: &[u8], qtype: RecordType, dnssec_ok: bool, secure: bool) -> Result<UpstreamAnswer, String> {
     let message = Message::from_vec(packet).map_err(|e| format!("libunbound's answer does not parse: {e}"))?;
-    // The library's own EDE (with `ede: yes`): here only Stale Answer, the
-    // one it attaches to an answer it serves.
-    let ede = message.edns.as_ref().and_then(|edns| {
-        edns.options().as_ref().iter().find_map(|(_, option)| match option {
-            EdnsOption::Unknown(EDE_OPTION, data) if data.get(..2) == Some(&EDE_STALE_ANSWER.to_be_bytes()[..]) => {
-                Some((EDE_STALE_ANSWER, String::from("upstream unreachable")))
-            }
-            _ => None,
-        })
-    });
     let keep = |record: &Record| dnssec_ok || record.record_type() == qtype || !is_dnssec(record.record_type());
     Ok(UpstreamAnswer {
         rcode: message.metadata.response_code,
         answers: message.answers.into_iter().filter(keep).collect(),
         authorities: message.authorities.into_iter().filter(keep).collect(),
         authentic_data: secure,
-        ede,
+        ede: None,
     })
 }
 
@@ -246,7 +239,7 @@ fn settings(config: &UpstreamConfig, cache: &CacheConfig, contexts: usize) -> Re
     set("cache-min-ttl", cache.min_ttl.to_string());
     set("cache-max-negative-ttl", cache.negative_max_ttl.to_string());
     // RFC 8767 serve-stale, the library's way: an expired answer is kept
-    // for `stale_window` and served (TTL 30, EDE 3) when a refresh has not
+    // for `stale_window` and served (TTL 30) when a refresh has not
     // answered within 1.8 s, the RFC's client response timer.
     if cache.serve_stale {
         set("serve-expired", yes_no(true));
@@ -256,8 +249,6 @@ fn settings(config: &UpstreamConfig, cache: &CacheConfig, contexts: usize) -> Re
             "serve-expired-client-timeout",
             STALE_CLIENT_TIMEOUT.as_millis().to_string(),
         );
-        set("ede", yes_no(true));
-        set("ede-serve-expired", yes_no(true));
     }
     if let Some(hints) = &config.root_hints {
         if !hints.is_file() {
@@ -282,14 +273,9 @@ fn settings(config: &UpstreamConfig, cache: &CacheConfig, contexts: usize) -> Re
             });
         }
     }
+    // An empty list in forward mode was refused by `Upstream`.
     let forwarders = match config.mode {
         UpstreamMode::Recursive => Vec::new(),
-        UpstreamMode::Forward if config.forward.is_empty() => {
-            return Err(ResolverError::Config {
-                key: "upstream.forward",
-                reason: "mode = \"forward\" needs at least one server".into(),
-            });
-        }
         UpstreamMode::Forward => config
             .forward
             .iter()
@@ -313,7 +299,12 @@ fn settings(config: &UpstreamConfig, cache: &CacheConfig, contexts: usize) -> Re
         } else {
             Vec::new()
         },
-        auto_trust_anchor_files: config.auto_trust_anchor_file.iter().cloned().collect(),
+        auto_trust_anchor_files: config
+            .auto_trust_anchor_file
+            .iter()
+            .filter(|_| config.dnssec)
+            .cloned()
+            .collect(),
         forwarders,
         removed_local_zones: config.resolve_local_zones.clone(),
         verbosity: 0,

@@ -103,9 +103,20 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the upstream from configuration. Runs inside the Tokio runtime.
     pub(crate) fn new(config: &UpstreamConfig, cache: &CacheConfig) -> Result<Self, ResolverError> {
+        require_forwarders(config)?;
         match config.engine {
             UpstreamEngine::Unbound => Ok(Self::Unbound(UnboundEngine::new(config, cache)?)),
             UpstreamEngine::Hickory => Self::hickory(config),
+        }
+    }
+
+    /// Checks the configuration as [`Self::new`] would apply it, without
+    /// starting anything (hickory's engines have nothing to check beyond it).
+    pub(crate) fn check(config: &UpstreamConfig, cache: &CacheConfig) -> Result<(), ResolverError> {
+        require_forwarders(config)?;
+        match config.engine {
+            UpstreamEngine::Unbound => UnboundEngine::check(config, cache),
+            UpstreamEngine::Hickory => Ok(()),
         }
     }
 
@@ -113,12 +124,6 @@ impl Upstream {
         let timeout = Duration::from_millis(config.timeout_ms.max(100));
         match config.mode {
             UpstreamMode::Forward => {
-                if config.forward.is_empty() {
-                    return Err(ResolverError::Config {
-                        key: "upstream.forward",
-                        reason: "mode = \"forward\" needs at least one server".into(),
-                    });
-                }
                 let servers = config.forward.iter().map(|address| {
                     let mut server = NameServerConfig::udp_and_tcp(address.ip());
                     for connection in &mut server.connections {
@@ -256,6 +261,17 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Forward mode needs a forwarder, whichever engine forwards.
+fn require_forwarders(config: &UpstreamConfig) -> Result<(), ResolverError> {
+    if config.mode == UpstreamMode::Forward && config.forward.is_empty() {
+        return Err(ResolverError::Config {
+            key: "upstream.forward",
+            reason: "mode = \"forward\" needs at least one server".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Converts the recursor's answer: a bogus RRset fails the query (SERVFAIL

@@ -44,11 +44,15 @@ fn start(instance: u8) -> Option<(Hierarchy, Daemon)> {
         .trust_anchor_file()
         .map(|path| format!("trust_anchor_files = [\"{}\"]", path.display()))
         .unwrap_or_default();
-    let config = CONFIG
-        .replace("@HINTS@", &hierarchy.root_hints_file().display().to_string())
-        .replace("@ANCHOR@", &anchor);
-    let daemon = Daemon::start(&config, &[("adult.txt", "blocked.example.test\n")]);
+    let daemon = Daemon::start(&config(&hierarchy, &anchor), &[("adult.txt", "blocked.example.test\n")]);
     Some((hierarchy, daemon))
+}
+
+/// `CONFIG` for `hierarchy`, with `anchor` (trust-anchor keys) in `[upstream]`.
+fn config(hierarchy: &Hierarchy, anchor: &str) -> String {
+    CONFIG
+        .replace("@HINTS@", &hierarchy.root_hints_file().display().to_string())
+        .replace("@ANCHOR@", anchor)
 }
 
 #[test]
@@ -122,9 +126,7 @@ fn policy_checks_apply_to_recursive_answers() {
         return;
     }
     let Some(hierarchy) = Hierarchy::start(33) else { return };
-    let config = CONFIG
-        .replace("@HINTS@", &hierarchy.root_hints_file().display().to_string())
-        .replace("@ANCHOR@", "")
+    let config = config(&hierarchy, "")
         .replace("dnssec = true", "dnssec = false")
         .replace(
             "block = [\"adult\"]",
@@ -241,13 +243,8 @@ fn ds_anchor_and_negative_trust_anchor() {
         eprintln!("SKIP: zone signing tools missing (apt-get install ldnsutils)");
         return;
     };
-    let config = CONFIG
-        .replace("@HINTS@", &hierarchy.root_hints_file().display().to_string())
-        .replace(
-            "@ANCHOR@",
-            &format!("trust_anchors = [\"{ds}\"]\nnegative_trust_anchors = [\"bogus.test.\"]"),
-        );
-    let daemon = Daemon::start(&config, &[("adult.txt", "blocked.example.test\n")]);
+    let anchor = format!("trust_anchors = [\"{ds}\"]\nnegative_trust_anchors = [\"bogus.test.\"]");
+    let daemon = Daemon::start(&config(&hierarchy, &anchor), &[("adult.txt", "blocked.example.test\n")]);
 
     let out = daemon.dig(&["+dnssec", "www.signed.test", "A"]);
     assert_eq!(status(&out), "NOERROR", "{out}\n{}", daemon.log_text());

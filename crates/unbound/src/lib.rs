@@ -389,7 +389,9 @@ impl Resolver {
     /// question) for `rrtype`/`rrclass`. Resolution failures are answers with
     /// rcode SERVFAIL; `Err` means the library itself failed.
     pub async fn resolve(&self, name: &str, rrtype: u16, rrclass: u16) -> Result<Answer, UnboundError> {
-        let shard = self.shard_for(name);
+        let shard = self.shard_for(name).ok_or_else(|| UnboundError::Query {
+            reason: "the resolver has no context".into(),
+        })?;
         let c_name = c_string("query name", name)?;
         let (sender, receiver) = oneshot::channel();
         let mydata = Box::into_raw(Box::new(sender)).cast::<c_void>();
@@ -426,19 +428,16 @@ impl Resolver {
         self.shards.len()
     }
 
-    fn shard_for(&self, name: &str) -> &Shard {
+    /// The context that owns `name`'s share of the name space. `None` only
+    /// for a resolver without contexts, which `new` never makes.
+    fn shard_for(&self, name: &str) -> Option<&Shard> {
         let mut hasher = self.hasher.build_hasher();
         for byte in name.trim_end_matches('.').bytes() {
             hasher.write_u8(byte.to_ascii_lowercase());
         }
-        let count = self.shards.len().max(1);
-        // The modulo keeps the index below the count; `shards` is never
-        // empty (`new` makes at least one), so the fallback is never taken.
-        let index = usize::try_from(hasher.finish() % count as u64).unwrap_or(0);
-        match self.shards.get(index).or_else(|| self.shards.first()) {
-            Some(shard) => shard,
-            None => unreachable!("a resolver has at least one context"),
-        }
+        let count = u64::try_from(self.shards.len()).ok().filter(|&n| n > 0)?;
+        let index = usize::try_from(hasher.finish() % count).ok()?;
+        self.shards.get(index).map(|shard| &**shard)
     }
 }
 
