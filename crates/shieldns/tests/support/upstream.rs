@@ -75,9 +75,16 @@ fn zone(ttl: u32) -> Zone {
 impl FakeUpstream {
     /// Starts answering on `addr` (port 0 picks one; UDP and TCP share it).
     pub(crate) fn start(ip: &str, ttl: u32) -> Self {
-        let udp = UdpSocket::bind(format!("{ip}:0")).expect("bind fake upstream");
+        // UDP picks the port; TCP on the same number can be taken (another
+        // test's outgoing connection may hold it), so try a few UDP ports.
+        let (udp, tcp) = (0..32)
+            .find_map(|_| {
+                let udp = UdpSocket::bind(format!("{ip}:0")).expect("bind fake upstream");
+                let addr = udp.local_addr().expect("local addr");
+                TcpListener::bind(addr).ok().map(|tcp| (udp, tcp))
+            })
+            .expect("no port free for both UDP and TCP in 32 tries");
         let addr = udp.local_addr().expect("local addr");
-        let tcp = TcpListener::bind(addr).expect("bind fake upstream tcp");
         udp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         tcp.set_nonblocking(true).expect("nonblocking");
         let answering = Arc::new(AtomicBool::new(true));
