@@ -101,6 +101,56 @@ impl PolicyAction {
     }
 }
 
+/// Why a query or a connection got no answer at all (or, for `Malformed`
+/// with a readable header, only FORMERR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Discard {
+    /// A message with QR=1: answers are never answered.
+    Response,
+    /// A datagram shorter than a header, or one whose question does not
+    /// parse (answered FORMERR when the client is allowed).
+    Malformed,
+    /// A query from a source the access list refuses that could not even
+    /// be parsed (a readable one gets REFUSED).
+    NotAllowed,
+    /// Over the client prefix's rate limit.
+    RateLimited,
+    /// A TCP connection from a source the access list refuses, closed at
+    /// accept.
+    TcpNotAllowed,
+    /// A TCP connection over `server.tcp_max_connections`.
+    TcpConnectionLimit,
+    /// A TCP connection over `server.tcp_max_connections_per_client`.
+    TcpClientLimit,
+}
+
+impl Discard {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 7] = [
+        Self::Response,
+        Self::Malformed,
+        Self::NotAllowed,
+        Self::RateLimited,
+        Self::TcpNotAllowed,
+        Self::TcpConnectionLimit,
+        Self::TcpClientLimit,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Response => "response",
+            Self::Malformed => "malformed",
+            Self::NotAllowed => "not_allowed",
+            Self::RateLimited => "rate_limited",
+            Self::TcpNotAllowed => "tcp_not_allowed",
+            Self::TcpConnectionLimit => "tcp_connection_limit",
+            Self::TcpClientLimit => "tcp_client_limit",
+        }
+    }
+}
+
 /// What the daemon knows about one configured list, for the per-list
 /// gauges. Times are Unix seconds.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -137,6 +187,8 @@ pub struct Metrics {
     answered: [IntCounter; tables::RCODES.len()],
     refused: IntCounter,
     overload_drops: IntCounter,
+    discarded: [IntCounter; Discard::ALL.len()],
+    tcp_connections: prometheus::IntGauge,
     blocked_by_ede: [IntCounter; 3],
     cache_hits: IntCounter,
     cache_misses: IntCounter,
@@ -211,6 +263,13 @@ impl Metrics {
             "UDP queries dropped because server.max_in_flight queries were already being resolved.",
         )?;
         registry.register(Box::new(overload_drops.clone()))?;
+        let discarded = counter_vec(
+            "shieldns_resolver_discarded_total",
+            "Queries and TCP connections given no answer (malformed: FORMERR at most), by reason.",
+            &["reason"],
+        )?;
+        let tcp_connections = prometheus::IntGauge::new("shieldns_tcp_connections", "Open DNS-over-TCP connections.")?;
+        registry.register(Box::new(tcp_connections.clone()))?;
         let cache = counter_vec(
             "shieldns_cache_lookups_total",
             "Lookups in shieldns's own answer caches (the UDP packet cache; the hickory engine's answer cache) by result.",
@@ -320,6 +379,8 @@ impl Metrics {
             answered: tables::RCODES.map(|rcode| responses.with_label_values(&[rcode])),
             refused,
             overload_drops,
+            discarded: Discard::ALL.map(|reason| discarded.with_label_values(&[reason.label()])),
+            tcp_connections,
             blocked_by_ede: ["15", "16", "17"].map(|ede| blocked_by_ede.with_label_values(&[ede])),
             cache_hits: cache.with_label_values(&["hit"]),
             cache_misses: cache.with_label_values(&["miss"]),
@@ -527,6 +588,23 @@ impl Metrics {
     /// Counts a UDP query dropped for overload.
     pub fn overload_drop(&self) {
         self.overload_drops.inc();
+    }
+
+    /// Counts a query or connection given no answer.
+    pub fn discarded(&self, reason: Discard) {
+        if let Some(counter) = Discard::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.discarded.get(i))
+        {
+            counter.inc();
+        }
+    }
+
+    /// Adds `delta` (negative when connections close) to the open TCP
+    /// connections.
+    pub fn tcp_connections(&self, delta: i64) {
+        self.tcp_connections.add(delta);
     }
 
     /// Counts a cache hit.

@@ -24,9 +24,21 @@ pub struct ServerConfig {
     /// thread of its own, to use more than one core for UDP.
     #[serde(default = "default_udp_sockets")]
     pub udp_sockets: usize,
-    /// Seconds an idle TCP connection is kept open.
+    /// Seconds an idle TCP connection is kept open (a tenth of it, at least
+    /// one second, once three quarters of `tcp_max_connections` are open).
     #[serde(default = "default_tcp_idle_timeout")]
     pub tcp_idle_timeout: u64,
+    /// Open TCP connections at most, all clients together; lowered at start
+    /// when the descriptor limit would not leave room for upstream sockets.
+    #[serde(default = "default_tcp_max_connections")]
+    pub tcp_max_connections: usize,
+    /// Open TCP connections at most from one client address.
+    #[serde(default = "default_tcp_max_connections_per_client")]
+    pub tcp_max_connections_per_client: usize,
+    /// Queries of one TCP connection resolved at once (RFC 7766 §6.2.1.1
+    /// pipelining); reading pauses past it.
+    #[serde(default = "default_tcp_pipeline")]
+    pub tcp_pipeline: usize,
     /// Seconds to wait for in-flight queries on SIGTERM before exiting.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: u64,
@@ -45,6 +57,9 @@ impl Default for ServerConfig {
             udp_payload: default_udp_payload(),
             udp_sockets: default_udp_sockets(),
             tcp_idle_timeout: default_tcp_idle_timeout(),
+            tcp_max_connections: default_tcp_max_connections(),
+            tcp_max_connections_per_client: default_tcp_max_connections_per_client(),
+            tcp_pipeline: default_tcp_pipeline(),
             shutdown_grace: default_shutdown_grace(),
             max_in_flight: default_max_in_flight(),
         }
@@ -74,6 +89,15 @@ fn default_udp_sockets() -> usize {
 }
 fn default_tcp_idle_timeout() -> u64 {
     10
+}
+fn default_tcp_max_connections() -> usize {
+    1024
+}
+fn default_tcp_max_connections_per_client() -> usize {
+    64
+}
+fn default_tcp_pipeline() -> usize {
+    32
 }
 fn default_max_in_flight() -> usize {
     20_000

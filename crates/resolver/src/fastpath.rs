@@ -22,7 +22,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 use shieldns_index::{BlockResponse, Hit, ListId, Matched, Profile, ProfileId, RuleAction, Snapshot, Verdict};
-use shieldns_metrics::{AnswerTally, Metrics};
+use shieldns_metrics::{AnswerTally, Discard, Metrics};
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -31,6 +31,7 @@ use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::debug;
 
+use crate::discard::Discards;
 use crate::handler::{Clock, ShieldHandler};
 use crate::packet_cache::{CacheLookup, PacketCache, PacketFiller, PacketKey, Probed};
 
@@ -408,16 +409,14 @@ pub(crate) struct FastPath {
     pub(crate) metrics: Arc<Metrics>,
     /// Bounds the UDP queries the full handler works on at once.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    pub(crate) discards: Arc<Discards>,
 }
 
 impl FastPath {
     /// What the policy says about `query` from `client` before the lists
     /// are asked, and (for a cacheable query) where its answer may sit in
     /// the packet cache: the first step of a batch.
-    fn route(&self, packets: &PacketCache, query: &Query<'_>, client: IpAddr, snapshot: &Snapshot) -> Route {
-        let Some(profile_id) = snapshot.client_policy(client) else {
-            return Route::Handler;
-        };
+    fn route(&self, packets: &PacketCache, query: &Query<'_>, profile_id: ProfileId, snapshot: &Snapshot) -> Route {
         let profile = snapshot.profile(profile_id);
         // Policy beyond lists (bypass, query types, safe search, DNS64,
         // rewrites) is the handler's: its answers are not plain bytes.
@@ -524,8 +523,11 @@ impl FastPath {
 /// of it is answered.
 #[derive(Clone, Copy, Debug)]
 enum Route {
-    /// The full handler: not a standard query, a client the access list
-    /// refuses, or policy beyond lists.
+    /// No answer: a response, no header, or unparsable from a refused source.
+    Discard(Discard),
+    /// REFUSED, answered here: a query from a source the access list refuses.
+    Refuse,
+    /// The full handler: not a standard query, or policy beyond lists.
     Handler,
     /// The lists decide for this profile. When the answer may be cached,
     /// `cache_tag` is its packet-cache tag, and `cached` where the probe
@@ -740,8 +742,14 @@ pub(crate) fn serve_thread(
             let Some(packet) = buffer.get(..length) else {
                 continue;
             };
+            // Before anything is parsed: no answer to an answer or to a
+            // datagram without a header, and nothing but REFUSED (or
+            // nothing) for a source the access list refuses.
+            let Some(profile) = screen(packet, peer.ip(), snapshot).map_err(|r| *route = r).ok() else {
+                continue;
+            };
             if parse_into(packet, question).is_some() {
-                *route = fast.route(&packets, &Query { packet, question }, peer.ip(), snapshot);
+                *route = fast.route(&packets, &Query { packet, question }, profile, snapshot);
             }
         }
         let slots = batch.received.len();
@@ -766,7 +774,7 @@ pub(crate) fn serve_thread(
             let mut warmer = snapshot.warmer();
             for (question, route) in batch.questions.iter().zip(routes) {
                 match route {
-                    Route::Handler => {}
+                    Route::Handler | Route::Discard(_) | Route::Refuse => {}
                     Route::Lists {
                         cached: Some(probed), ..
                     } => touched ^= packets.touch(*probed),
@@ -784,6 +792,17 @@ pub(crate) fn serve_thread(
             .zip(routes)
         {
             let packet = buffer.get(..length).unwrap_or_default();
+            match route {
+                Route::Discard(reason) => {
+                    fast.discards.note(reason, peer.ip());
+                    continue;
+                }
+                Route::Refuse => {
+                    refuse(fd, packet, peer, &fast.metrics, received_at);
+                    continue;
+                }
+                Route::Handler | Route::Lists { .. } => {}
+            }
             let Some((out, destination)) = batch.answers.get_mut(batch.counts.len()) else {
                 break;
             };
@@ -805,9 +824,9 @@ pub(crate) fn serve_thread(
                         peer,
                         cache: key.map(|k| (k, packets.filler.clone())),
                     };
-                    let handler = handler.clone();
+                    let (handler, fast) = (handler.clone(), fast.clone());
                     runtime.spawn(async move {
-                        answer_slowly(handler, request, peer, responder).await;
+                        answer_slowly(handler, request, peer, responder, &fast.discards).await;
                         drop(permit);
                     });
                 }
@@ -874,6 +893,58 @@ impl Tally {
     }
 }
 
+/// The checks that come before any parsing: a datagram without a header or
+/// with QR=1 is discarded; one from a source the access list refuses is
+/// refused when it is a readable query and discarded otherwise. `Ok` holds
+/// the client's profile.
+fn screen(packet: &[u8], client: IpAddr, snapshot: &Snapshot) -> Result<ProfileId, Route> {
+    let flags = match packet.get(2) {
+        Some(flags) if packet.len() >= 12 => *flags,
+        _ => return Err(Route::Discard(Discard::Malformed)),
+    };
+    if flags & 0x80 != 0 {
+        return Err(Route::Discard(Discard::Response));
+    }
+    snapshot.client_policy(client).ok_or_else(|| {
+        if refusal(packet).is_some() {
+            Route::Refuse
+        } else {
+            Route::Discard(Discard::NotAllowed)
+        }
+    })
+}
+
+/// REFUSED for `query` (RFC 1035 §4.1.1): its header with QR set, its opcode
+/// and RD kept, and its one question, nothing else, so the answer is never
+/// larger than the query; `None` unless the query is a readable question
+/// (a single question, opcode QUERY).
+fn refusal(query: &[u8]) -> Option<Vec<u8>> {
+    let header = query.get(..12)?;
+    if header[2] & 0xf8 != 0 || header[4..6] != [0, 1] {
+        return None;
+    }
+    let end = question_end(query)?;
+    let mut answer = query.get(..end)?.to_vec();
+    answer[2] = 0x80 | (header[2] & 0x01);
+    answer[3] = 0x05;
+    answer[6..12].fill(0);
+    Some(answer)
+}
+
+/// Sends REFUSED for `packet` (see [`refusal`]) straight from the UDP
+/// thread: refusals are rare and small, and never reach the runtime.
+fn refuse(fd: RawFd, packet: &[u8], peer: SocketAddr, metrics: &Metrics, received_at: Instant) {
+    let Some(answer) = refusal(packet) else {
+        return;
+    };
+    metrics.refused();
+    if let Err(error) = sendto(fd, &answer, &SockaddrStorage::from(peer), MsgFlags::MSG_DONTWAIT) {
+        debug!(%error, %peer, "cannot send REFUSED");
+        return;
+    }
+    metrics.query(None, true, 5, received_at.elapsed());
+}
+
 /// Sends one datagram from an async task on the (blocking) UDP socket
 /// without blocking the runtime: `MSG_DONTWAIT`, and a short sleep and retry
 /// while the send buffer is full. Gives up after about 50 ms; the client
@@ -894,19 +965,24 @@ async fn send_datagram(socket: &std::net::UdpSocket, bytes: &[u8], peer: SocketA
 
 /// Hands a datagram to the full handler. Packets hickory cannot parse get
 /// FORMERR when their header is readable, and nothing otherwise.
-async fn answer_slowly(handler: ShieldHandler, packet: Vec<u8>, peer: SocketAddr, responder: UdpResponder) {
+///
+/// Only datagrams [`screen`] let through get here: a header with QR=0 from
+/// a client the access list allows.
+async fn answer_slowly(
+    handler: ShieldHandler,
+    packet: Vec<u8>,
+    peer: SocketAddr,
+    responder: UdpResponder,
+    discards: &Discards,
+) {
     let header = packet.get(..12).map(|h| [h[0], h[1], h[2]]);
-    // A response (QR=1) is never answered, so two resolvers cannot be made
-    // to answer each other's answers; nor is a datagram without a header.
-    if header.is_none_or(|[_, _, flags]| flags & 0x80 != 0) {
-        return;
-    }
     match Request::from_bytes(packet, peer, Protocol::Udp) {
         Ok(request) => {
             handler.handle_request::<_, TokioTime>(&request, responder).await;
         }
         Err(error) => {
             debug!(%error, %peer, "malformed query");
+            discards.note(Discard::Malformed, peer.ip());
             if let Some([id0, id1, flags]) = header
                 && flags & 0x80 == 0
             {

@@ -20,7 +20,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use shieldns_index::{BypassDefence, Dns64, Hit, ProfileId, ProfilePolicy, Snapshot, Timestamp, Verdict};
-use shieldns_metrics::{LoggedBlock, Metrics, PolicyAction, QueryEvent};
+use shieldns_metrics::{Discard, LoggedBlock, Metrics, PolicyAction, QueryEvent};
 use tracing::{debug, warn};
 
 use crate::answer::{
@@ -28,6 +28,7 @@ use crate::answer::{
     EDE_STALE_ANSWER, Ede,
 };
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer};
+use crate::discard::Discards;
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamFailure};
 
 /// TTL of answers served stale (RFC 8767 §4 recommends 30 s).
@@ -50,6 +51,7 @@ struct Inner {
     udp_payload: u16,
     in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
+    discards: Arc<Discards>,
     clock: Clock,
 }
 
@@ -142,6 +144,7 @@ impl ShieldHandler {
         cache: Option<AnswerCache>,
         udp_payload: u16,
         metrics: Arc<Metrics>,
+        discards: Arc<Discards>,
         clock: Clock,
     ) -> Self {
         Self {
@@ -152,6 +155,7 @@ impl ShieldHandler {
                 udp_payload,
                 in_flight: AtomicUsize::new(0),
                 metrics,
+                discards,
                 clock,
             }),
         }
@@ -548,6 +552,7 @@ impl ShieldHandler {
         let client = request.src().ip();
         if request.metadata.message_type == hickory_proto::op::MessageType::Response {
             // Never answer an answer (TCP; UDP drops them before parsing).
+            self.inner.discards.note(Discard::Response, client);
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.response_code = ResponseCode::Refused;
             return ResponseInfo::from(hickory_proto::op::Header {
@@ -555,6 +560,18 @@ impl ShieldHandler {
                 counts: Default::default(),
             });
         }
+        // The one snapshot load of this query, and the access list before
+        // anything else is looked at: a refused source learns nothing from
+        // the answer (REFUSED, no EDNS, no larger than the query).
+        let snapshot = self.inner.snapshot.load_full();
+        let Some(profile) = snapshot.client_policy(client) else {
+            self.inner.metrics.refused();
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::Refused;
+            metadata.recursion_desired = request.metadata.recursion_desired;
+            let response = MessageResponseBuilder::new(&request.queries, None).build_no_records(metadata);
+            return send(&mut response_handle, response, request).await;
+        };
 
         // Answer with EDNS only when asked with EDNS (RFC 6891 §7), with our
         // payload limit, which also bounds the UDP response size.
@@ -626,14 +643,6 @@ impl ShieldHandler {
             return send(&mut response_handle, response, request).await;
         }
 
-        // The one snapshot load of this query.
-        let snapshot = self.inner.snapshot.load_full();
-        let Some(profile) = snapshot.client_policy(client) else {
-            self.inner.metrics.refused();
-            let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
-                .error_msg(&request.metadata, ResponseCode::Refused);
-            return send(&mut response_handle, response, request).await;
-        };
         let mut name = NameBuf::default();
         // A name that does not fit in 255 bytes cannot have come off the
         // wire; it stays empty and matches no list.

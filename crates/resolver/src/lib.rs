@@ -15,11 +15,13 @@
 mod answer;
 mod cache;
 pub mod config;
+mod discard;
 mod error;
 mod fastpath;
 mod handler;
 mod packet_cache;
 mod server;
+mod tcp;
 mod unbound;
 mod upstream;
 

@@ -1,29 +1,41 @@
 //! Listeners and lifecycle: binds every `server.listen` address over UDP and
 //! TCP, serves until told to stop, then drains in-flight queries.
+//!
+//! UDP is served by the fast path's own threads and TCP by [`crate::tcp`];
+//! both fall back to the one handler. The TCP connection cap is fitted to
+//! the descriptor limit here, once, so that a full TCP side can never take
+//! the descriptors upstream resolution needs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_server::Server;
 use shieldns_index::Snapshot;
 use shieldns_metrics::Metrics;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::sync::atomic::{AtomicBool, Ordering};
-use tracing::info;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
 use crate::cache::AnswerCache;
 use crate::config::{CacheConfig, ServerConfig, UpstreamConfig};
+use crate::discard::Discards;
 use crate::error::ResolverError;
 use crate::fastpath::{self, FastPath};
 use crate::handler::{Clock, ShieldHandler};
 use crate::packet_cache::PacketCache;
+use crate::tcp;
 use crate::upstream::Upstream;
 
 /// A running resolver.
+///
+/// Dropped without `shutdown`, it still stops its UDP threads and TCP
+/// listeners.
 pub struct RunningResolver {
-    server: Server<ShieldHandler>,
+    tcp_stop: watch::Sender<bool>,
+    tcp_listeners: Vec<JoinHandle<()>>,
     handler: ShieldHandler,
     grace: Duration,
     udp_stop: Arc<AtomicBool>,
@@ -54,33 +66,58 @@ pub async fn start(
             reason: "no listen address".into(),
         });
     }
+    let tcp_limits = tcp::Limits {
+        max_connections: fit_tcp_connections(server, upstream),
+        per_client: server.tcp_max_connections_per_client.max(1),
+        idle_timeout: Duration::from_secs(server.tcp_idle_timeout.max(1)),
+        pipeline: server.tcp_pipeline.max(1),
+    };
     let upstream = Upstream::new(upstream, cache)?;
     let upstream_cache = match upstream {
         Upstream::Unbound(_) => None,
         Upstream::Recursive(_) | Upstream::Forward(_) => Some(AnswerCache::new(cache.clone())),
     };
+    let discards = Arc::new(Discards::new(metrics.clone()));
     let fast = Arc::new(FastPath {
         snapshot: snapshot.clone(),
         clock,
         udp_payload: server.udp_payload,
         metrics: metrics.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(server.max_in_flight.max(1))),
+        discards: discards.clone(),
     });
-    let handler = ShieldHandler::new(snapshot, upstream, upstream_cache, server.udp_payload, metrics, clock);
-    // UDP is served by our own loops (the fast path, falling back to the
-    // handler); TCP by hickory's listener, which calls the same handler.
-    let mut hickory = Server::new(handler.clone());
-    // Every socket is bound before the first UDP thread starts, so a bind
-    // error returns with no thread left serving.
+    let handler = ShieldHandler::new(
+        snapshot.clone(),
+        upstream,
+        upstream_cache,
+        server.udp_payload,
+        metrics.clone(),
+        discards.clone(),
+        clock,
+    );
+    // Every socket is bound before the first thread or task starts, so a
+    // bind error returns with nothing left serving.
     let mut udp_sockets = Vec::new();
+    let mut tcp_sockets = Vec::new();
     for &address in &server.listen {
         for _ in 0..server.udp_sockets.max(1) {
             udp_sockets.push((address, Arc::new(bind_udp(address, server.udp_sockets > 1)?)));
         }
-        let tcp = bind_tcp(address)?;
-        hickory.register_listener(tcp, Duration::from_secs(server.tcp_idle_timeout.max(1)), 64);
+        tcp_sockets.push(bind_tcp(address)?);
         info!(%address, "listening on UDP and TCP");
     }
+    let tcp_shared = Arc::new(tcp::Shared::new(
+        tcp_limits,
+        snapshot,
+        handler.clone(),
+        metrics,
+        discards,
+    ));
+    let (tcp_stop, stopped) = watch::channel(false);
+    let tcp_listeners = tcp_sockets
+        .into_iter()
+        .map(|listener| tokio::spawn(tcp::serve(listener, tcp_shared.clone(), stopped.clone())))
+        .collect();
     let udp_stop = Arc::new(AtomicBool::new(false));
     let mut udp_threads = Vec::new();
     let runtime = tokio::runtime::Handle::current();
@@ -97,6 +134,7 @@ pub async fn start(
             Ok(thread) => udp_threads.push(thread),
             Err(source) => {
                 udp_stop.store(true, Ordering::Relaxed);
+                let _ = tcp_stop.send(true);
                 return Err(ResolverError::Bind {
                     address,
                     protocol: "udp",
@@ -106,7 +144,8 @@ pub async fn start(
         }
     }
     Ok(RunningResolver {
-        server: hickory,
+        tcp_stop,
+        tcp_listeners,
         handler,
         grace: Duration::from_secs(server.shutdown_grace),
         udp_stop,
@@ -128,23 +167,80 @@ impl RunningResolver {
             }
         })
         .await;
+        // TCP listeners stop accepting and connections stop reading; the
+        // queries they started finish within the grace period below.
+        let _ = self.tcp_stop.send(true);
+        for listener in std::mem::take(&mut self.tcp_listeners) {
+            let _ = listener.await;
+        }
         let deadline = tokio::time::Instant::now() + self.grace;
         while self.handler.in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.server
-            .shutdown_gracefully()
-            .await
-            .map_err(|e| ResolverError::Server { reason: e.to_string() })
+        Ok(())
     }
 
-    /// Waits until the server stops on its own (a listener failed).
+    /// Waits until a listener stops on its own, which only a panic in its
+    /// accept loop can make happen (accept errors are retried).
     pub async fn wait(&mut self) -> Result<(), ResolverError> {
-        self.server
-            .block_until_done()
-            .await
-            .map_err(|e| ResolverError::Server { reason: e.to_string() })
+        if self.tcp_listeners.is_empty() {
+            return std::future::pending::<Result<(), ResolverError>>().await;
+        }
+        let (ended, _, _) = futures_util::future::select_all(self.tcp_listeners.iter_mut()).await;
+        Err(ResolverError::Server {
+            reason: match ended {
+                Ok(()) => "a TCP listener stopped".into(),
+                Err(error) => format!("a TCP listener failed: {error}"),
+            },
+        })
     }
+}
+
+/// Descriptors kept free for everything but TCP clients besides the upstream
+/// sockets: listeners, log and state files, the metrics endpoint.
+const OTHER_DESCRIPTORS: u64 = 256;
+
+/// `server.tcp_max_connections`, lowered if the descriptor limit (raised to
+/// its hard limit first) would leave the upstream sockets too little room
+/// once every TCP connection is open.
+fn fit_tcp_connections(server: &ServerConfig, upstream: &UpstreamConfig) -> usize {
+    let configured = server.tcp_max_connections.max(1);
+    let limit = raise_descriptor_limit();
+    // libunbound keeps up to `outgoing_range` sockets open per context;
+    // hickory's engines are given the same room.
+    let contexts = match upstream.contexts {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    let upstream_sockets =
+        u64::from(upstream.outgoing_range.max(16)).saturating_mul(u64::try_from(contexts).unwrap_or(u64::MAX));
+    let udp_sockets = u64::try_from(server.listen.len().saturating_mul(server.udp_sockets.max(1))).unwrap_or(u64::MAX);
+    let room = limit.saturating_sub(upstream_sockets + udp_sockets + OTHER_DESCRIPTORS);
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    if room >= configured {
+        return configured;
+    }
+    let fitted = room.max(16);
+    warn!(
+        configured,
+        fitted,
+        descriptor_limit = limit,
+        upstream_sockets,
+        "server.tcp_max_connections lowered so the upstream sockets keep their descriptors (raise the hard RLIMIT_NOFILE, e.g. LimitNOFILE= in the systemd unit)"
+    );
+    fitted
+}
+
+/// Raises the soft descriptor limit to the hard one and returns it.
+fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
 }
 
 impl Drop for RunningResolver {
@@ -152,6 +248,7 @@ impl Drop for RunningResolver {
     /// (they would otherwise serve the socket for the life of the process).
     fn drop(&mut self) {
         self.udp_stop.store(true, Ordering::Relaxed);
+        let _ = self.tcp_stop.send(true);
     }
 }
 

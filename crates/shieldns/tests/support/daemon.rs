@@ -241,3 +241,15 @@ pub(crate) fn ede(dig_output: &str) -> Option<String> {
 pub(crate) fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
+
+/// The metrics endpoint's text on `port` of 127.0.0.1.
+pub(crate) fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("send the scrape");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("read the scrape");
+    body
+}

@@ -1,0 +1,119 @@
+//! Traffic given no answer (or only FORMERR): counted in
+//! `shieldns_resolver_discarded_total`, and logged at most once per kind per
+//! interval with the count since the last line, so that hostile input can
+//! neither go unseen nor flood the log.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shieldns_metrics::{Discard, Metrics};
+use tracing::warn;
+
+/// The kinds, in the order of [`Discards::kinds`].
+const KINDS: [Discard; Discard::ALL.len()] = Discard::ALL;
+
+/// One log line per kind per this interval at most.
+const LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct Kind {
+    /// Discards since the last line.
+    unlogged: AtomicU64,
+    /// When the last line was written, in milliseconds since `started`
+    /// plus one (0: never).
+    logged_at: AtomicU64,
+}
+
+/// Counts and logs discards; shared by every transport.
+#[derive(Debug)]
+pub(crate) struct Discards {
+    metrics: Arc<Metrics>,
+    started: Instant,
+    kinds: [Kind; KINDS.len()],
+}
+
+impl Discards {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            started: Instant::now(),
+            kinds: Default::default(),
+        }
+    }
+
+    /// Counts one discard of `reason` from `source`, and logs the kind's
+    /// count when its interval has passed (the first one at once).
+    pub(crate) fn note(&self, reason: Discard, source: IpAddr) {
+        self.metrics.discarded(reason);
+        let Some(kind) = KINDS.iter().position(|k| *k == reason).and_then(|i| self.kinds.get(i)) else {
+            return;
+        };
+        kind.unlogged.fetch_add(1, Ordering::Relaxed);
+        let now = u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = kind.logged_at.load(Ordering::Relaxed);
+        let interval = u64::try_from(LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < interval {
+            return;
+        }
+        // One thread wins the interval's line.
+        if kind
+            .logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let count = kind.unlogged.swap(0, Ordering::Relaxed);
+        let (what, since) = (
+            describe(reason),
+            if last == 0 { "since start" } else { "in the last minute" },
+        );
+        warn!(reason = reason.label(), count, latest_source = %source, "{what}: {count} {since} (logged at most once a minute)");
+    }
+}
+
+fn describe(reason: Discard) -> &'static str {
+    match reason {
+        Discard::Response => "responses received and not answered",
+        Discard::Malformed => "malformed queries",
+        Discard::NotAllowed => "unparsable datagrams from sources the access list refuses, dropped",
+        Discard::RateLimited => "queries over the rate limit, dropped",
+        Discard::TcpNotAllowed => "TCP connections from sources the access list refuses, closed",
+        Discard::TcpConnectionLimit => "TCP connections over server.tcp_max_connections, closed",
+        Discard::TcpClientLimit => "TCP connections over server.tcp_max_connections_per_client, closed",
+        _ => "discarded queries",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_discard_and_logs_the_first_of_each_kind() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let discards = Discards::new(metrics.clone());
+        let source = IpAddr::from([192, 0, 2, 1]);
+        for _ in 0..5 {
+            discards.note(Discard::Malformed, source);
+        }
+        discards.note(Discard::Response, source);
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains("shieldns_resolver_discarded_total{reason=\"malformed\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shieldns_resolver_discarded_total{reason=\"response\"} 1"),
+            "{text}"
+        );
+        // The first malformed one was logged (its count taken); the next
+        // four wait for the interval.
+        assert_eq!(discards.kinds[1].unlogged.load(Ordering::Relaxed), 4);
+        assert_eq!(discards.kinds[0].unlogged.load(Ordering::Relaxed), 0);
+    }
+}

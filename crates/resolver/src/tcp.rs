@@ -1,0 +1,294 @@
+//! DNS over TCP (RFC 7766): accept, screen, read length-prefixed queries,
+//! answer each through the handler as soon as it is ready.
+//!
+//! Key design decision: our own listener rather than hickory-server's, which
+//! answers a connection's queries one at a time and has no connection caps.
+//! The access list is applied at accept (a refused source's connection is
+//! reset at once, before a byte is read); connections are capped in total
+//! and per client address, the total cap lowered at start so that the
+//! descriptors the upstream sockets need stay free; the idle timeout
+//! shortens once three quarters of the cap are in use; and up to
+//! `tcp_pipeline` queries of a connection are resolved concurrently, their
+//! answers written in the order they complete (RFC 7766 §6.2.1.1).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+use shieldns_index::Snapshot;
+use shieldns_metrics::{Discard, Metrics};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::debug;
+
+use crate::discard::Discards;
+use crate::handler::ShieldHandler;
+
+/// The TCP limits, from `[server]` (the total already fitted to the
+/// descriptor limit).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
+    pub(crate) per_client: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) pipeline: usize,
+}
+
+impl Limits {
+    /// The idle timeout with `open` connections: a tenth of the configured
+    /// one (at least a second) once three quarters of the cap are open.
+    fn idle_timeout(&self, open: usize) -> Duration {
+        if open.saturating_mul(4) >= self.max_connections.saturating_mul(3) {
+            (self.idle_timeout / 10)
+                .max(Duration::from_secs(1))
+                .min(self.idle_timeout)
+        } else {
+            self.idle_timeout
+        }
+    }
+}
+
+/// What every connection of every TCP listener shares.
+pub(crate) struct Shared {
+    pub(crate) limits: Limits,
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) handler: ShieldHandler,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) discards: Arc<Discards>,
+    open: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        limits: Limits,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        handler: ShieldHandler,
+        metrics: Arc<Metrics>,
+        discards: Arc<Discards>,
+    ) -> Self {
+        Self {
+            limits,
+            snapshot,
+            handler,
+            metrics,
+            discards,
+            open: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Admits a connection from `client`, or says why not.
+    fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Admitted, Discard> {
+        if self.snapshot.load().client_policy(client).is_none() {
+            return Err(Discard::TcpNotAllowed);
+        }
+        let mut per_client = self.per_client.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.open.load(Ordering::Acquire) >= self.limits.max_connections {
+            return Err(Discard::TcpConnectionLimit);
+        }
+        let count = per_client.entry(client).or_insert(0);
+        if *count >= self.limits.per_client {
+            return Err(Discard::TcpClientLimit);
+        }
+        *count += 1;
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.metrics.tcp_connections(1);
+        Ok(Admitted {
+            shared: self.clone(),
+            client,
+        })
+    }
+}
+
+/// An admitted connection's place under the caps, given back on drop.
+struct Admitted {
+    shared: Arc<Shared>,
+    client: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut per_client = self.shared.per_client.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = per_client.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_client.remove(&self.client);
+            }
+        }
+        self.shared.open.fetch_sub(1, Ordering::AcqRel);
+        self.shared.metrics.tcp_connections(-1);
+    }
+}
+
+/// Accepts connections on `listener` until `stop` turns true.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors (EMFILE/ENFILE) or a connection reset
+                // before it was accepted: pause a little rather than spin.
+                debug!(%error, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let client = canonical(peer.ip());
+        match shared.admit(client) {
+            Ok(admitted) => {
+                let stop = stop.clone();
+                tokio::spawn(connection(stream, peer, admitted, stop));
+            }
+            Err(reason) => {
+                // A reset, not a close: no TIME_WAIT state kept for it here.
+                // (A zero linger never blocks the close.)
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                drop(stream);
+                shared.discards.note(reason, client);
+            }
+        }
+    }
+}
+
+/// An IPv4 client on an IPv6 socket as the IPv4 address the access list
+/// and the caps know it by.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// Serves one connection: reads queries until the client closes, the idle
+/// timeout passes with nothing in flight, or the server stops; answers are
+/// written by a task of their own as they complete.
+async fn connection(stream: TcpStream, peer: SocketAddr, admitted: Admitted, mut stop: watch::Receiver<bool>) {
+    let shared = admitted.shared.clone();
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let pipeline = shared.limits.pipeline.max(1);
+    let (answers, mut outgoing) = mpsc::channel::<Vec<u8>>(pipeline);
+    // A client that stops reading gets as long as an idle one to take each
+    // answer.
+    let write_timeout = shared.limits.idle_timeout;
+    let writing = tokio::spawn(async move {
+        while let Some(answer) = outgoing.recv().await {
+            match tokio::time::timeout(write_timeout, writer.write_all(&answer)).await {
+                Ok(Ok(())) => {}
+                Err(_) | Ok(Err(_)) => return,
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let in_flight = Arc::new(Semaphore::new(pipeline));
+    loop {
+        // Room for one more query first: reading pauses while the
+        // connection has `pipeline` queries in flight.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let idle = shared.limits.idle_timeout(shared.open.load(Ordering::Acquire));
+        let mut length = [0u8; 2];
+        let read = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
+            read = tokio::time::timeout(idle, reader.read_exact(&mut length)) => read,
+        };
+        // The client closed, or sent nothing for the idle timeout: no more
+        // reading; the answers still resolving are written before the
+        // writer closes (it ends once every sender is gone).
+        if !matches!(read, Ok(Ok(_))) {
+            break;
+        }
+        let size = usize::from(u16::from_be_bytes(length));
+        if size < 12 {
+            shared.discards.note(Discard::Malformed, admitted.client);
+            break;
+        }
+        let mut message = vec![0u8; size];
+        // The message itself must follow promptly (a client dripping bytes
+        // holds a connection and a descriptor).
+        match tokio::time::timeout(idle, reader.read_exact(&mut message)).await {
+            Ok(Ok(_)) => {}
+            Err(_) | Ok(Err(_)) => break,
+        }
+        let (shared, answers) = (shared.clone(), answers.clone());
+        tokio::spawn(async move {
+            answer(&shared, message, peer, answers).await;
+            drop(permit);
+        });
+    }
+    drop(answers);
+    let _ = writing.await;
+    drop(admitted);
+}
+
+/// Answers one query of a connection.
+async fn answer(shared: &Shared, message: Vec<u8>, peer: SocketAddr, answers: mpsc::Sender<Vec<u8>>) {
+    let header = message.get(..3).map(|h| [h[0], h[1], h[2]]);
+    if header.is_some_and(|[_, _, flags]| flags & 0x80 != 0) {
+        shared.discards.note(Discard::Response, canonical(peer.ip()));
+        return;
+    }
+    match Request::from_bytes(message, peer, Protocol::Tcp) {
+        Ok(request) => {
+            let responder = TcpResponder { answers };
+            shared.handler.handle_request::<_, TokioTime>(&request, responder).await;
+        }
+        Err(error) => {
+            debug!(%error, %peer, "malformed query over TCP");
+            shared.discards.note(Discard::Malformed, canonical(peer.ip()));
+            if let Some([id0, id1, flags]) = header {
+                let formerr = [0, 12, id0, id1, 0x80 | (flags & 0x79), 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+                let _ = answers.send(formerr.to_vec()).await;
+            }
+        }
+    }
+}
+
+/// Hands the handler's answer, length-prefixed, to the connection's writer.
+#[derive(Clone)]
+struct TcpResponder {
+    answers: mpsc::Sender<Vec<u8>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for TcpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let mut message = Vec::with_capacity(512);
+        let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut message);
+        encoder.set_max_size(u16::MAX);
+        let info = response.destructive_emit(&mut encoder)?;
+        // The encoder stops at its maximum size, so the length fits.
+        let length = u16::try_from(message.len()).unwrap_or(u16::MAX);
+        let mut framed = Vec::with_capacity(message.len() + 2);
+        framed.extend_from_slice(&length.to_be_bytes());
+        framed.extend_from_slice(&message);
+        if self.answers.send(framed).await.is_err() {
+            debug!("a TCP answer was ready after its connection closed");
+        }
+        Ok(info)
+    }
+}
