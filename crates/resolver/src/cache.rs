@@ -15,6 +15,7 @@ use hickory_proto::rr::{LowerName, Record, RecordType};
 use moka::sync::Cache;
 
 use crate::config::CacheConfig;
+use crate::upstream::UpstreamFailure;
 
 /// The cache key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -181,3 +182,45 @@ where
         Some((self.keep_for)(value, self.stale_window))
     }
 }
+
+/// The handler's caches: answers (the hickory engine's only) and failures.
+#[derive(Debug)]
+pub(crate) struct Caches {
+    pub(crate) answers: Option<AnswerCache>,
+    pub(crate) failures: Option<FailureCache>,
+}
+
+/// Resolution failures remembered for `cache.failure_ttl` (RFC 9520), keyed
+/// like answers. Holds the failure's kind and text, never bogus data.
+#[derive(Clone, Debug)]
+pub(crate) struct FailureCache {
+    entries: Cache<CacheKey, Arc<UpstreamFailure>>,
+}
+
+impl FailureCache {
+    /// `None` when `cache.failure_ttl` is 0.
+    pub(crate) fn new(config: &CacheConfig) -> Option<Self> {
+        (config.failure_ttl > 0).then(|| Self {
+            entries: Cache::builder()
+                .max_capacity(FAILURES_KEPT)
+                .time_to_live(Duration::from_secs(u64::from(config.failure_ttl.min(300))))
+                .build(),
+        })
+    }
+
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<Arc<UpstreamFailure>> {
+        self.entries.get(key)
+    }
+
+    /// Remembers `failure` unless it is a library error (not the name's
+    /// fault); bogus data is dropped from the copy kept.
+    pub(crate) fn insert(&self, key: CacheKey, failure: &UpstreamFailure) {
+        if !matches!(failure, UpstreamFailure::Failed(_)) {
+            self.entries.insert(key, Arc::new(failure.clone_reason()));
+        }
+    }
+}
+
+/// Failures remembered at most (names under attack can be many; each entry
+/// is a name and a short text).
+const FAILURES_KEPT: u64 = 100_000;

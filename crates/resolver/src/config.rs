@@ -303,6 +303,12 @@ pub struct CacheConfig {
     /// refresh through it would be answered from its own cache).
     #[serde(default = "yes")]
     pub prefetch: bool,
+    /// Seconds a resolution failure (SERVFAIL: no reachable authority, or
+    /// validation failed) is remembered for its name and type and answered
+    /// at once, with the same EDE, instead of waiting on the upstream again
+    /// (RFC 9520: at least 1 s, at most 5 min). 0 turns it off.
+    #[serde(default = "default_failure_ttl")]
+    pub failure_ttl: u32,
 }
 
 impl Default for CacheConfig {
@@ -315,8 +321,13 @@ impl Default for CacheConfig {
             serve_stale: true,
             stale_window: default_stale_window(),
             prefetch: true,
+            failure_ttl: default_failure_ttl(),
         }
     }
+}
+
+fn default_failure_ttl() -> u32 {
+    5
 }
 
 fn default_max_entries() -> u64 {

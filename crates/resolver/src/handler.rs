@@ -27,7 +27,7 @@ use crate::answer::{
     self, BlockAnswer, EDE_BLOCKED, EDE_FILTERED, EDE_NO_REACHABLE_AUTHORITY, EDE_NOT_AUTHORITATIVE, EDE_OPTION,
     EDE_STALE_ANSWER, Ede,
 };
-use crate::cache::{AnswerCache, CacheKey, CachedAnswer};
+use crate::cache::{AnswerCache, CacheKey, CachedAnswer, Caches, FailureCache};
 use crate::discard::Discards;
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamFailure};
 
@@ -48,6 +48,8 @@ struct Inner {
     /// libunbound, whose own byte-bounded cache holds the answers (and
     /// serves them stale), so no answer is held twice.
     cache: Option<AnswerCache>,
+    /// Recent resolution failures, answered without asking again.
+    failures: Option<FailureCache>,
     udp_payload: u16,
     in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
@@ -141,7 +143,7 @@ impl ShieldHandler {
     pub(crate) fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         upstream: Upstream,
-        cache: Option<AnswerCache>,
+        caches: Caches,
         udp_payload: u16,
         metrics: Arc<Metrics>,
         discards: Arc<Discards>,
@@ -151,7 +153,8 @@ impl ShieldHandler {
             inner: Arc::new(Inner {
                 snapshot,
                 upstream,
-                cache,
+                cache: caches.answers,
+                failures: caches.failures,
                 udp_payload,
                 in_flight: AtomicUsize::new(0),
                 metrics,
@@ -383,9 +386,22 @@ impl ShieldHandler {
                 Some((EDE_NOT_AUTHORITATIVE, String::from("recursion not desired; not cached"))),
             );
         }
-        let sent = Instant::now();
-        let resolved = self.inner.upstream.resolve(qname, qtype, key.dnssec_ok).await;
-        self.inner.metrics.upstream(sent.elapsed());
+        // A CD client may be owed the data of a bogus answer, so it always
+        // asks; everyone else gets a recent failure at once.
+        let failures = self.inner.failures.as_ref().filter(|_| !asked.checking_disabled);
+        let remembered = failures.and_then(|failures| failures.get(&key));
+        let resolved = match remembered {
+            Some(failure) => Err(UpstreamFailure::clone_reason(&failure)),
+            None => {
+                let sent = Instant::now();
+                let resolved = self.inner.upstream.resolve(qname, qtype, key.dnssec_ok).await;
+                self.inner.metrics.upstream(sent.elapsed());
+                if let (Err(failure), Some(failures)) = (&resolved, failures) {
+                    failures.insert(key.clone(), failure);
+                }
+                resolved
+            }
+        };
         match resolved {
             Ok(answer) => {
                 if let Some(cache) = cache {

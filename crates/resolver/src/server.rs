@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::cache::AnswerCache;
+use crate::cache::{AnswerCache, Caches, FailureCache};
 use crate::config::{CacheConfig, ServerConfig, UpstreamConfig};
 use crate::discard::Discards;
 use crate::error::ResolverError;
@@ -89,7 +89,10 @@ pub async fn start(
     let handler = ShieldHandler::new(
         snapshot.clone(),
         upstream,
-        upstream_cache,
+        Caches {
+            answers: upstream_cache,
+            failures: FailureCache::new(cache),
+        },
         server.udp_payload,
         metrics.clone(),
         discards.clone(),

@@ -83,6 +83,22 @@ pub(crate) enum UpstreamFailure {
     Failed(String),
 }
 
+impl UpstreamFailure {
+    /// The failure without any bogus data (what the failure cache keeps and
+    /// hands out).
+    pub(crate) fn clone_reason(&self) -> Self {
+        match self {
+            Self::Bogus { code, reason, .. } => Self::Bogus {
+                code: *code,
+                reason: reason.clone(),
+                answer: None,
+            },
+            Self::Unreachable(reason) => Self::Unreachable(reason.clone()),
+            Self::Failed(reason) => Self::Failed(reason.clone()),
+        }
+    }
+}
+
 /// The upstream engine.
 pub(crate) enum Upstream {
     Unbound(UnboundEngine),

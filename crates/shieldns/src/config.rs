@@ -39,12 +39,32 @@ pub(crate) struct Config {
 }
 
 /// `[metrics]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MetricsConfig {
     /// Address of the Prometheus `/metrics` endpoint; none disables it.
     #[serde(default)]
     pub(crate) listen: Option<SocketAddr>,
+    /// Networks allowed to scrape; any other source's connection is closed
+    /// unanswered. Loopback only by default.
+    #[serde(default = "loopback")]
+    pub(crate) allow: Vec<ipnet::IpNet>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            allow: loopback(),
+        }
+    }
+}
+
+fn loopback() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|net| net.parse().ok())
+        .collect()
 }
 
 /// Where the configuration came from.

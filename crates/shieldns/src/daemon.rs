@@ -67,7 +67,7 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(address) = config.metrics.listen {
-        crate::exporter::spawn(address, metrics.clone()).await?;
+        crate::exporter::spawn(address, config.metrics.allow.clone(), metrics.clone()).await?;
     }
     crate::querylog::start(&config.query_log, &source.base_dir(), &metrics)?;
     telemetry.spawn_poller();

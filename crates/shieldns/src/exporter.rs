@@ -1,28 +1,40 @@
-//! The Prometheus endpoint: `GET /metrics` on `metrics.listen`.
+//! The Prometheus endpoint: `GET /metrics` on `metrics.listen`, for the
+//! sources `metrics.allow` lists (loopback by default).
 //!
 //! One request per connection, read up to the end of the request head, no
 //! keep-alive: Prometheus scrapes need nothing more, and this keeps an HTTP
 //! stack out of the resolver until the metrics issue needs one.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ipnet::IpNet;
 use shieldns_metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
-pub(crate) async fn spawn(address: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+pub(crate) async fn spawn(address: SocketAddr, allow: Vec<IpNet>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("metrics.listen: cannot listen on {address}"))?;
-    info!(%address, "metrics endpoint listening");
+    info!(%address, allowed = ?allow, "metrics endpoint listening");
     tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
+                // Out of descriptors: do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
+            let source = match peer.ip() {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), IpAddr::V4),
+                ip @ IpAddr::V4(_) => ip,
+            };
+            if !allow.iter().any(|net| net.contains(&source)) {
+                debug!(%peer, "metrics scrape from a source metrics.allow does not list; closed");
+                continue;
+            }
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 if let Err(error) = tokio::time::timeout(Duration::from_secs(5), answer(stream, &metrics)).await {

@@ -33,6 +33,7 @@ resolution_timeout_ms = 2000
 
 [metrics]
 listen = "127.0.0.1:@METRICS@"
+allow = ["127.0.0.1/32"]
 
 [[list]]
 name = "adult"
@@ -174,6 +175,12 @@ fn refused_sources_get_a_small_refused_or_nothing() {
         let name = format!("shieldns_resolver_discarded_total{{reason=\"{reason}\"}}");
         assert_eq!(metric(&text, &name), count, "{name} in:\n{text}");
     }
+    // The metrics endpoint serves only the sources `metrics.allow` lists.
+    let mut scraper = tcp_from("127.0.0.100", SocketAddr::from(([127, 0, 0, 1], setup.metrics)));
+    let _ = scraper.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = scraper.read_to_string(&mut body);
+    assert_eq!(body, "", "metrics.allow excludes 127.0.0.100");
     // Logged once per kind, with a count, not once per packet.
     let log = daemon.log_text();
     assert_eq!(log.matches("malformed queries:").count(), 1, "{log}");
@@ -367,4 +374,36 @@ fn tcp_connections_are_capped_per_client_and_refused_floods_do_not_starve_allowe
     );
     // Three still held open by this test.
     assert_eq!(metric(&text, "shieldns_tcp_connections"), 3, "{text}");
+}
+
+#[test]
+fn a_failure_is_remembered_and_answered_at_once() {
+    if skip() {
+        return;
+    }
+    let setup = start(1);
+    setup.upstream.set_answering(false);
+    let ask = || {
+        let started = Instant::now();
+        let out = setup.daemon.dig(&["+tries=1", "+time=5", "www.example.test", "A"]);
+        (out, started.elapsed())
+    };
+    let (first, waited) = ask();
+    assert_eq!(status(&first), "SERVFAIL", "{first}");
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "the first waits for the deadline: {waited:?}"
+    );
+    let (second, took) = ask();
+    assert_eq!(status(&second), "SERVFAIL", "{second}");
+    assert!(
+        took < Duration::from_millis(1000),
+        "a remembered failure is answered without waiting again: {took:?}"
+    );
+    let ede_of = |out: &str| support::daemon::ede(out).unwrap_or_default();
+    assert!(ede_of(&first).contains("22 (No Reachable Authority)"), "{first}");
+    assert_eq!(ede_of(&first), ede_of(&second), "the same EDE");
+    // Another type of the same name is its own question.
+    setup.upstream.set_answering(true);
+    assert_eq!(status(&setup.daemon.dig(&["www.example.test", "AAAA"])), "NOERROR");
 }
