@@ -188,6 +188,7 @@ pub struct Metrics {
     refused: IntCounter,
     overload_drops: IntCounter,
     discarded: [IntCounter; Discard::ALL.len()],
+    rate_limit_slips: IntCounter,
     tcp_connections: prometheus::IntGauge,
     blocked_by_ede: [IntCounter; 3],
     cache_hits: IntCounter,
@@ -268,6 +269,11 @@ impl Metrics {
             "Queries and TCP connections given no answer (malformed: FORMERR at most), by reason.",
             &["reason"],
         )?;
+        let rate_limit_slips = IntCounter::new(
+            "shieldns_resolver_rate_limit_slips_total",
+            "Queries over server.rate_limit answered with an empty TC=1 answer (the slip) instead of dropped.",
+        )?;
+        registry.register(Box::new(rate_limit_slips.clone()))?;
         let tcp_connections = prometheus::IntGauge::new("shieldns_tcp_connections", "Open DNS-over-TCP connections.")?;
         registry.register(Box::new(tcp_connections.clone()))?;
         let cache = counter_vec(
@@ -380,6 +386,7 @@ impl Metrics {
             refused,
             overload_drops,
             discarded: Discard::ALL.map(|reason| discarded.with_label_values(&[reason.label()])),
+            rate_limit_slips,
             tcp_connections,
             blocked_by_ede: ["15", "16", "17"].map(|ede| blocked_by_ede.with_label_values(&[ede])),
             cache_hits: cache.with_label_values(&["hit"]),
@@ -599,6 +606,11 @@ impl Metrics {
         {
             counter.inc();
         }
+    }
+
+    /// Counts a rate-limited query answered with TC=1.
+    pub fn rate_limit_slip(&self) {
+        self.rate_limit_slips.inc();
     }
 
     /// Adds `delta` (negative when connections close) to the open TCP

@@ -39,6 +39,10 @@ pub struct ServerConfig {
     /// pipelining); reading pauses past it.
     #[serde(default = "default_tcp_pipeline")]
     pub tcp_pipeline: usize,
+    /// `[server.rate_limit]`: per-prefix UDP rate limits for allowed
+    /// clients; none (no limit) unless the table is present.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
     /// Seconds to wait for in-flight queries on SIGTERM before exiting.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: u64,
@@ -60,10 +64,52 @@ impl Default for ServerConfig {
             tcp_max_connections: default_tcp_max_connections(),
             tcp_max_connections_per_client: default_tcp_max_connections_per_client(),
             tcp_pipeline: default_tcp_pipeline(),
+            rate_limit: None,
             shutdown_grace: default_shutdown_grace(),
             max_in_flight: default_max_in_flight(),
         }
     }
+}
+
+/// `[server.rate_limit]`: a token bucket per client prefix for UDP queries
+/// (TCP cannot be spoofed and is bounded by its connection caps).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Queries a second one prefix may send, sustained.
+    #[serde(default = "default_rate")]
+    pub queries_per_second: u32,
+    /// Queries one prefix may send at once after a quiet spell; default
+    /// twice `queries_per_second`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// The IPv4 prefix length clients are grouped by.
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// The IPv6 prefix length clients are grouped by.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Every `slip`-th query over the limit gets an empty TC=1 answer, so
+    /// a real client retries over TCP; 0 never.
+    #[serde(default = "default_slip")]
+    pub slip: u32,
+    /// Networks never limited (e.g. a school's NAT address, a monitoring
+    /// probe).
+    #[serde(default)]
+    pub exempt: Vec<IpNet>,
+}
+
+fn default_rate() -> u32 {
+    200
+}
+fn default_ipv4_prefix() -> u8 {
+    32
+}
+fn default_ipv6_prefix() -> u8 {
+    56
+}
+fn default_slip() -> u32 {
+    2
 }
 
 fn default_listen() -> Vec<SocketAddr> {

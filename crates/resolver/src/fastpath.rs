@@ -34,6 +34,7 @@ use tracing::debug;
 use crate::discard::Discards;
 use crate::handler::{Clock, ShieldHandler};
 use crate::packet_cache::{CacheLookup, PacketCache, PacketFiller, PacketKey, Probed};
+use crate::ratelimit::{Limit, RateLimiter};
 
 /// Record types and classes used on the wire.
 const TYPE_A: u16 = 1;
@@ -410,6 +411,10 @@ pub(crate) struct FastPath {
     /// Bounds the UDP queries the full handler works on at once.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     pub(crate) discards: Arc<Discards>,
+    /// `[server.rate_limit]`, for allowed clients.
+    pub(crate) rate_limit: Option<RateLimiter>,
+    /// The budget of REFUSED answers for refused sources (always on).
+    pub(crate) refusals: RateLimiter,
 }
 
 impl FastPath {
@@ -527,6 +532,9 @@ enum Route {
     Discard(Discard),
     /// REFUSED, answered here: a query from a source the access list refuses.
     Refuse,
+    /// An empty TC=1 answer, here: over the rate limit, but slipped through
+    /// so that a real client retries over TCP.
+    Slip,
     /// The full handler: not a standard query, or policy beyond lists.
     Handler,
     /// The lists decide for this profile. When the answer may be cached,
@@ -746,8 +754,26 @@ pub(crate) fn serve_thread(
             // datagram without a header, and nothing but REFUSED (or
             // nothing) for a source the access list refuses.
             let Some(profile) = screen(packet, peer.ip(), snapshot).map_err(|r| *route = r).ok() else {
+                if matches!(*route, Route::Refuse) && fast.refusals.check(peer.ip(), received_at) != Limit::Pass {
+                    *route = Route::Discard(Discard::RateLimited);
+                }
                 continue;
             };
+            match fast
+                .rate_limit
+                .as_ref()
+                .map(|limiter| limiter.check(peer.ip(), received_at))
+            {
+                None | Some(Limit::Pass) => {}
+                Some(Limit::Drop) => {
+                    *route = Route::Discard(Discard::RateLimited);
+                    continue;
+                }
+                Some(Limit::Slip) => {
+                    *route = Route::Slip;
+                    continue;
+                }
+            }
             if parse_into(packet, question).is_some() {
                 *route = fast.route(&packets, &Query { packet, question }, profile, snapshot);
             }
@@ -774,7 +800,7 @@ pub(crate) fn serve_thread(
             let mut warmer = snapshot.warmer();
             for (question, route) in batch.questions.iter().zip(routes) {
                 match route {
-                    Route::Handler | Route::Discard(_) | Route::Refuse => {}
+                    Route::Handler | Route::Discard(_) | Route::Refuse | Route::Slip => {}
                     Route::Lists {
                         cached: Some(probed), ..
                     } => touched ^= packets.touch(*probed),
@@ -799,6 +825,10 @@ pub(crate) fn serve_thread(
                 }
                 Route::Refuse => {
                     refuse(fd, packet, peer, &fast.metrics, received_at);
+                    continue;
+                }
+                Route::Slip => {
+                    slip(fd, packet, peer, &fast.metrics);
                     continue;
                 }
                 Route::Handler | Route::Lists { .. } => {}
@@ -943,6 +973,20 @@ fn refuse(fd: RawFd, packet: &[u8], peer: SocketAddr, metrics: &Metrics, receive
         return;
     }
     metrics.query(None, true, 5, received_at.elapsed());
+}
+
+/// Sends the slip answer for `packet`: its header and question, with QR,
+/// TC and RA set and no records, no larger than the query.
+fn slip(fd: RawFd, packet: &[u8], peer: SocketAddr, metrics: &Metrics) {
+    let Some(mut answer) = refusal(packet) else {
+        return;
+    };
+    answer[2] |= 0x02;
+    answer[3] = 0x80;
+    metrics.rate_limit_slip();
+    if let Err(error) = sendto(fd, &answer, &SockaddrStorage::from(peer), MsgFlags::MSG_DONTWAIT) {
+        debug!(%error, %peer, "cannot send a slip answer");
+    }
 }
 
 /// Sends one datagram from an async task on the (blocking) UDP socket

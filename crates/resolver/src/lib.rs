@@ -20,12 +20,13 @@ mod error;
 mod fastpath;
 mod handler;
 mod packet_cache;
+mod ratelimit;
 mod server;
 mod tcp;
 mod unbound;
 mod upstream;
 
-pub use config::{CacheConfig, ServerConfig, UpstreamConfig, UpstreamEngine, UpstreamMode};
+pub use config::{CacheConfig, RateLimitConfig, ServerConfig, UpstreamConfig, UpstreamEngine, UpstreamMode};
 pub use error::ResolverError;
 pub use handler::{Clock, ShieldHandler};
 pub use server::{RunningResolver, start};

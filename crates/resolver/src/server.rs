@@ -26,6 +26,7 @@ use crate::error::ResolverError;
 use crate::fastpath::{self, FastPath};
 use crate::handler::{Clock, ShieldHandler};
 use crate::packet_cache::PacketCache;
+use crate::ratelimit::RateLimiter;
 use crate::tcp;
 use crate::upstream::Upstream;
 
@@ -85,6 +86,8 @@ pub async fn start(
         metrics: metrics.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(server.max_in_flight.max(1))),
         discards: discards.clone(),
+        rate_limit: server.rate_limit.as_ref().map(RateLimiter::new),
+        refusals: RateLimiter::for_refusals(),
     });
     let handler = ShieldHandler::new(
         snapshot.clone(),

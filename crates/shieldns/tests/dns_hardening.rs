@@ -407,3 +407,78 @@ fn a_failure_is_remembered_and_answered_at_once() {
     setup.upstream.set_answering(true);
     assert_eq!(status(&setup.daemon.dig(&["www.example.test", "AAAA"])), "NOERROR");
 }
+
+#[test]
+fn udp_rate_limits_drop_and_slip_and_refusals_have_a_budget() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let metrics = free_port("127.0.0.1");
+    let config = CONFIG
+        .replace("@UPSTREAM@", &upstream.addr.to_string())
+        .replace("@METRICS@", &metrics.to_string())
+        .replace("@UDP_SOCKETS@", "1")
+        .replace(
+            "[upstream]",
+            "[server.rate_limit]\nqueries_per_second = 5\nburst = 5\nslip = 2\nexempt = [\"127.0.0.9/32\"]\n\n[upstream]",
+        );
+    let daemon = Daemon::start(&config, FILES);
+    let burst = |from: &str, count: u16| -> (usize, usize) {
+        let socket = udp_from(from);
+        for id in 0..count {
+            socket
+                .send_to(&query(id, "blocked.example.test", 1, false), daemon.addr)
+                .unwrap();
+        }
+        let (mut full, mut truncated) = (0, 0);
+        while let Some(answer) = reply(&socket) {
+            if answer[2] & 0x02 != 0 {
+                assert_eq!(&answer[6..12], &[0, 0, 0, 0, 0, 0], "a slip answer is empty");
+                truncated += 1;
+            } else {
+                full += 1;
+            }
+        }
+        (full, truncated)
+    };
+    let (full, truncated) = burst("127.0.0.1", 40);
+    assert!(
+        (5..=7).contains(&full),
+        "the burst of 5, and what refilled meanwhile: {full}"
+    );
+    assert!(
+        truncated >= 10 && full + truncated < 40,
+        "every second drop slips: {truncated}"
+    );
+    // Another address is its own client (IPv4 /32 by default); an exempt one
+    // is never limited.
+    assert!(burst("127.0.0.2", 5).0 == 5);
+    assert_eq!(burst("127.0.0.9", 40), (40, 0));
+    // A refused source's REFUSED answers: 20 at once, then 10 a second.
+    let (refused, _) = {
+        let socket = udp_from("127.0.0.200");
+        for id in 0..60 {
+            socket
+                .send_to(&query(id, "www.example.test", 1, false), daemon.addr)
+                .unwrap();
+        }
+        let mut count = 0;
+        while reply(&socket).is_some() {
+            count += 1;
+        }
+        (count, ())
+    };
+    assert!((20..=23).contains(&refused), "{refused} REFUSED answers to 60 queries");
+    let text = scrape(metrics);
+    let dropped = metric(&text, "shieldns_resolver_discarded_total{reason=\"rate_limited\"}");
+    assert!(dropped >= 40, "{text}");
+    assert_eq!(
+        metric(&text, "shieldns_resolver_rate_limit_slips_total"),
+        u64::try_from(truncated).unwrap(),
+        "{text}"
+    );
+    // Still answering once the bucket refills.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status(&daemon.dig(&["blocked.example.test", "A"])), "NXDOMAIN");
+}
