@@ -38,7 +38,25 @@ pub(crate) struct CachedAnswer {
     prefetching: AtomicBool,
 }
 
+/// What a cached answer weighs besides its records: key, header, the
+/// cache's own bookkeeping.
+const ANSWER_OVERHEAD_BYTES: u64 = 256;
+
 impl CachedAnswer {
+    /// Approximate bytes this answer holds: its records' owner names and
+    /// data, plus per-record and per-answer overhead.
+    fn weight(&self, key: &CacheKey) -> u64 {
+        let records = self.answers.iter().chain(&self.authorities);
+        let bytes: usize = records
+            .map(|record| {
+                let data =
+                    hickory_proto::serialize::binary::BinEncodable::to_bytes(&record.data).map_or(64, |b| b.len());
+                std::mem::size_of::<Record>() + record.name.len() + data
+            })
+            .sum();
+        u64::try_from(bytes + key.name.len()).unwrap_or(u64::MAX) + ANSWER_OVERHEAD_BYTES
+    }
+
     /// Seconds left before expiry (0 when expired).
     pub(crate) fn remaining(&self, now: Instant) -> u32 {
         let age = u32::try_from(now.saturating_duration_since(self.inserted).as_secs()).unwrap_or(u32::MAX);
@@ -93,8 +111,15 @@ impl AnswerCache {
             Duration::from_secs(u64::from(answer.ttl) + u64::from(stale_window))
         };
         let stale_window = if config.serve_stale { config.stale_window } else { 0 };
+        // Bounded by bytes (each answer weighed by its records' size), and
+        // so by entries too: no answer weighs less than its key and header.
         let entries = Cache::builder()
-            .max_capacity(config.max_entries)
+            .max_capacity(
+                config
+                    .max_bytes
+                    .min(config.max_entries.saturating_mul(ANSWER_OVERHEAD_BYTES)),
+            )
+            .weigher(|key: &CacheKey, answer: &Arc<CachedAnswer>| u32::try_from(answer.weight(key)).unwrap_or(u32::MAX))
             .expire_after(Expiry { stale_window, keep_for })
             .build();
         Self {

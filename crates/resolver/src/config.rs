@@ -328,6 +328,10 @@ pub struct CacheConfig {
     /// (libunbound's cache is sized by `upstream.cache_bytes`).
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
+    /// Bytes the UDP packet cache's answers may take at most (split among
+    /// the UDP sockets), and the hickory engine's answer cache likewise.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
     /// Lower bound on a cached answer's TTL, in seconds.
     #[serde(default)]
     pub min_ttl: u32,
@@ -361,6 +365,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_entries: default_max_entries(),
+            max_bytes: default_max_bytes(),
             min_ttl: 0,
             max_ttl: default_max_ttl(),
             negative_max_ttl: default_negative_max_ttl(),
@@ -376,6 +381,9 @@ fn default_failure_ttl() -> u32 {
     5
 }
 
+fn default_max_bytes() -> u64 {
+    256 << 20
+}
 fn default_max_entries() -> u64 {
     200_000
 }

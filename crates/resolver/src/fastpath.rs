@@ -1232,7 +1232,7 @@ mod tests {
 
     #[test]
     fn cached_packets_get_the_new_id_case_and_aged_ttls() {
-        let mut cache = PacketCache::new(100);
+        let mut cache = PacketCache::new(100, 1 << 20);
         let query_packet = query_bytes("www.example.com.", RecordType::A, false);
         let mut response = Message::from_vec(&query_packet).unwrap();
         response.metadata.message_type = hickory_proto::op::MessageType::Response;
@@ -1313,7 +1313,7 @@ mod tests {
     #[test]
     fn a_full_set_evicts_its_least_recently_used_answer() {
         // Four answers make one set: every name shares it.
-        let mut cache = PacketCache::new(4);
+        let mut cache = PacketCache::new(4, 1 << 20);
         let names = ["a.example.", "b.example.", "c.example.", "d.example.", "e.example."];
         let hit = |cache: &mut PacketCache, name: &str| {
             let packet = query_bytes(name, RecordType::A, false);
@@ -1348,5 +1348,24 @@ mod tests {
         cache.filler.offer(key, bytes, question_end);
         cache.store_arrivals();
         assert!(names.iter().filter(|name| hit(&mut cache, name)).count() == 4);
+    }
+
+    #[test]
+    fn the_packet_cache_stays_within_its_byte_budget() {
+        let (_, bytes, _) = answer_for("n0.example.");
+        // Room for about three answers, in a cache with slots for 4096.
+        let budget = 3 * (bytes.len() + 39 + 16 + 64);
+        let mut cache = PacketCache::new(4096, u64::try_from(budget).unwrap());
+        for i in 0..200 {
+            let (key, bytes, question_end) = answer_for(&format!("n{i}.example."));
+            cache.filler.offer(key, bytes, question_end);
+            cache.store_arrivals();
+            assert!(
+                cache.stored_bytes() <= budget,
+                "{} > {budget} after {i}",
+                cache.stored_bytes()
+            );
+        }
+        assert!(cache.stored_bytes() > 0, "answers are still cached");
     }
 }

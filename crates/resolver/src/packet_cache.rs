@@ -156,6 +156,10 @@ pub(crate) struct PacketCache {
     set_mask: usize,
     /// Counts answers and arrivals, for least-recently-used eviction.
     uses: u64,
+    /// The most bytes the stored answers may take, and what they take now
+    /// (each entry's length plus [`ENTRY_OVERHEAD`]).
+    max_bytes: usize,
+    stored_bytes: usize,
     /// The zero of the entries' `inserted` times.
     epoch: Instant,
     hasher: foldhash::fast::RandomState,
@@ -194,8 +198,9 @@ impl PacketFiller {
 
 impl PacketCache {
     /// A cache of at least `max_entries` answers (rounded up to whole sets,
-    /// a power of two of them), at most [`MAX_SETS`] sets.
-    pub(crate) fn new(max_entries: u64) -> Self {
+    /// a power of two of them, at most [`MAX_SETS`] sets) holding at most
+    /// `max_bytes` of them.
+    pub(crate) fn new(max_entries: u64, max_bytes: u64) -> Self {
         let sets = usize::try_from(max_entries.max(1))
             .unwrap_or(usize::MAX)
             .div_ceil(WAYS)
@@ -209,6 +214,8 @@ impl PacketCache {
             entries: vec![[const { None }; WAYS]; sets],
             set_mask: sets - 1,
             uses: 0,
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            stored_bytes: 0,
             epoch: Instant::now(),
             hasher: foldhash::fast::RandomState::default(),
             arrivals,
@@ -433,15 +440,55 @@ impl PacketCache {
                 Some(stored) => (3, stored.used),
             }
         };
-        let Some(way) = (0..WAYS).min_by_key(|&way| rank(way)) else {
+        let mut ways: SmallVec<[usize; WAYS]> = (0..WAYS).collect();
+        ways.sort_by_key(|&way| rank(way));
+        let Some(&way) = ways.first() else {
             return;
         };
+        // Within the byte budget: the way's old answer goes, then, while the
+        // new one still does not fit, the set's other answers, least
+        // valuable first; an answer that fits no way is not cached.
+        let weight = |slot: &Option<Entry>| slot.as_ref().map_or(0, |entry| entry.len() + ENTRY_OVERHEAD);
+        let incoming = entry.len() + ENTRY_OVERHEAD;
+        let mut freeable = entries.get(way).map_or(0, weight);
+        let mut victims: SmallVec<[usize; WAYS]> = SmallVec::new();
+        for &other in ways.iter().skip(1) {
+            if self.stored_bytes - freeable + incoming <= self.max_bytes {
+                break;
+            }
+            let Some(bytes) = entries.get(other).map(weight).filter(|&b| b > 0) else {
+                continue;
+            };
+            freeable += bytes;
+            victims.push(other);
+        }
+        if self.stored_bytes - freeable + incoming > self.max_bytes {
+            return;
+        }
+        for victim in victims.into_iter().chain(std::iter::once(way)) {
+            if let (Some(stored_tag), Some(slot)) = (tags.get_mut(victim), entries.get_mut(victim)) {
+                self.stored_bytes -= weight(slot);
+                *slot = None;
+                *stored_tag = 0;
+            }
+        }
         if let (Some(stored_tag), Some(slot)) = (tags.get_mut(way), entries.get_mut(way)) {
             *stored_tag = tag;
             *slot = Some(entry.into_boxed_slice());
+            self.stored_bytes += incoming;
         }
     }
+
+    /// Bytes the stored answers take (entry lengths plus overhead).
+    #[cfg(test)]
+    pub(crate) fn stored_bytes(&self) -> usize {
+        self.stored_bytes
+    }
 }
+
+/// What one stored answer costs beyond its bytes: the allocator's
+/// bookkeeping and rounding.
+const ENTRY_OVERHEAD: usize = 32;
 
 /// Where each record TTL of an encoded answer sits, and its value; inline
 /// for the usual handful of records.

@@ -127,12 +127,14 @@ pub async fn start(
     let udp_stop = Arc::new(AtomicBool::new(false));
     let mut udp_threads = Vec::new();
     let runtime = tokio::runtime::Handle::current();
-    // `cache.max_entries` bounds the packet caches together: each UDP
-    // socket's own cache gets its share.
-    let per_socket = (cache.max_entries / u64::try_from(udp_sockets.len()).unwrap_or(1).max(1)).max(1);
+    // `cache.max_entries` and `cache.max_bytes` bound the packet caches
+    // together: each UDP socket's own cache gets its share.
+    let sockets = u64::try_from(udp_sockets.len()).unwrap_or(1).max(1);
+    let per_socket = (cache.max_entries / sockets).max(1);
+    let bytes_per_socket = (cache.max_bytes / sockets).max(1);
     for (number, (address, socket)) in udp_sockets.into_iter().enumerate() {
         let (fast, handler, runtime, stop) = (fast.clone(), handler.clone(), runtime.clone(), udp_stop.clone());
-        let packets = PacketCache::new(per_socket);
+        let packets = PacketCache::new(per_socket, bytes_per_socket);
         let thread = std::thread::Builder::new()
             .name(format!("shieldns-udp-{number}"))
             .spawn(move || fastpath::serve_thread(socket, packets, fast, handler, runtime, stop));
