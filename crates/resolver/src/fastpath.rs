@@ -1064,10 +1064,25 @@ impl ResponseHandler for UdpResponder {
         // RFC 1035 §4.2.1: 512 bytes without EDNS, else the payload size the
         // handler put in its response OPT (already capped by our own).
         let max_size = response.edns().map_or(512, |edns| edns.max_payload());
+        let opt = response.edns().map(|edns| {
+            let ttl_high = [
+                edns.rcode_high(),
+                edns.version(),
+                if edns.flags().dnssec_ok { 0x80 } else { 0 },
+                0,
+            ];
+            (edns.max_payload(), ttl_high)
+        });
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max_size);
+        encoder.set_max_size(u16::MAX);
         let info = response.destructive_emit(&mut encoder)?;
+        if bytes.len() > usize::from(max_size) {
+            // Too large for the client: TC with the question alone (and the
+            // OPT), never a part of an RRset (RFC 2181 §9); it asks again
+            // over TCP.
+            bytes = truncated(&bytes, opt).unwrap_or_default();
+        }
         send_datagram(&self.socket, &bytes, self.peer)
             .await
             .map_err(hickory_server::net::NetError::from)?;
@@ -1084,6 +1099,23 @@ impl std::fmt::Debug for UdpResponder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UdpResponder").field("peer", &self.peer).finish()
     }
+}
+
+/// The TC=1 form of `answer`: its header and question, no records but the
+/// OPT `opt` describes (payload size and the TTL field's bytes).
+fn truncated(answer: &[u8], opt: Option<(u16, [u8; 4])>) -> Option<Vec<u8>> {
+    let end = question_end(answer)?;
+    let mut out = answer.get(..end)?.to_vec();
+    out[2] |= 0x02;
+    out[6..12].fill(0);
+    if let Some((payload, ttl)) = opt {
+        out[11] = 1;
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&payload.to_be_bytes());
+        out.extend_from_slice(&ttl);
+        out.extend_from_slice(&[0, 0]);
+    }
+    Some(out)
 }
 
 /// Where the (single) question of a message ends.

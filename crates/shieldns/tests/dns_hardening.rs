@@ -482,3 +482,30 @@ fn udp_rate_limits_drop_and_slip_and_refusals_have_a_budget() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(status(&daemon.dig(&["blocked.example.test", "A"])), "NXDOMAIN");
 }
+
+#[test]
+fn truncation_keeps_whole_rrsets_and_two_opts_are_formerr() {
+    if skip() {
+        return;
+    }
+    let setup = start(1);
+    // Twelve 203-byte TXT records are one RRset: none fits in 512 bytes, so
+    // the answer is empty with TC set, never a part of the set.
+    let socket = udp_from("127.0.0.1");
+    let asked = query(0x5151, "big.example.test", 16, false);
+    socket.send_to(&asked, setup.daemon.addr).unwrap();
+    let answer = reply(&socket).expect("an answer");
+    assert!(answer.len() <= 512);
+    assert_eq!(answer[2] & 0x02, 0x02, "TC");
+    assert_eq!(&answer[6..8], &[0, 0], "no partial RRset in the answer section");
+    // Over TCP the whole set comes.
+    let out = setup.daemon.dig(&["+tcp", "big.example.test", "TXT"]);
+    assert_eq!(support::daemon::answers(&out).len(), 12, "{out}");
+
+    // Two OPT records: FORMERR (RFC 6891 §6.1.1).
+    let mut two_opts = query(0x5252, "www.example.test", 1, true);
+    two_opts[11] = 2;
+    two_opts.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    socket.send_to(&two_opts, setup.daemon.addr).unwrap();
+    assert_eq!(reply(&socket).map(|a| a[3] & 0x0f), Some(1), "FORMERR");
+}
