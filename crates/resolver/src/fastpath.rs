@@ -1400,4 +1400,94 @@ mod tests {
         }
         assert!(cache.stored_bytes() > 0, "answers are still cached");
     }
+
+    /// The seed corpus of real queries (dig and kdig variants), in
+    /// `fuzz/seeds/queries/`.
+    fn seeds() -> Vec<Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/queries");
+        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+            .collect();
+        seeds.sort();
+        assert!(seeds.len() >= 10, "seed corpus in {}", dir.display());
+        seeds
+    }
+
+    /// A mutated seed: bytes overwritten, truncated, or extended.
+    fn mutated() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let seeds = seeds();
+        (
+            0..seeds.len(),
+            proptest::collection::vec((any::<u16>(), any::<u8>()), 0..6),
+            any::<u16>(),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(move |(seed, writes, cut, tail)| {
+                let mut packet = seeds[seed].clone();
+                for (at, byte) in writes {
+                    if !packet.is_empty() {
+                        let at = usize::from(at) % packet.len();
+                        packet[at] = byte;
+                    }
+                }
+                if cut % 3 == 0 {
+                    packet.truncate(usize::from(cut) % (packet.len() + 1));
+                } else if cut % 3 == 1 {
+                    packet.extend_from_slice(&tail);
+                }
+                packet
+            })
+    }
+
+    fn fuzz_snapshot() -> Snapshot {
+        let mut builder = SnapshotBuilder::new();
+        builder.set_access(vec!["127.0.0.0/25".parse().unwrap()]);
+        builder.add_profile(ProfileConfig::new("all", vec!["0.0.0.0/0".parse().unwrap()]));
+        builder.build().unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(20_000))]
+
+        /// The wire parsers take any bytes (mutated real queries and plain
+        /// noise): no panic, and what they build stays within bounds.
+        #[test]
+        fn wire_parsers_take_any_bytes(
+            packet in proptest::prop_oneof![mutated(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)]
+        ) {
+            let snapshot = fuzz_snapshot();
+            let mut question = Question::EMPTY;
+            let parsed = parse_into(&packet, &mut question).is_some();
+            if parsed {
+                proptest::prop_assert!(question.question_end <= packet.len());
+                proptest::prop_assert!(question.name.len <= 255);
+            }
+            for client in [IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 200])] {
+                match screen(&packet, client, &snapshot) {
+                    Ok(_) => proptest::prop_assert!(packet.len() >= 12 && packet[2] & 0x80 == 0),
+                    Err(Route::Refuse) => {
+                        let answer = refusal(&packet).unwrap();
+                        proptest::prop_assert!(answer.len() <= packet.len());
+                        proptest::prop_assert_eq!(answer[2] & 0x80, 0x80);
+                        proptest::prop_assert_eq!(answer[3] & 0x0f, 5);
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Some(end) = question_end(&packet) {
+                proptest::prop_assert!(end <= packet.len());
+                let cut = truncated(&packet, Some((1232, [0, 0, 0x80, 0]))).unwrap();
+                proptest::prop_assert_eq!(cut.len(), end + 11);
+                proptest::prop_assert_eq!(cut[2] & 0x02, 0x02);
+            }
+            // The slow path's parser (hickory) and the packet cache's record
+            // walker.
+            let _ = Request::from_bytes(packet.clone(), "127.0.0.1:5353".parse().unwrap(), Protocol::Udp);
+            if let Some(end) = question_end(&packet) {
+                let _ = crate::packet_cache::record_ttls_for_tests(&packet, end);
+            }
+        }
+    }
 }

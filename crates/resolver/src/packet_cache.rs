@@ -486,6 +486,12 @@ impl PacketCache {
     }
 }
 
+/// [`record_ttls`] for the wire-parser property test.
+#[cfg(test)]
+pub(crate) fn record_ttls_for_tests(bytes: &[u8], question_end: usize) -> Option<usize> {
+    record_ttls(bytes, question_end).map(|(ttls, _)| ttls.len())
+}
+
 /// What one stored answer costs beyond its bytes: the allocator's
 /// bookkeeping and rounding.
 const ENTRY_OVERHEAD: usize = 32;
