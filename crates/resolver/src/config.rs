@@ -39,6 +39,15 @@ pub struct ServerConfig {
     /// pipelining); reading pauses past it.
     #[serde(default = "default_tcp_pipeline")]
     pub tcp_pipeline: usize,
+    /// The text a `CH TXT` query for `id.server.` or `hostname.bind.`
+    /// (RFC 4892) is answered with; none (REFUSED, like any other class)
+    /// by default.
+    #[serde(default)]
+    pub chaos_identity: Option<String>,
+    /// The text a `CH TXT` query for `version.bind.` or `version.server.`
+    /// is answered with; none (REFUSED) by default.
+    #[serde(default)]
+    pub chaos_version: Option<String>,
     /// `[server.rate_limit]`: per-prefix UDP rate limits for allowed
     /// clients; none (no limit) unless the table is present.
     #[serde(default)]
@@ -64,6 +73,8 @@ impl Default for ServerConfig {
             tcp_max_connections: default_tcp_max_connections(),
             tcp_max_connections_per_client: default_tcp_max_connections_per_client(),
             tcp_pipeline: default_tcp_pipeline(),
+            chaos_identity: None,
+            chaos_version: None,
             rate_limit: None,
             shutdown_grace: default_shutdown_grace(),
             max_in_flight: default_max_in_flight(),

@@ -28,6 +28,7 @@ use crate::answer::{
     EDE_STALE_ANSWER, Ede,
 };
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer, Caches, FailureCache};
+use crate::config::ServerConfig;
 use crate::discard::Discards;
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamFailure};
 
@@ -51,10 +52,36 @@ struct Inner {
     /// Recent resolution failures, answered without asking again.
     failures: Option<FailureCache>,
     udp_payload: u16,
+    /// `server.chaos_identity` and `server.chaos_version`.
+    chaos: Chaos,
     in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
     discards: Arc<Discards>,
     clock: Clock,
+}
+
+/// The CHAOS-class names shieldns answers when configured to.
+#[derive(Debug)]
+struct Chaos {
+    identity: Option<String>,
+    version: Option<String>,
+}
+
+impl Chaos {
+    /// The text for a `CH TXT` (or `CH ANY`) query this answers.
+    fn answer(&self, query: &hickory_proto::op::Query) -> Option<&str> {
+        if query.query_class() != hickory_proto::rr::DNSClass::CH
+            || !matches!(query.query_type(), RecordType::TXT | RecordType::ANY)
+        {
+            return None;
+        }
+        let name = query.name().to_ascii().to_ascii_lowercase();
+        match name.as_str() {
+            "id.server." | "hostname.bind." => self.identity.as_deref(),
+            "version.bind." | "version.server." => self.version.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// What one query's policy checks share: one snapshot (loaded once per
@@ -144,7 +171,7 @@ impl ShieldHandler {
         snapshot: Arc<ArcSwap<Snapshot>>,
         upstream: Upstream,
         caches: Caches,
-        udp_payload: u16,
+        server: &ServerConfig,
         metrics: Arc<Metrics>,
         discards: Arc<Discards>,
         clock: Clock,
@@ -155,7 +182,11 @@ impl ShieldHandler {
                 upstream,
                 cache: caches.answers,
                 failures: caches.failures,
-                udp_payload,
+                udp_payload: server.udp_payload,
+                chaos: Chaos {
+                    identity: server.chaos_identity.clone(),
+                    version: server.chaos_version.clone(),
+                },
                 in_flight: AtomicUsize::new(0),
                 metrics,
                 discards,
@@ -653,6 +684,24 @@ impl ShieldHandler {
         } else {
             None
         };
+        if let Some(text) = self.inner.chaos.answer(&query) {
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.authoritative = true;
+            let mut record = Record::from_rdata(
+                qname,
+                0,
+                RData::TXT(hickory_proto::rr::rdata::TXT::new(vec![text.to_owned()])),
+            );
+            record.dns_class = hickory_proto::rr::DNSClass::CH;
+            let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
+                metadata,
+                std::iter::once(&record),
+                std::iter::empty(),
+                std::iter::empty(),
+                std::iter::empty(),
+            );
+            return send(&mut response_handle, response, request).await;
+        }
         if let Some(rcode) = refusal {
             let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
                 .error_msg(&request.metadata, rcode);

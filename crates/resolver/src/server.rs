@@ -96,7 +96,7 @@ pub async fn start(
             answers: upstream_cache,
             failures: FailureCache::new(cache),
         },
-        server.udp_payload,
+        server,
         metrics.clone(),
         discards.clone(),
         clock,

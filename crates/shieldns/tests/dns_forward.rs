@@ -668,9 +668,9 @@ fn odd_queries_get_the_rfc_answers() {
     let daemon = start(&[&upstream]);
     let before = upstream.queries.load(std::sync::atomic::Ordering::Relaxed);
 
-    let out = daemon.dig(&["-c", "CH", "version.bind", "TXT"]);
+    let out = daemon.dig(&["version.bind", "TXT", "CH"]);
     assert_eq!(status(&out), "REFUSED", "{out}");
-    let out = daemon.dig(&["-c", "HS", "www.example.test", "A"]);
+    let out = daemon.dig(&["www.example.test", "A", "HS"]);
     assert_eq!(status(&out), "REFUSED", "{out}");
     let out = daemon.dig(&["+notcp", "+cd", "+opcode=notify", "www.example.test", "SOA"]);
     assert_eq!(status(&out), "NOTIMP", "{out}");

@@ -509,3 +509,37 @@ fn truncation_keeps_whole_rrsets_and_two_opts_are_formerr() {
     socket.send_to(&two_opts, setup.daemon.addr).unwrap();
     assert_eq!(reply(&socket).map(|a| a[3] & 0x0f), Some(1), "FORMERR");
 }
+
+#[test]
+fn chaos_names_are_answered_only_when_configured() {
+    if skip() {
+        return;
+    }
+    let off = start(1);
+    // (dig takes the class after the type; `-c CH NAME TXT` would ask two
+    // questions.)
+    assert_eq!(status(&off.daemon.dig(&["version.bind", "TXT", "CH"])), "REFUSED");
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let config = CONFIG
+        .replace("@UPSTREAM@", &upstream.addr.to_string())
+        .replace("@METRICS@", &free_port("127.0.0.1").to_string())
+        .replace("@UDP_SOCKETS@", "1")
+        .replace(
+            "tcp_idle_timeout = 30",
+            "tcp_idle_timeout = 30\nchaos_identity = \"node-7\"\nchaos_version = \"shieldns test\"",
+        );
+    let daemon = Daemon::start(&config, FILES);
+    for (name, text) in [
+        ("id.server", "node-7"),
+        ("hostname.bind", "node-7"),
+        ("VERSION.bind", "shieldns test"),
+        ("version.server", "shieldns test"),
+    ] {
+        let out = daemon.dig(&[name, "TXT", "CH"]);
+        assert_eq!(status(&out), "NOERROR", "{out}");
+        assert!(out.contains(&format!("CH\tTXT\t\"{text}\"")), "{out}");
+        assert!(out.contains(" aa "), "authoritative: {out}");
+    }
+    assert_eq!(status(&daemon.dig(&["authors.bind", "TXT", "CH"])), "REFUSED");
+    assert_eq!(status(&daemon.dig(&["version.bind", "A", "CH"])), "REFUSED");
+}
