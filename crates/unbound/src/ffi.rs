@@ -1,7 +1,6 @@
-//! The parts of `unbound.h`, `unbound-event.h` (libunbound 1.13 and later)
-//! and libevent 2.1's `event2/event.h` this crate calls, declared by hand:
-//! a few functions and no structs we look into, stable in both libraries'
-//! ABIs, so neither bindgen nor a `-sys` crate is needed.
+//! The part of `unbound.h` (libunbound 1.13 and later) this crate calls,
+//! declared by hand: a dozen functions and one struct, stable in the
+//! library's ABI since 1.x, so neither bindgen nor a `-sys` crate is needed.
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -11,71 +10,54 @@ pub(crate) struct UbCtx {
     _private: [u8; 0],
 }
 
-/// libevent's `struct event_base`: opaque.
+/// `struct ub_result`, field for field as in `unbound.h`.
 #[repr(C)]
-pub(crate) struct EventBase {
-    _private: [u8; 0],
+pub(crate) struct UbResult {
+    pub(crate) qname: *mut c_char,
+    pub(crate) qtype: c_int,
+    pub(crate) qclass: c_int,
+    pub(crate) data: *mut *mut c_char,
+    pub(crate) len: *mut c_int,
+    pub(crate) canonname: *mut c_char,
+    pub(crate) rcode: c_int,
+    pub(crate) answer_packet: *mut c_void,
+    pub(crate) answer_len: c_int,
+    pub(crate) havedata: c_int,
+    pub(crate) nxdomain: c_int,
+    pub(crate) secure: c_int,
+    pub(crate) bogus: c_int,
+    pub(crate) why_bogus: *mut c_char,
+    pub(crate) was_ratelimited: c_int,
+    pub(crate) ttl: c_int,
 }
 
-/// libevent's `struct event`: opaque.
-#[repr(C)]
-pub(crate) struct Event {
-    _private: [u8; 0],
-}
-
-/// libevent's `EV_READ`.
-pub(crate) const EV_READ: i16 = 0x02;
-/// libevent's `EV_PERSIST`.
-pub(crate) const EV_PERSIST: i16 = 0x10;
-
-/// libevent's `event_callback_fn` (`evutil_socket_t` is `int` on Unix).
-pub(crate) type EventCallback = unsafe extern "C" fn(fd: c_int, what: i16, arg: *mut c_void);
-
-/// `ub_event_callback_type`: `(mydata, rcode, packet, packet_len, sec,
-/// why_bogus, was_ratelimited)`.
-pub(crate) type UbEventCallback = unsafe extern "C" fn(
-    mydata: *mut c_void,
-    rcode: c_int,
-    packet: *mut c_void,
-    packet_len: c_int,
-    sec: c_int,
-    why_bogus: *mut c_char,
-    was_ratelimited: c_int,
-);
+/// `ub_callback_type`.
+pub(crate) type UbCallback = unsafe extern "C" fn(mydata: *mut c_void, err: c_int, result: *mut UbResult);
 
 unsafe extern "C" {
-    pub(crate) fn ub_ctx_create_event(base: *mut EventBase) -> *mut UbCtx;
+    pub(crate) fn ub_ctx_create() -> *mut UbCtx;
     pub(crate) fn ub_ctx_delete(ctx: *mut UbCtx);
     pub(crate) fn ub_ctx_set_option(ctx: *mut UbCtx, opt: *const c_char, val: *const c_char) -> c_int;
     pub(crate) fn ub_ctx_set_fwd(ctx: *mut UbCtx, addr: *const c_char) -> c_int;
     pub(crate) fn ub_ctx_add_ta(ctx: *mut UbCtx, ta: *const c_char) -> c_int;
     pub(crate) fn ub_ctx_add_ta_file(ctx: *mut UbCtx, fname: *const c_char) -> c_int;
     pub(crate) fn ub_ctx_add_ta_autr(ctx: *mut UbCtx, fname: *const c_char) -> c_int;
+    pub(crate) fn ub_ctx_async(ctx: *mut UbCtx, dothread: c_int) -> c_int;
     pub(crate) fn ub_ctx_zone_remove(ctx: *mut UbCtx, zone_name: *const c_char) -> c_int;
     pub(crate) fn ub_ctx_debuglevel(ctx: *mut UbCtx, d: c_int) -> c_int;
-    pub(crate) fn ub_resolve_event(
+    pub(crate) fn ub_fd(ctx: *mut UbCtx) -> c_int;
+    pub(crate) fn ub_poll(ctx: *mut UbCtx) -> c_int;
+    pub(crate) fn ub_process(ctx: *mut UbCtx) -> c_int;
+    pub(crate) fn ub_resolve_async(
         ctx: *mut UbCtx,
         name: *const c_char,
         rrtype: c_int,
         rrclass: c_int,
         mydata: *mut c_void,
-        callback: UbEventCallback,
+        callback: UbCallback,
         async_id: *mut c_int,
     ) -> c_int;
+    pub(crate) fn ub_resolve_free(result: *mut UbResult);
     pub(crate) fn ub_strerror(err: c_int) -> *const c_char;
     pub(crate) fn ub_version() -> *const c_char;
-
-    pub(crate) fn event_base_new() -> *mut EventBase;
-    pub(crate) fn event_base_free(base: *mut EventBase);
-    pub(crate) fn event_base_dispatch(base: *mut EventBase) -> c_int;
-    pub(crate) fn event_base_loopbreak(base: *mut EventBase) -> c_int;
-    pub(crate) fn event_new(
-        base: *mut EventBase,
-        fd: c_int,
-        events: i16,
-        callback: EventCallback,
-        arg: *mut c_void,
-    ) -> *mut Event;
-    pub(crate) fn event_add(event: *mut Event, timeout: *const c_void) -> c_int;
-    pub(crate) fn event_free(event: *mut Event);
 }

@@ -6,37 +6,37 @@
 //! ours; the library is the system's (`libunbound-dev`, found through
 //! pkg-config by `build.rs`).
 //!
-//! Key design decision: one [`Resolver`] is several libunbound contexts in
-//! the library's event mode (`ub_ctx_create_event`), each owned by a thread
-//! of its own that runs the context's libevent loop, with its own caches; a
-//! query goes to the context picked by a hash of its lower-cased name, so
-//! each context's cache owns a share of the name space and no two contexts
-//! cache the same answer. Queries reach a context's thread through a queue
-//! and one eventfd wake-up per batch, and its answers leave as the wire
-//! packet the library hands the callback, over a oneshot channel. The
-//! library's thread mode (`ub_ctx_async`) was measured first: it moves every
-//! query and every result through a socketpair with two writes, two reads
-//! and four `fcntl`s each way, which cost more CPU than shieldns's whole
-//! filter path.
+//! Key design decision: one [`Resolver`] is several libunbound contexts,
+//! each with its own background worker thread (`ub_ctx_async(ctx, 1)`) and
+//! its own caches, and a query goes to the context picked by a hash of its
+//! lower-cased name, so each context's cache owns a share of the name space
+//! and no two contexts cache the same answer. Results come back through each
+//! context's `ub_fd`, which a Tokio task watches with [`AsyncFd`] and drains
+//! with `ub_process`; the library runs the result callback there, which hands
+//! the answer (copied out of the library's `ub_result`, then freed) to the
+//! waiting future over a oneshot channel.
 //!
-//! Queries are never cancelled with `ub_cancel`: the callback always runs
-//! and always frees its channel; a caller that gave up has dropped the
-//! receiver and the answer is discarded (it is still cached by the library).
+//! Queries are never cancelled with `ub_cancel`: in thread mode it only
+//! flags the query while the worker keeps resolving, and once it succeeds
+//! the callback that owns the channel never runs, so the channel would have
+//! to be freed by whichever side loses a race. Instead the callback always
+//! runs and always frees it; a caller that gave up has dropped the receiver
+//! and the answer is discarded (it is still cached by the library).
 
 #![allow(unsafe_code)]
 
 mod ffi;
 
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CStr, CString, c_int, c_void};
 use std::hash::{BuildHasher, Hasher};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use nix::sys::eventfd::{EfdFlags, EventFd};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// Errors of the libunbound wrapper.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +63,8 @@ pub enum UnboundError {
         /// The setting.
         what: String,
     },
-    /// The context's thread or its wake-up descriptor could not be made.
-    #[error("cannot start a libunbound context's thread: {0}")]
+    /// Registering the context's descriptor with Tokio failed.
+    #[error("cannot watch libunbound's result descriptor: {0}")]
     Io(#[from] std::io::Error),
     /// A query failed inside the library (not a DNS failure: those come back
     /// as an [`Answer`] with rcode SERVFAIL).
@@ -98,13 +98,14 @@ pub struct Settings {
     pub verbosity: u8,
 }
 
-/// One answer, copied out of the library's callback.
+/// One answer, copied out of libunbound's `ub_result`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
     /// The DNS rcode (2, SERVFAIL, when resolution failed).
     pub rcode: u16,
     /// The reply in wire format as the library made it (ID 0, RD RA, AD
-    /// when secure, an OPT record with DO); empty when resolution failed.
+    /// when secure, an OPT record with DO); empty or a bare header when
+    /// resolution failed.
     pub packet: Vec<u8>,
     /// Validated secure.
     pub secure: bool,
@@ -114,62 +115,10 @@ pub struct Answer {
     pub why_bogus: Option<String>,
     /// The answer was NXDOMAIN.
     pub nxdomain: bool,
-    /// The answer section holds records.
+    /// The answer has data for the question.
     pub havedata: bool,
-}
-
-impl Answer {
-    /// From the callback's values: `rcode` is 0 unless resolution failed,
-    /// and then the packet is not to be read; otherwise the DNS rcode is the
-    /// packet's.
-    fn from_callback(rcode: c_int, packet: &[u8], sec: c_int, why_bogus: Option<String>) -> Self {
-        let header = if rcode == 0 { packet.get(..12) } else { None };
-        let Some(header) = header else {
-            return Self {
-                rcode: u16::try_from(rcode).ok().filter(|&r| r != 0).unwrap_or(2),
-                packet: Vec::new(),
-                secure: false,
-                bogus: false,
-                why_bogus: None,
-                nxdomain: false,
-                havedata: false,
-            };
-        };
-        let dns_rcode = u16::from(header[3] & 0x0f);
-        Self {
-            rcode: dns_rcode,
-            packet: packet.to_vec(),
-            secure: sec == 2,
-            bogus: sec == 1,
-            why_bogus,
-            nxdomain: dns_rcode == 3,
-            havedata: dns_rcode == 0 && (header[6] != 0 || header[7] != 0),
-        }
-    }
-}
-
-/// A libevent loop, owned by the thread that runs it.
-struct EventBase {
-    ptr: NonNull<ffi::EventBase>,
-}
-
-impl EventBase {
-    fn new() -> Result<Self, UnboundError> {
-        // SAFETY: no preconditions; NULL on failure, checked.
-        let raw = unsafe { ffi::event_base_new() };
-        let ptr = NonNull::new(raw).ok_or_else(|| UnboundError::Init {
-            reason: "event_base_new failed".into(),
-        })?;
-        Ok(Self { ptr })
-    }
-}
-
-impl Drop for EventBase {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` came from `event_base_new` and is freed once, here,
-        // after every context and event on it (their owners drop first).
-        unsafe { ffi::event_base_free(self.ptr.as_ptr()) }
-    }
+    /// Smallest TTL of the answer (or the negative TTL).
+    pub ttl: u32,
 }
 
 /// A libunbound context, owned.
@@ -177,12 +126,19 @@ struct Context {
     ptr: NonNull<ffi::UbCtx>,
 }
 
+// SAFETY: libunbound(3): "all functions are thread-safe, and a context can
+// be used in a threaded (as well as in a non-threaded) environment";
+// its own locks (cfglock, qqpipe_lock, rrpipe_lock) guard the context.
+unsafe impl Send for Context {}
+// SAFETY: as for Send: every function of the API may be called on one
+// context from several threads at once.
+unsafe impl Sync for Context {}
+
 impl Drop for Context {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from `ub_ctx_create_event` and is deleted once,
-        // here, on the thread that runs its event base, before the base is
-        // freed. Queries still resolving get no callback (their channels
-        // leak, which only happens when the resolver is torn down).
+        // SAFETY: `ptr` came from `ub_ctx_create` and is deleted once, here.
+        // Outstanding async queries are killed without their callbacks (their
+        // channels leak, which only happens when the resolver is torn down).
         unsafe { ffi::ub_ctx_delete(self.ptr.as_ptr()) }
     }
 }
@@ -206,13 +162,12 @@ fn c_path(what: &str, path: &Path) -> Result<CString, UnboundError> {
 }
 
 impl Context {
-    /// Creates, configures and finalizes a context on `base`, which must
-    /// outlive it and be run only by the thread that uses the context.
-    fn new(settings: &Settings, base: &EventBase) -> Result<Self, UnboundError> {
-        // SAFETY: `base` is a live event base; NULL on failure, checked below.
-        let raw = unsafe { ffi::ub_ctx_create_event(base.ptr.as_ptr()) };
+    /// Creates, configures and finalizes a context in thread mode.
+    fn new(settings: &Settings) -> Result<Self, UnboundError> {
+        // SAFETY: no preconditions; NULL on failure, checked below.
+        let raw = unsafe { ffi::ub_ctx_create() };
         let ptr = NonNull::new(raw).ok_or_else(|| UnboundError::Init {
-            reason: "ub_ctx_create_event failed".into(),
+            reason: "ub_ctx_create failed".into(),
         })?;
         let context = Self { ptr };
         let ctx = context.ptr.as_ptr();
@@ -226,6 +181,9 @@ impl Context {
                 })
             }
         };
+        // SAFETY: `ctx` is a live context, not yet finalized; 1 selects a
+        // background thread rather than a forked process.
+        check("ub_ctx_async".into(), unsafe { ffi::ub_ctx_async(ctx, 1) })?;
         // SAFETY: `ctx` is live; the level is a plain integer.
         check("verbosity".into(), unsafe {
             ffi::ub_ctx_debuglevel(ctx, c_int::from(settings.verbosity))
@@ -294,14 +252,19 @@ impl Context {
         }
         Ok(context)
     }
+
+    fn fd(&self) -> RawFd {
+        // SAFETY: `ctx` is live; the descriptor stays the context's for its
+        // whole life and is never closed by us.
+        unsafe { ffi::ub_fd(self.ptr.as_ptr()) }
+    }
 }
 
 /// Checks `settings` the way [`Resolver::new`] applies them: one context is
 /// configured and finalized (reading root hints and anchor files), then
 /// dropped. Sends no query and needs no runtime.
 pub fn check(settings: &Settings) -> Result<(), UnboundError> {
-    let base = EventBase::new()?;
-    Context::new(settings, &base).map(drop)
+    Context::new(settings).map(drop)
 }
 
 /// The library's version string, e.g. "1.17.1".
@@ -315,206 +278,79 @@ pub fn version() -> String {
     unsafe { CStr::from_ptr(text) }.to_string_lossy().into_owned()
 }
 
+/// The context's result descriptor, borrowed: owned and closed by the
+/// context, only watched here.
+struct ResultFd(RawFd);
+
+impl AsRawFd for ResultFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// One context and its watched descriptor. Field order is drop order: the
+/// descriptor is deregistered from Tokio before the context closes it.
+struct Shard {
+    fd: AsyncFd<ResultFd>,
+    context: Context,
+}
+
 type Sender = oneshot::Sender<Result<Answer, UnboundError>>;
 
-/// A query on its way to a context's thread.
-struct Request {
-    name: CString,
-    rrtype: u16,
-    rrclass: u16,
-    sender: Sender,
-}
-
-/// What the resolving side and a context's thread share: the queries not
-/// yet handed to the library, the descriptor that wakes the thread, and the
-/// order to stop.
-struct Inbox {
-    queue: Mutex<Vec<Request>>,
-    wake: EventFd,
-    stop: AtomicBool,
-}
-
-impl Inbox {
-    /// Queues `request`; the thread is woken only by the push that finds the
-    /// queue empty, since it drains the whole queue on each wake-up.
-    fn push(&self, request: Request) -> Result<(), UnboundError> {
-        let was_empty = {
-            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let was_empty = queue.is_empty();
-            queue.push(request);
-            was_empty
-        };
-        if was_empty {
-            self.wake.write(1).map_err(std::io::Error::from)?;
-        }
-        Ok(())
-    }
-
-    fn take(&self) -> Vec<Request> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-/// One context: its inbox and, for the record, its thread (which ends by
-/// itself once told to stop).
-struct Shard {
-    inbox: Arc<Inbox>,
-}
-
-/// What a context's thread hands its libevent callback.
-struct Loop {
-    inbox: Arc<Inbox>,
-    context: Context,
-    base: NonNull<ffi::EventBase>,
-}
-
-/// The result callback: runs on the context's thread, inside its event loop
-/// (or inside `ub_resolve_event` for local data).
+/// The result callback: runs inside `ub_process`, on the driver task.
 ///
 /// # Safety
-/// `mydata` is the `Box<Sender>` leaked by [`submit`] for this query, and
-/// libunbound calls this at most once per query; `packet` holds
-/// `packet_len` bytes and `why_bogus` is NULL or a NUL-terminated string,
-/// both valid for the call.
-unsafe extern "C" fn on_answer(
-    mydata: *mut c_void,
-    rcode: c_int,
-    packet: *mut c_void,
-    packet_len: c_int,
-    sec: c_int,
-    why_bogus: *mut c_char,
-    _was_ratelimited: c_int,
-) {
+/// `mydata` is the `Box<Sender>` leaked by [`Resolver::resolve`] for this
+/// query, and libunbound calls this at most once per query; `result` is
+/// NULL or a `ub_result` this function owns.
+unsafe extern "C" fn on_result(mydata: *mut c_void, err: c_int, result: *mut ffi::UbResult) {
     // SAFETY: see the function's contract: the box is ours, once.
     let sender = unsafe { Box::from_raw(mydata.cast::<Sender>()) };
-    let bytes = match (packet.is_null(), usize::try_from(packet_len)) {
-        // SAFETY: the library's buffer holds `packet_len` bytes for the call.
-        (false, Ok(len)) if rcode == 0 => unsafe { std::slice::from_raw_parts(packet.cast::<u8>(), len) },
-        _ => &[],
+    let outcome = if err != 0 {
+        Err(UnboundError::Query { reason: strerror(err) })
+    } else if result.is_null() {
+        Err(UnboundError::Query {
+            reason: "no result".into(),
+        })
+    } else {
+        // SAFETY: non-null and ours until ub_resolve_free below.
+        let r = unsafe { &*result };
+        let packet = match (r.answer_packet.is_null(), usize::try_from(r.answer_len)) {
+            (false, Ok(len)) if len > 0 => {
+                // SAFETY: libunbound's answer_packet holds answer_len bytes.
+                unsafe { std::slice::from_raw_parts(r.answer_packet.cast::<u8>(), len) }.to_vec()
+            }
+            _ => Vec::new(),
+        };
+        let why_bogus = (!r.why_bogus.is_null()).then(|| {
+            // SAFETY: non-null, NUL-terminated, owned by the result.
+            unsafe { CStr::from_ptr(r.why_bogus) }.to_string_lossy().into_owned()
+        });
+        Ok(Answer {
+            rcode: u16::try_from(r.rcode).unwrap_or(2),
+            packet,
+            secure: r.secure != 0,
+            bogus: r.bogus != 0,
+            why_bogus,
+            nxdomain: r.nxdomain != 0,
+            havedata: r.havedata != 0,
+            ttl: u32::try_from(r.ttl).unwrap_or(0),
+        })
     };
-    let why_bogus = (!why_bogus.is_null()).then(|| {
-        // SAFETY: non-null and NUL-terminated for the call (the contract).
-        unsafe { CStr::from_ptr(why_bogus) }.to_string_lossy().into_owned()
-    });
+    if !result.is_null() {
+        // SAFETY: the result is ours and freed once; nothing points into it
+        // any more (the packet and text were copied).
+        unsafe { ffi::ub_resolve_free(result) };
+    }
     // The receiver may be gone (the caller's deadline passed): then the
     // answer is dropped here.
-    let _ = sender.send(Ok(Answer::from_callback(rcode, bytes, sec, why_bogus)));
-}
-
-/// Hands one query to the library, on the context's thread.
-fn submit(context: &Context, request: Request) {
-    let Request {
-        name,
-        rrtype,
-        rrclass,
-        sender,
-    } = request;
-    let mydata = Box::into_raw(Box::new(sender)).cast::<c_void>();
-    let mut id: c_int = 0;
-    // SAFETY: the context is live and used only on this thread; the name is
-    // copied by the library; `mydata` is a leaked Box<Sender> that
-    // `on_answer`, the callback given here, takes back exactly once.
-    let code = unsafe {
-        ffi::ub_resolve_event(
-            context.ptr.as_ptr(),
-            name.as_ptr(),
-            c_int::from(rrtype),
-            c_int::from(rrclass),
-            mydata,
-            on_answer,
-            &raw mut id,
-        )
-    };
-    if code != 0 {
-        // SAFETY: the query was not taken, so the callback will never run
-        // and the box is still ours.
-        let sender = unsafe { Box::from_raw(mydata.cast::<Sender>()) };
-        let _ = sender.send(Err(UnboundError::Query { reason: strerror(code) }));
-    }
-}
-
-/// The inbox's libevent callback: drains the queue into the library, or
-/// ends the loop when told to stop.
-///
-/// # Safety
-/// `arg` is the thread's `Loop`, which outlives the event loop.
-unsafe extern "C" fn on_wake(_fd: c_int, _what: i16, arg: *mut c_void) {
-    // SAFETY: see the function's contract.
-    let state = unsafe { &*arg.cast::<Loop>() };
-    // Reset the counter before draining: a push after the drain wakes us
-    // again. EAGAIN (already reset) is fine.
-    let _ = state.inbox.wake.read();
-    if state.inbox.stop.load(Ordering::Acquire) {
-        // SAFETY: the base is live and this is its own loop's thread.
-        unsafe { ffi::event_base_loopbreak(state.base.as_ptr()) };
-        return;
-    }
-    for request in state.inbox.take() {
-        submit(&state.context, request);
-    }
-}
-
-/// A context's thread: builds the context on its own event base, reports
-/// how that went, then runs the loop until told to stop.
-fn run_context(settings: &Settings, inbox: Arc<Inbox>, ready: &std::sync::mpsc::Sender<Result<(), UnboundError>>) {
-    let base = match EventBase::new() {
-        Ok(base) => base,
-        Err(error) => {
-            let _ = ready.send(Err(error));
-            return;
-        }
-    };
-    let context = match Context::new(settings, &base) {
-        Ok(context) => context,
-        Err(error) => {
-            let _ = ready.send(Err(error));
-            return;
-        }
-    };
-    let fd = inbox.wake.as_raw_fd();
-    let state = Box::new(Loop {
-        inbox,
-        context,
-        base: base.ptr,
-    });
-    let arg = std::ptr::from_ref::<Loop>(&state).cast_mut().cast::<c_void>();
-    // SAFETY: the base is live; `fd` is the inbox's eventfd, open while
-    // `state` holds the inbox; `arg` points at `state`, which outlives the
-    // event (freed below, before `state` drops).
-    let event = unsafe { ffi::event_new(base.ptr.as_ptr(), fd, ffi::EV_READ | ffi::EV_PERSIST, on_wake, arg) };
-    // SAFETY: `event` is NULL or a new event, added without a timeout.
-    if event.is_null() || unsafe { ffi::event_add(event, std::ptr::null()) } != 0 {
-        let _ = ready.send(Err(UnboundError::Init {
-            reason: "cannot watch the context's wake-up descriptor".into(),
-        }));
-        if !event.is_null() {
-            // SAFETY: a live event, freed once.
-            unsafe { ffi::event_free(event) };
-        }
-        return;
-    }
-    if ready.send(Ok(())).is_err() {
-        // SAFETY: as below.
-        unsafe { ffi::event_free(event) };
-        return;
-    }
-    // SAFETY: the base is live; this thread alone runs it; it returns on
-    // `event_base_loopbreak` (the inbox's stop) or when nothing is left
-    // to watch, which the persistent inbox event rules out.
-    let code = unsafe { ffi::event_base_dispatch(base.ptr.as_ptr()) };
-    if code < 0 {
-        tracing::error!("a libunbound context's event loop failed; its share of names gets no answers");
-    }
-    // SAFETY: the event is live and freed once; the loop no longer runs.
-    unsafe { ffi::event_free(event) };
-    // The context (in `state`) goes before the base it runs on.
-    drop(state);
-    drop(base);
+    let _ = sender.send(outcome);
 }
 
 /// Several libunbound contexts behind one async `resolve`.
 pub struct Resolver {
-    shards: Vec<Shard>,
+    shards: Vec<Arc<Shard>>,
+    drivers: Vec<JoinHandle<()>>,
     hasher: foldhash::fast::FixedState,
 }
 
@@ -527,37 +363,24 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Resolver {
-    /// Builds `contexts` contexts (at least one) from `settings`, each on a
-    /// thread of its own, and waits until every one is finalized (so bad
-    /// root hints or anchor files fail here). Needs no runtime; `resolve`
-    /// may then be awaited from any.
+    /// Builds `contexts` contexts (at least one) from `settings` and starts
+    /// a driver task for each. Must be called inside a Tokio runtime.
     pub fn new(settings: &Settings, contexts: usize) -> Result<Self, UnboundError> {
         let mut shards = Vec::new();
-        for index in 0..contexts.max(1) {
-            let inbox = Arc::new(Inbox {
-                queue: Mutex::new(Vec::new()),
-                wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-                    .map_err(std::io::Error::from)?,
-                stop: AtomicBool::new(false),
-            });
-            let (ready, started) = std::sync::mpsc::channel();
-            let (thread_settings, thread_inbox) = (settings.clone(), inbox.clone());
-            std::thread::Builder::new()
-                .name(format!("shieldns-unbound-{index}"))
-                .spawn(move || run_context(&thread_settings, thread_inbox, &ready))?;
-            let shard = Shard { inbox };
-            match started.recv() {
-                Ok(Ok(())) => shards.push(shard),
-                Ok(Err(error)) => return Err(error),
-                Err(_) => {
-                    return Err(UnboundError::Init {
-                        reason: "a context's thread ended while starting".into(),
-                    });
-                }
-            }
+        for _ in 0..contexts.max(1) {
+            let context = Context::new(settings)?;
+            // SAFETY: the descriptor is the context's, open from
+            // `ub_ctx_create` until `ub_ctx_delete`; the shard drops the
+            // AsyncFd before the context (field order), and `ResultFd` always
+            // returns this same descriptor.
+            let fd = unsafe { AsyncFd::register_with_interest(ResultFd(context.fd()), tokio::io::Interest::READABLE) }
+                .map_err(|e| UnboundError::Io(std::io::Error::from(e)))?;
+            shards.push(Arc::new(Shard { fd, context }));
         }
+        let drivers = shards.iter().map(|shard| tokio::spawn(drive(shard.clone()))).collect();
         Ok(Self {
             shards,
+            drivers,
             hasher: foldhash::fast::FixedState::with_seed(0x5348_4945_4c44),
         })
     }
@@ -569,13 +392,30 @@ impl Resolver {
         let shard = self.shard_for(name).ok_or_else(|| UnboundError::Query {
             reason: "the resolver has no context".into(),
         })?;
+        let c_name = c_string("query name", name)?;
         let (sender, receiver) = oneshot::channel();
-        shard.inbox.push(Request {
-            name: c_string("query name", name)?,
-            rrtype,
-            rrclass,
-            sender,
-        })?;
+        let mydata = Box::into_raw(Box::new(sender)).cast::<c_void>();
+        let mut id: c_int = 0;
+        // SAFETY: the context is live (the shard is held by `self`); the name
+        // is copied by the library; `mydata` is a leaked Box<Sender> that
+        // `on_result`, the callback given here, takes back exactly once.
+        let code = unsafe {
+            ffi::ub_resolve_async(
+                shard.context.ptr.as_ptr(),
+                c_name.as_ptr(),
+                c_int::from(rrtype),
+                c_int::from(rrclass),
+                mydata,
+                on_result,
+                &raw mut id,
+            )
+        };
+        if code != 0 {
+            // SAFETY: the query was not queued, so the callback will never
+            // run and the box is still ours to free.
+            drop(unsafe { Box::from_raw(mydata.cast::<Sender>()) });
+            return Err(UnboundError::Query { reason: strerror(code) });
+        }
         receiver.await.unwrap_or_else(|_| {
             Err(UnboundError::Query {
                 reason: "the context was shut down".into(),
@@ -597,20 +437,40 @@ impl Resolver {
         }
         let count = u64::try_from(self.shards.len()).ok().filter(|&n| n > 0)?;
         let index = usize::try_from(hasher.finish() % count).ok()?;
-        self.shards.get(index)
+        self.shards.get(index).map(|shard| &**shard)
     }
 }
 
 impl Drop for Resolver {
-    /// Tells every context's thread to stop; each deletes its context and
-    /// event base on its own (not waited for: deleting a large cache takes
-    /// a while, and nothing here needs it gone).
     fn drop(&mut self) {
-        for shard in &self.shards {
-            shard.inbox.stop.store(true, Ordering::Release);
-            if let Err(error) = shard.inbox.wake.write(1) {
-                tracing::warn!(%error, "cannot tell a libunbound context to stop");
+        for driver in &self.drivers {
+            driver.abort();
+        }
+    }
+}
+
+/// Drains one context's results whenever its descriptor is readable.
+async fn drive(shard: Arc<Shard>) {
+    loop {
+        let mut guard = match shard.fd.readable().await {
+            Ok(guard) => guard,
+            Err(error) => {
+                tracing::error!(%error, "libunbound result descriptor failed; this context stops answering");
+                return;
             }
+        };
+        let ctx = shard.context.ptr.as_ptr();
+        // SAFETY: the context is live (held by `shard`); ub_process reads
+        // every queued result without blocking and runs `on_result` for each.
+        let code = unsafe { ffi::ub_process(ctx) };
+        if code != 0 {
+            tracing::warn!(reason = %strerror(code), "ub_process failed");
+        }
+        // SAFETY: as above; ub_poll only checks the descriptor.
+        if unsafe { ffi::ub_poll(ctx) } == 0 {
+            // Tokio clears readiness only if no new event arrived since it
+            // was reported, so a result queued after ub_poll still wakes us.
+            guard.clear_ready();
         }
     }
 }
@@ -630,7 +490,7 @@ mod tests {
             options: vec![("qname-minimisation".into(), "perhaps".into())],
             ..Settings::default()
         };
-        let error = check(&settings).err().map(|e| e.to_string()).unwrap_or_default();
+        let error = Context::new(&settings).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("qname-minimisation: perhaps"), "{error}");
         assert!(error.contains("syntax"), "{error}");
     }
@@ -641,7 +501,7 @@ mod tests {
             trust_anchor_files: vec![PathBuf::from("/nonexistent/anchors.zone")],
             ..Settings::default()
         };
-        assert!(matches!(check(&settings), Err(UnboundError::Init { .. })));
+        assert!(matches!(Context::new(&settings), Err(UnboundError::Init { .. })));
     }
 
     #[tokio::test]
