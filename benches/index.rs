@@ -87,6 +87,7 @@ fn bench_index(c: &mut Criterion) {
             format: ListFormat::Domains,
             action: ListAction::Block,
             mandatory: false,
+            allow_empty: false,
         };
         builder.add_list(policy, &text).expect("synthetic list loads");
         builder.add_profile(ProfileConfig {

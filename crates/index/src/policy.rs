@@ -35,6 +35,11 @@ pub struct ListPolicy {
     /// Enforced for every client whatever its profile or allowlists say (the
     /// national CSAM list).
     pub mandatory: bool,
+    /// Whether the list may hold no rules at all. Otherwise an empty or
+    /// comments-only list fails the build (a truncated download or an
+    /// emptied file must not silently switch its category off); a mandatory
+    /// list is never allowed to be empty.
+    pub allow_empty: bool,
 }
 
 /// How a profile answers a blocked query.

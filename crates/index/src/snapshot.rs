@@ -46,6 +46,17 @@ pub enum IndexError {
         /// The I/O error.
         reason: String,
     },
+    /// A list has no rule at all (an empty or comments-only file).
+    #[error(
+        "list `{name}`: no rules (the file is empty or holds only comments){}",
+        if *mandatory { "; a mandatory list is never enforced empty" } else { "; set `allow_empty = true` on a list meant to be empty" }
+    )]
+    Empty {
+        /// The list.
+        name: String,
+        /// Whether it is mandatory (and so may never be empty).
+        mandatory: bool,
+    },
     /// A list had rule lines but none of them was valid.
     #[error("list `{name}`: none of its {rejected} rule lines is valid (first: line {first_line}: {first_reason})")]
     NothingValid {
@@ -637,6 +648,13 @@ impl SnapshotBuilder {
         };
         parse(&mut sink)?;
         let info = sink.info;
+        if info.counts.accepted == 0 && info.counts.rejected == 0 && (info.policy.mandatory || !info.policy.allow_empty)
+        {
+            return Err(IndexError::Empty {
+                name: info.policy.name,
+                mandatory: info.policy.mandatory,
+            });
+        }
         if info.counts.accepted == 0 && info.counts.rejected > 0 {
             let first = info.rejected_examples.first();
             return Err(IndexError::NothingValid {

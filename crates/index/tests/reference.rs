@@ -22,12 +22,19 @@ fn name_strategy() -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "xn--d"]), 1..4).prop_map(|labels| labels.join("."))
 }
 
+/// A list entry: two labels at least (a single label, a whole TLD, is
+/// rejected by every list parser).
+fn list_name_strategy() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "xn--d"]), 2..5).prop_map(|labels| labels.join("."))
+}
+
 fn list_strategy() -> impl Strategy<Value = TestList> {
     (
         prop::bool::weighted(0.25),
         prop::bool::weighted(0.2),
         prop::option::of(0u8..3),
-        prop::collection::vec(name_strategy(), 0..8),
+        // At least one entry: an empty list fails the build.
+        prop::collection::vec(list_name_strategy(), 1..8),
     )
         .prop_map(|(allow, mandatory, category, names)| TestList {
             action: if allow { ListAction::Allow } else { ListAction::Block },
@@ -98,6 +105,7 @@ proptest! {
                 format: ListFormat::Domains,
                 action: list.action,
                 mandatory: list.mandatory,
+                allow_empty: false,
             };
             builder.add_list(policy, text.as_bytes()).unwrap();
         }

@@ -17,6 +17,7 @@ fn policy(name: &str, category: Option<&str>, format: ListFormat, action: ListAc
         format,
         action,
         mandatory,
+        allow_empty: false,
     }
 }
 

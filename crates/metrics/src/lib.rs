@@ -873,6 +873,7 @@ mod tests {
                     format: ListFormat::Domains,
                     action: ListAction::Block,
                     mandatory: false,
+                    allow_empty: false,
                 },
                 b"adult.test\n",
             )

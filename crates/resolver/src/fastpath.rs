@@ -1170,6 +1170,7 @@ mod tests {
             format: ListFormat::Domains,
             action: ListAction::Block,
             mandatory: false,
+            allow_empty: false,
         };
         builder.add_list(policy, b"bad.example.com\n").unwrap();
         builder.add_profile(ProfileConfig {

@@ -333,6 +333,7 @@ pub(crate) fn lists_check(file: &Path, format: ListFormat, as_json: bool) -> any
         format,
         action: ListAction::Block,
         mandatory: false,
+        allow_empty: false,
     };
     let info = builder
         .add_list(policy, &bytes)

@@ -295,6 +295,27 @@ fn reload_swaps_verdicts_and_a_broken_list_keeps_the_old_ones() {
     );
     let out = daemon.dig(&["reload.example.test", "A"]);
     assert_eq!(status(&out), "NXDOMAIN", "old verdict kept: {out}");
+    // An emptied or comments-only list would switch its category off: it
+    // fails the reload too, and a mandatory one (the CSAM list) says so.
+    for (file, text) in [
+        ("adult.txt", ""),
+        ("adult.txt", "# all gone\n\n"),
+        ("csam.txt", "# national list\n"),
+    ] {
+        let before = std::fs::read_to_string(daemon.path(file)).unwrap();
+        std::fs::write(daemon.path(file), text).unwrap();
+        assert!(!daemon.reload(), "an empty {file} must not load");
+        std::fs::write(daemon.path(file), before).unwrap();
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("no rules (the file is empty or holds only comments)"),
+        "{log}"
+    );
+    assert!(log.contains("a mandatory list is never enforced empty"), "{log}");
+    let out = daemon.dig(&["reload.example.test", "A"]);
+    assert_eq!(status(&out), "NXDOMAIN", "old verdict kept: {out}");
+    assert_eq!(status(&daemon.dig(&["mandatory.example.test", "A"])), "NXDOMAIN");
     // So does a missing file, and a broken configuration.
     std::fs::remove_file(daemon.path("adult.txt")).unwrap();
     assert!(!daemon.reload());

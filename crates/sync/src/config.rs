@@ -36,6 +36,9 @@ pub struct ListConfig {
     pub action: ListAction,
     /// Enforced for every client, over every allowlist.
     pub mandatory: bool,
+    /// Whether the list may hold no rules (a local list kept for later);
+    /// never for a mandatory list.
+    pub allow_empty: bool,
 }
 
 /// Where a list is read from: exactly one of `path`, `url` and `source`.
@@ -123,6 +126,7 @@ impl ListConfig {
             format: self.format,
             action: self.action,
             mandatory: self.mandatory,
+            allow_empty: self.allow_empty,
         }
     }
 
@@ -192,6 +196,8 @@ struct RawListConfig {
     action: ListAction,
     #[serde(default)]
     mandatory: bool,
+    #[serde(default)]
+    allow_empty: bool,
 }
 
 impl TryFrom<RawListConfig> for ListConfig {
@@ -253,6 +259,7 @@ impl TryFrom<RawListConfig> for ListConfig {
             source,
             action: raw.action,
             mandatory: raw.mandatory,
+            allow_empty: raw.allow_empty,
         })
     }
 }

@@ -291,6 +291,7 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             });
             continue;
         }
+        let mut policy = list.policy();
         let (bytes, source, file) = match &list.source {
             // A `url` list's cached copy is parsed as it is read, like a
             // local file, and verified on the way.
@@ -305,7 +306,10 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
                 // verified download, rather than keeping the resolver from
                 // starting. A mandatory list without a copy fails the build.
                 Err(SyncError::NotCached { .. }) if !list.mandatory => (
-                    Vec::new(),
+                    {
+                        policy.allow_empty = true;
+                        Vec::new()
+                    },
                     format!(
                         "{} (no verified copy yet: empty until the first successful download)",
                         list.describe_source()
@@ -316,12 +320,10 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             },
             _ => read_list(list, sources.base_dir)?,
         };
-        let info = builder
-            .add_list(list.policy(), &bytes)
-            .map_err(|source| SyncError::Index {
-                file: file.clone(),
-                source,
-            })?;
+        let info = builder.add_list(policy, &bytes).map_err(|source| SyncError::Index {
+            file: file.clone(),
+            source,
+        })?;
         loads.push(ListLoad {
             name: list.name.clone(),
             source,

@@ -63,15 +63,6 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
             if LOCAL_HOST_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
                 continue;
             }
-            // A single label would block a whole top-level domain.
-            if !name.trim_end_matches('.').contains('.') {
-                sink.reject(
-                    line,
-                    raw,
-                    LineRejection::Syntax("single-label name (would block a whole TLD)"),
-                );
-                return;
-            }
             blocked.push(name);
         }
         emit_names(sink, line, raw, &blocked, Scope::Subtree);

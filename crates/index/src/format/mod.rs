@@ -237,6 +237,16 @@ pub(crate) fn strip_hash_comment(line: &str) -> &str {
     line.trim()
 }
 
+/// The rejection of a line whose name is one label: as a rule it would
+/// match a whole top-level domain (`com`, `vn`), which no published list
+/// means to do. RPZ, the format for deliberate policy, is not held to it.
+pub(crate) const SINGLE_LABEL: LineRejection = LineRejection::Syntax("single-label name (would block a whole TLD)");
+
+/// Whether a normalized name is a single label.
+pub(crate) fn is_single_label(name: &str) -> bool {
+    !name.contains('.')
+}
+
 /// Emits a block rule for each name on a line, or, if any name is invalid,
 /// rejects the whole line with that name's reason and emits nothing, so that
 /// every line has exactly one outcome.
@@ -250,6 +260,10 @@ pub(crate) fn emit_names(
     let mut names = Vec::with_capacity(raw_names.len());
     for raw_name in raw_names {
         match crate::name::normalize(raw_name) {
+            Ok(name) if is_single_label(&name) => {
+                sink.reject(line, text, SINGLE_LABEL);
+                return;
+            }
             Ok(name) => names.push(name),
             Err(reason) => {
                 sink.reject(line, text, reason.into());
@@ -320,6 +334,35 @@ mod tests {
                 assert_eq!(a, b, "{format:?}");
             }
             assert!(whole.0.iter().any(|o| o.starts_with("reject")));
+        }
+    }
+
+    #[test]
+    fn no_format_lets_a_single_label_block_a_whole_tld() {
+        for (format, text) in [
+            (ListFormat::Domains, "com\nvn.\nexample\nok.example\n"),
+            (ListFormat::Wildcard, "*.com\nvn\nexample\n*.ok.example\n"),
+            (
+                ListFormat::Hosts,
+                "0.0.0.0 com\n0.0.0.0 vn\n0.0.0.0 example\n0.0.0.0 ok.example\n",
+            ),
+            (ListFormat::Adblock, "||com^\n||vn^\n@@||example^\n||ok.example^\n"),
+            (
+                ListFormat::Dnsmasq,
+                "address=/com/0.0.0.0\nserver=/vn/\naddress=/example/#\naddress=/ok.example/#\n",
+            ),
+        ] {
+            let mut sink = CollectingSink::default();
+            parse(format, text.as_bytes(), &mut sink);
+            assert_eq!(sink.rules.len(), 1, "{format:?}: only ok.example: {:?}", sink.rules);
+            assert_eq!(sink.rejected.len(), 3, "{format:?}: {:?}", sink.rejected);
+            assert!(
+                sink.rejected
+                    .iter()
+                    .all(|(_, _, reason)| reason.to_string().contains("whole TLD")),
+                "{format:?}: {:?}",
+                sink.rejected
+            );
         }
     }
 }
