@@ -273,7 +273,7 @@ def big_answers(daemon, names=110000):
     """Fetches `names` 7.6 KB answers over pipelined TCP; RSS before/after."""
     before = rss_mib(daemon.pid)
     tcp = socket.create_connection((SERVER, PORT), timeout=10, source_address=(CLIENT, 0))
-    sent = got = 0
+    sent = got = answered = 0
     window = 32
     buffer = b""
     while got < names:
@@ -282,10 +282,13 @@ def big_answers(daemon, names=110000):
             tcp.sendall(struct.pack(">H", len(packet)) + packet)
             sent += 1
         length = struct.unpack(">H", recv_exact(tcp, 2))[0]
-        recv_exact(tcp, length)
+        reply = recv_exact(tcp, length)
         got += 1
+        # NOERROR with the whole TXT set in the answer section.
+        if reply[3] & 0x0f == 0 and struct.unpack(">H", reply[6:8])[0] == 1:
+            answered += 1
     tcp.close()
-    return before, rss_mib(daemon.pid)
+    return before, rss_mib(daemon.pid), answered
 
 
 def main():
@@ -315,8 +318,9 @@ def main():
                 run_flood("allowed-flood", [f"127.0.31.{i}" for i in range(100, 200)], daemon)
             if not args.skip_big:
                 started = time.time()
-                before, after = big_answers(daemon)
-                print(f"big-answers: 110000 names x 7.6 KB over TCP in {time.time() - started:.0f} s; "
+                before, after, answered = big_answers(daemon)
+                print(f"big-answers: 110000 names x 7.6 KB over TCP ({answered} answered in full) "
+                      f"in {time.time() - started:.0f} s; "
                       f"RSS {before:.1f} -> {after:.1f} MiB (cache.max_bytes {max_bytes >> 20} MiB, "
                       f"upstream.cache_bytes {cache_bytes >> 20} MiB)")
             daemon.terminate()
