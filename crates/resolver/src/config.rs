@@ -13,8 +13,9 @@ pub struct ServerConfig {
     /// Addresses to serve DNS on, over both UDP and TCP.
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
-    /// Client networks allowed to query; everyone else gets REFUSED.
-    #[serde(default = "default_allow")]
+    /// Client networks allowed to query; everyone else gets REFUSED. Never
+    /// empty: that would refuse every client (the error names the line).
+    #[serde(default = "default_allow", deserialize_with = "non_empty_networks")]
     pub allow: Vec<IpNet>,
     /// The largest UDP response shieldns sends (EDNS payload size; RFC 9715
     /// and the DNS Flag Day 2020 recommend 1232).
@@ -128,6 +129,17 @@ fn default_listen() -> Vec<SocketAddr> {
         SocketAddr::from(([127, 0, 0, 1], 5353)),
         SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5353)),
     ]
+}
+
+fn non_empty_networks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let networks = Vec::<IpNet>::deserialize(deserializer)?;
+    if networks.is_empty() {
+        return Err(serde::de::Error::custom(
+            "an empty access list would refuse every client; list the client networks \
+             (\"0.0.0.0/0\", \"::/0\" for all, behind a firewall)",
+        ));
+    }
+    Ok(networks)
 }
 
 fn default_allow() -> Vec<IpNet> {

@@ -122,6 +122,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_empty_access_list_is_refused_with_its_line() {
+        let error = parse("[server]\nlisten = [\"127.0.0.1:5353\"]\nallow = []\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("line 3"), "{error}");
+        assert!(error.contains("would refuse every client"), "{error}");
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let config = parse(EMBEDDED_DEFAULT).unwrap();
         assert_eq!(config.server.listen.len(), 2);
