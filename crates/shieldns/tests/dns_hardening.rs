@@ -446,7 +446,7 @@ fn udp_rate_limits_drop_and_slip_and_refusals_have_a_budget() {
     };
     let (full, truncated) = burst("127.0.0.1", 40);
     assert!(
-        (5..=7).contains(&full),
+        (5..=8).contains(&full),
         "the burst of 5, and what refilled meanwhile: {full}"
     );
     assert!(
@@ -471,7 +471,7 @@ fn udp_rate_limits_drop_and_slip_and_refusals_have_a_budget() {
         }
         (count, ())
     };
-    assert!((20..=23).contains(&refused), "{refused} REFUSED answers to 60 queries");
+    assert!((20..=30).contains(&refused), "{refused} REFUSED answers to 60 queries");
     let text = scrape(metrics);
     let dropped = metric(&text, "shieldns_resolver_discarded_total{reason=\"rate_limited\"}");
     assert!(dropped >= 40, "{text}");
