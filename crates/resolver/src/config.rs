@@ -296,6 +296,16 @@ pub struct UpstreamConfig {
     pub unbound_options: std::collections::BTreeMap<String, String>,
 }
 
+impl UpstreamConfig {
+    /// `contexts` with 0 resolved to the number of cores.
+    pub(crate) fn context_count(&self) -> usize {
+        match self.contexts {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+}
+
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {

@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 use shieldns_metrics::{Discard, Metrics};
 use tracing::warn;
 
-/// The kinds, in the order of [`Discards::kinds`].
-const KINDS: [Discard; Discard::ALL.len()] = Discard::ALL;
-
 /// One log line per kind per this interval at most.
 const LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -31,7 +28,7 @@ struct Kind {
 pub(crate) struct Discards {
     metrics: Arc<Metrics>,
     started: Instant,
-    kinds: [Kind; KINDS.len()],
+    kinds: [Kind; Discard::ALL.len()],
 }
 
 impl Discards {
@@ -47,7 +44,11 @@ impl Discards {
     /// count when its interval has passed (the first one at once).
     pub(crate) fn note(&self, reason: Discard, source: IpAddr) {
         self.metrics.discarded(reason);
-        let Some(kind) = KINDS.iter().position(|k| *k == reason).and_then(|i| self.kinds.get(i)) else {
+        let Some(kind) = Discard::ALL
+            .iter()
+            .position(|k| *k == reason)
+            .and_then(|i| self.kinds.get(i))
+        else {
             return;
         };
         kind.unlogged.fetch_add(1, Ordering::Relaxed);

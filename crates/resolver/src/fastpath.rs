@@ -923,20 +923,26 @@ impl Tally {
     }
 }
 
-/// The checks that come before any parsing: a datagram without a header or
-/// with QR=1 is discarded; one from a source the access list refuses is
-/// refused when it is a readable query and discarded otherwise. `Ok` holds
-/// the client's profile.
-fn screen(packet: &[u8], client: IpAddr, snapshot: &Snapshot) -> Result<ProfileId, Route> {
-    let flags = match packet.get(2) {
-        Some(flags) if packet.len() >= 12 => *flags,
-        _ => return Err(Route::Discard(Discard::Malformed)),
-    };
-    if flags & 0x80 != 0 {
-        return Err(Route::Discard(Discard::Response));
+/// The check every transport makes of a message before parsing it: a
+/// header there, and QR=0 (an answer is never answered, so two resolvers
+/// cannot be made to answer each other).
+pub(crate) fn screen_header(message: &[u8]) -> Result<(), Discard> {
+    match message.get(2) {
+        Some(_) if message.len() < 12 => Err(Discard::Malformed),
+        Some(flags) if flags & 0x80 != 0 => Err(Discard::Response),
+        Some(_) => Ok(()),
+        None => Err(Discard::Malformed),
     }
+}
+
+/// The UDP checks that come before any parsing: [`screen_header`], then
+/// the access list: a refused source is refused when its query is a
+/// readable question and discarded otherwise. `Ok` holds the client's
+/// profile.
+fn screen(packet: &[u8], client: IpAddr, snapshot: &Snapshot) -> Result<ProfileId, Route> {
+    screen_header(packet).map_err(Route::Discard)?;
     snapshot.client_policy(client).ok_or_else(|| {
-        if refusal(packet).is_some() {
+        if bare_question(packet).is_some() {
             Route::Refuse
         } else {
             Route::Discard(Discard::NotAllowed)
@@ -944,49 +950,70 @@ fn screen(packet: &[u8], client: IpAddr, snapshot: &Snapshot) -> Result<ProfileI
     })
 }
 
-/// REFUSED for `query` (RFC 1035 §4.1.1): its header with QR set, its opcode
-/// and RD kept, and its one question, nothing else, so the answer is never
-/// larger than the query; `None` unless the query is a readable question
-/// (a single question, opcode QUERY).
-fn refusal(query: &[u8]) -> Option<Vec<u8>> {
+/// Where the question of `query` ends, if it is a readable question: QR=0,
+/// opcode QUERY, one question.
+fn bare_question(query: &[u8]) -> Option<usize> {
     let header = query.get(..12)?;
     if header[2] & 0xf8 != 0 || header[4..6] != [0, 1] {
         return None;
     }
-    let end = question_end(query)?;
-    let mut answer = query.get(..end)?.to_vec();
-    answer[2] = 0x80 | (header[2] & 0x01);
-    answer[3] = 0x05;
-    answer[6..12].fill(0);
+    question_end(query)
+}
+
+/// `message`'s header and question alone, its other section counts zeroed:
+/// the start of every answer built here without records (REFUSED, slip,
+/// truncation), never larger than what it came from.
+fn header_and_question(message: &[u8], question_end: usize) -> Option<Vec<u8>> {
+    let mut out = message.get(..question_end)?.to_vec();
+    out.get_mut(6..12)?.fill(0);
+    Some(out)
+}
+
+/// An answer to `query` without records: QR set, RD kept, `tc`, and
+/// `flags_low` as the header's fourth byte (RA and the rcode). `None` when
+/// it is not a readable question (see [`bare_question`]).
+fn bare_answer(query: &[u8], tc: bool, flags_low: u8) -> Option<Vec<u8>> {
+    let mut answer = header_and_question(query, bare_question(query)?)?;
+    answer[2] = 0x80 | (query[2] & 0x01) | if tc { 0x02 } else { 0 };
+    answer[3] = flags_low;
     Some(answer)
 }
 
-/// Sends REFUSED for `packet` (see [`refusal`]) straight from the UDP
-/// thread: refusals are rare and small, and never reach the runtime.
-fn refuse(fd: RawFd, packet: &[u8], peer: SocketAddr, metrics: &Metrics, received_at: Instant) {
-    let Some(answer) = refusal(packet) else {
-        return;
-    };
-    metrics.refused();
-    if let Err(error) = sendto(fd, &answer, &SockaddrStorage::from(peer), MsgFlags::MSG_DONTWAIT) {
-        debug!(%error, %peer, "cannot send REFUSED");
-        return;
+/// Sends [`bare_answer`] straight from the UDP thread: REFUSED and slips are
+/// rare and small, and never reach the runtime. `None` when there is none
+/// or the send failed.
+fn send_bare(fd: RawFd, query: &[u8], peer: SocketAddr, tc: bool, flags_low: u8) -> Option<()> {
+    let answer = bare_answer(query, tc, flags_low)?;
+    match sendto(fd, &answer, &SockaddrStorage::from(peer), MsgFlags::MSG_DONTWAIT) {
+        Ok(_) => Some(()),
+        Err(error) => {
+            debug!(%error, %peer, "cannot send an answer without records");
+            None
+        }
     }
-    metrics.query(None, true, 5, received_at.elapsed());
+}
+
+/// Sends REFUSED (RFC 1035 §4.1.1) for `packet`: its header and question,
+/// never larger than the query.
+fn refuse(fd: RawFd, packet: &[u8], peer: SocketAddr, metrics: &Metrics, received_at: Instant) {
+    metrics.refused();
+    if send_bare(fd, packet, peer, false, 0x05).is_some() {
+        metrics.query(None, true, 5, received_at.elapsed());
+    }
 }
 
 /// Sends the slip answer for `packet`: its header and question, with QR,
 /// TC and RA set and no records, no larger than the query.
 fn slip(fd: RawFd, packet: &[u8], peer: SocketAddr, metrics: &Metrics) {
-    let Some(mut answer) = refusal(packet) else {
-        return;
-    };
-    answer[2] |= 0x02;
-    answer[3] = 0x80;
     metrics.rate_limit_slip();
-    if let Err(error) = sendto(fd, &answer, &SockaddrStorage::from(peer), MsgFlags::MSG_DONTWAIT) {
-        debug!(%error, %peer, "cannot send a slip answer");
-    }
+    let _ = send_bare(fd, packet, peer, true, 0x80);
+}
+
+/// FORMERR for a message whose header is readable but whose rest is not:
+/// the header alone, its ID and opcode and RD kept.
+pub(crate) fn formerr(header: [u8; 3]) -> [u8; 12] {
+    let [id0, id1, flags] = header;
+    [id0, id1, 0x80 | (flags & 0x79), 0x01, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 /// Sends one datagram from an async task on the (blocking) UDP socket
@@ -1027,11 +1054,8 @@ async fn answer_slowly(
         Err(error) => {
             debug!(%error, %peer, "malformed query");
             discards.note(Discard::Malformed, peer.ip());
-            if let Some([id0, id1, flags]) = header
-                && flags & 0x80 == 0
-            {
-                let formerr = [id0, id1, 0x80 | (flags & 0x79), 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
-                let _ = send_datagram(&responder.socket, &formerr, peer).await;
+            if let Some(header) = header {
+                let _ = send_datagram(&responder.socket, &formerr(header), peer).await;
             }
         }
     }
@@ -1104,10 +1128,8 @@ impl std::fmt::Debug for UdpResponder {
 /// The TC=1 form of `answer`: its header and question, no records but the
 /// OPT `opt` describes (payload size and the TTL field's bytes).
 fn truncated(answer: &[u8], opt: Option<(u16, [u8; 4])>) -> Option<Vec<u8>> {
-    let end = question_end(answer)?;
-    let mut out = answer.get(..end)?.to_vec();
+    let mut out = header_and_question(answer, question_end(answer)?)?;
     out[2] |= 0x02;
-    out[6..12].fill(0);
     if let Some((payload, ttl)) = opt {
         out[11] = 1;
         out.extend_from_slice(&[0, 0, 41]);
@@ -1469,7 +1491,7 @@ mod tests {
                 match screen(&packet, client, &snapshot) {
                     Ok(_) => proptest::prop_assert!(packet.len() >= 12 && packet[2] & 0x80 == 0),
                     Err(Route::Refuse) => {
-                        let answer = refusal(&packet).unwrap();
+                        let answer = bare_answer(&packet, false, 0x05).unwrap();
                         proptest::prop_assert!(answer.len() <= packet.len());
                         proptest::prop_assert_eq!(answer[2] & 0x80, 0x80);
                         proptest::prop_assert_eq!(answer[3] & 0x0f, 5);

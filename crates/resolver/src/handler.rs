@@ -598,7 +598,9 @@ impl ShieldHandler {
         let _in_flight = InFlight(&self.inner.in_flight);
         let client = request.src().ip();
         if request.metadata.message_type == hickory_proto::op::MessageType::Response {
-            // Never answer an answer (TCP; UDP drops them before parsing).
+            // Never answer an answer. Every transport screens them out
+            // before parsing (`fastpath::screen_header`); this is the
+            // backstop for one that did not.
             self.inner.discards.note(Discard::Response, client);
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.response_code = ResponseCode::Refused;

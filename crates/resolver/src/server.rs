@@ -216,10 +216,7 @@ fn fit_tcp_connections(server: &ServerConfig, upstream: &UpstreamConfig) -> usiz
     let limit = raise_descriptor_limit();
     // libunbound keeps up to `outgoing_range` sockets open per context;
     // hickory's engines are given the same room.
-    let contexts = match upstream.contexts {
-        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        n => n,
-    };
+    let contexts = upstream.context_count();
     let upstream_sockets =
         u64::from(upstream.outgoing_range.max(16)).saturating_mul(u64::try_from(contexts).unwrap_or(u64::MAX));
     let udp_sockets = u64::try_from(server.listen.len().saturating_mul(server.udp_sockets.max(1))).unwrap_or(u64::MAX);

@@ -30,6 +30,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::debug;
 
 use crate::discard::Discards;
+use crate::fastpath::{formerr, screen_header};
 use crate::handler::ShieldHandler;
 
 /// The TCP limits, from `[server]` (the total already fitted to the
@@ -237,11 +238,11 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admitted: Admitted, mut
 
 /// Answers one query of a connection.
 async fn answer(shared: &Shared, message: Vec<u8>, peer: SocketAddr, answers: mpsc::Sender<Vec<u8>>) {
-    let header = message.get(..3).map(|h| [h[0], h[1], h[2]]);
-    if header.is_some_and(|[_, _, flags]| flags & 0x80 != 0) {
-        shared.discards.note(Discard::Response, canonical(peer.ip()));
+    if let Err(reason) = screen_header(&message) {
+        shared.discards.note(reason, canonical(peer.ip()));
         return;
     }
+    let header = message.get(..3).map(|h| [h[0], h[1], h[2]]);
     match Request::from_bytes(message, peer, Protocol::Tcp) {
         Ok(request) => {
             let responder = TcpResponder { answers };
@@ -250,9 +251,10 @@ async fn answer(shared: &Shared, message: Vec<u8>, peer: SocketAddr, answers: mp
         Err(error) => {
             debug!(%error, %peer, "malformed query over TCP");
             shared.discards.note(Discard::Malformed, canonical(peer.ip()));
-            if let Some([id0, id1, flags]) = header {
-                let formerr = [0, 12, id0, id1, 0x80 | (flags & 0x79), 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
-                let _ = answers.send(formerr.to_vec()).await;
+            if let Some(header) = header {
+                let mut framed = vec![0, 12];
+                framed.extend_from_slice(&formerr(header));
+                let _ = answers.send(framed).await;
             }
         }
     }

@@ -57,10 +57,7 @@ pub(crate) struct UnboundEngine {
 impl UnboundEngine {
     /// Builds the contexts. Runs inside the Tokio runtime.
     pub(crate) fn new(config: &UpstreamConfig, cache: &CacheConfig) -> Result<Self, ResolverError> {
-        let contexts = match config.contexts {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
+        let contexts = config.context_count();
         let settings = settings(config, cache, contexts)?;
         let resolver =
             Resolver::new(&settings, contexts).map_err(|e| ResolverError::Upstream { reason: e.to_string() })?;
