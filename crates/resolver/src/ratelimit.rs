@@ -17,10 +17,12 @@
 //! bound what one client can hold.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
+
+use ipnet::IpNet;
 
 use crate::config::RateLimitConfig;
 
@@ -55,7 +57,7 @@ pub(crate) struct RateLimiter {
     ipv4_prefix: u8,
     ipv6_prefix: u8,
     slip: u32,
-    exempt: Vec<ipnet::IpNet>,
+    exempt: Vec<IpNet>,
     started: Instant,
     hasher: foldhash::fast::FixedState,
     shards: Vec<Mutex<Shard>>,
@@ -63,7 +65,7 @@ pub(crate) struct RateLimiter {
 
 #[derive(Debug, Default)]
 struct Shard {
-    buckets: HashMap<(bool, u128), Bucket>,
+    buckets: HashMap<IpNet, Bucket>,
     /// When quiet prefixes were last forgotten (milliseconds since start):
     /// at most once a second, so a flood of new sources costs no more.
     swept: u64,
@@ -109,10 +111,7 @@ impl RateLimiter {
             return Limit::Pass;
         }
         let key = self.prefix(client);
-        let mut hasher = self.hasher.build_hasher();
-        hasher.write_u128(key.1);
-        hasher.write_u8(u8::from(key.0));
-        let index = usize::try_from(hasher.finish() % SHARDS as u64).unwrap_or(0);
+        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
         let Some(shard) = self.shards.get(index) else {
             return Limit::Pass;
         };
@@ -149,27 +148,15 @@ impl RateLimiter {
         }
     }
 
-    fn prefix(&self, client: IpAddr) -> (bool, u128) {
-        match client {
-            IpAddr::V4(v4) => {
-                let bits = u32::from(v4);
-                let kept = if self.ipv4_prefix == 0 {
-                    0
-                } else {
-                    bits & (u32::MAX << (32 - u32::from(self.ipv4_prefix)))
-                };
-                (false, u128::from(kept))
-            }
-            IpAddr::V6(v6) => {
-                let bits = u128::from(v6);
-                let kept = if self.ipv6_prefix == 0 {
-                    0
-                } else {
-                    bits & (u128::MAX << (128 - u32::from(self.ipv6_prefix)))
-                };
-                (true, kept)
-            }
-        }
+    /// The network `client` is grouped into. The prefix lengths are clamped
+    /// to the family's width in `new`, so the network always exists.
+    fn prefix(&self, client: IpAddr) -> IpNet {
+        let length = if client.is_ipv4() {
+            self.ipv4_prefix
+        } else {
+            self.ipv6_prefix
+        };
+        IpNet::new(client, length).map_or(IpNet::from(client), |net| net.trunc())
     }
 }
 

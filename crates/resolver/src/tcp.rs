@@ -147,7 +147,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
                 continue;
             }
         };
-        let client = canonical(peer.ip());
+        let client = peer.ip().to_canonical();
         match shared.admit(client) {
             Ok(admitted) => {
                 let stop = stop.clone();
@@ -161,15 +161,6 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
                 shared.discards.note(reason, client);
             }
         }
-    }
-}
-
-/// An IPv4 client on an IPv6 socket as the IPv4 address the access list
-/// and the caps know it by.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
     }
 }
 
@@ -239,7 +230,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admitted: Admitted, mut
 /// Answers one query of a connection.
 async fn answer(shared: &Shared, message: Vec<u8>, peer: SocketAddr, answers: mpsc::Sender<Vec<u8>>) {
     if let Err(reason) = screen_header(&message) {
-        shared.discards.note(reason, canonical(peer.ip()));
+        shared.discards.note(reason, peer.ip().to_canonical());
         return;
     }
     let header = message.get(..3).map(|h| [h[0], h[1], h[2]]);
@@ -250,7 +241,7 @@ async fn answer(shared: &Shared, message: Vec<u8>, peer: SocketAddr, answers: mp
         }
         Err(error) => {
             debug!(%error, %peer, "malformed query over TCP");
-            shared.discards.note(Discard::Malformed, canonical(peer.ip()));
+            shared.discards.note(Discard::Malformed, peer.ip().to_canonical());
             if let Some(header) = header {
                 let mut framed = vec![0, 12];
                 framed.extend_from_slice(&formerr(header));

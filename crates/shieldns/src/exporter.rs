@@ -5,7 +5,7 @@
 //! keep-alive: Prometheus scrapes need nothing more, and this keeps an HTTP
 //! stack out of the resolver until the metrics issue needs one.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +27,8 @@ pub(crate) async fn spawn(address: SocketAddr, allow: Vec<IpNet>, metrics: Arc<M
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            let source = match peer.ip() {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), IpAddr::V4),
-                ip @ IpAddr::V4(_) => ip,
-            };
+            // An IPv4 scraper on an IPv6 socket, as the IPv4 address.
+            let source = peer.ip().to_canonical();
             if !allow.iter().any(|net| net.contains(&source)) {
                 debug!(%peer, "metrics scrape from a source metrics.allow does not list; closed");
                 continue;
