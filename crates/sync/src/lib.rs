@@ -305,17 +305,17 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
                 // list ids aligned with the configuration) until its first
                 // verified download, rather than keeping the resolver from
                 // starting. A mandatory list without a copy fails the build.
-                Err(SyncError::NotCached { .. }) if !list.mandatory => (
-                    {
-                        policy.allow_empty = true;
-                        Vec::new()
-                    },
-                    format!(
-                        "{} (no verified copy yet: empty until the first successful download)",
-                        list.describe_source()
-                    ),
-                    None,
-                ),
+                Err(SyncError::NotCached { .. }) if !list.mandatory => {
+                    policy.allow_empty = true;
+                    (
+                        Vec::new(),
+                        format!(
+                            "{} (no verified copy yet: empty until the first successful download)",
+                            list.describe_source()
+                        ),
+                        None,
+                    )
+                }
                 Err(error) => return Err(error),
             },
             _ => read_list(list, sources.base_dir)?,
