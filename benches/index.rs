@@ -88,6 +88,7 @@ fn bench_index(c: &mut Criterion) {
             action: ListAction::Block,
             mandatory: false,
             allow_empty: false,
+            allow_tld_rules: false,
         };
         builder.add_list(policy, &text).expect("synthetic list loads");
         builder.add_profile(ProfileConfig {

@@ -36,7 +36,7 @@ pub use digest::name_digest;
 pub use jiff::Timestamp;
 pub use policy::{BlockResponse, ListAction, ListId, ListPolicy, Profile, ProfileConfig, ProfileId};
 pub use snapshot::{
-    Hit, IndexError, ListInfo, Matched, NameWarmer, REJECTED_EXAMPLES, RejectedLine, Snapshot, SnapshotBuilder,
-    UNMATCHED_PROFILE, Verdict,
+    Hit, IndexError, ListInfo, Matched, NameWarmer, REJECTED_EXAMPLES, REJECTED_TEXT_CHARS, RejectedLine, Snapshot,
+    SnapshotBuilder, UNMATCHED_PROFILE, Verdict, check_list,
 };
 pub use suffix::MAX_LISTS;

@@ -40,6 +40,9 @@ pub struct ListPolicy {
     /// emptied file must not silently switch its category off); a mandatory
     /// list is never allowed to be empty.
     pub allow_empty: bool,
+    /// Whether one-label rules (`com`, `zip`) may block a whole top-level
+    /// domain. Off, they are rejected line by line in every format.
+    pub allow_tld_rules: bool,
 }
 
 /// How a profile answers a blocked query.

@@ -191,6 +191,12 @@ pub enum LineRejection {
     BadPattern(String),
     /// A line that is not valid UTF-8.
     NotUtf8,
+    /// A line longer than [`crate::format::MAX_LINE_BYTES`]: no rule of any
+    /// format is that long, so it is garbage (or a binary file).
+    TooLong,
+    /// A one-label name (`com`, `vn`): as a rule it would match a whole
+    /// top-level domain. Allowed only on a list with `allow_tld_rules`.
+    SingleLabel,
 }
 
 impl fmt::Display for LineRejection {
@@ -202,7 +208,31 @@ impl fmt::Display for LineRejection {
             Self::UnsupportedRpz(what) => write!(f, "unsupported RPZ feature: {what}"),
             Self::BadPattern(e) => write!(f, "bad pattern: {e}"),
             Self::NotUtf8 => f.write_str("line is not valid UTF-8"),
+            Self::TooLong => write!(
+                f,
+                "line is longer than {} bytes (no rule is; a binary or corrupt file?)",
+                crate::format::MAX_LINE_BYTES
+            ),
+            Self::SingleLabel => f.write_str(
+                "single-label name (would block a whole TLD; set `allow_tld_rules = true` on a list meant to)",
+            ),
         }
+    }
+}
+
+impl LineRejection {
+    /// Whether the line is not a rule of its format at all (bad bytes,
+    /// bad syntax, a malformed name), as opposed to a well-formed rule
+    /// shieldns does not apply (an IP literal in a domain list, a TLD, an
+    /// unsupported modifier). A list mostly of malformed lines is refused.
+    pub fn is_malformed(&self) -> bool {
+        !matches!(
+            self,
+            Self::Name(NameRejection::IpLiteral)
+                | Self::SingleLabel
+                | Self::UnsupportedModifier(_)
+                | Self::UnsupportedRpz(_)
+        )
     }
 }
 
@@ -226,7 +256,10 @@ pub enum SkipReason {
 /// Receives what a parser finds, line by line.
 ///
 /// Every non-blank, non-comment line ends in exactly one of: one or more
-/// `rule` calls (the line was accepted), one `skip`, or one `reject`.
+/// `rule` calls (the line was accepted), one `skip`, or one `reject`; or,
+/// for a line naming several names (hosts, dnsmasq), `rule` calls for its
+/// valid names followed by one `reject` for the first invalid one, so a
+/// stray token never costs the line's good names.
 pub trait RuleSink {
     /// A rule from an accepted line.
     fn rule(&mut self, rule: Rule<'_>);
@@ -247,11 +280,14 @@ pub struct LineCounts {
     pub rejected: u64,
     /// Rules produced (a hosts line may carry several names).
     pub rules: u64,
+    /// Lines counted both accepted and rejected: their valid names kept, a
+    /// stray token refused (see [`RuleSink`]).
+    pub partial: u64,
 }
 
 impl LineCounts {
     /// All rule lines: accepted, skipped and rejected.
     pub fn rule_lines(&self) -> u64 {
-        self.accepted + self.skipped + self.rejected
+        self.accepted + self.skipped + self.rejected - self.partial
     }
 }

@@ -19,6 +19,9 @@ use crate::suffix::{ChainHasher, MAX_LISTS, SuffixIndex, SuffixIndexBuilder, Tag
 /// How many rejected lines a list keeps as examples for reports.
 pub const REJECTED_EXAMPLES: usize = 10;
 
+/// Characters of a rejected line kept for reports (see [`RejectedLine`]).
+pub const REJECTED_TEXT_CHARS: usize = 80;
+
 /// The name of the implicit profile for clients no profile covers.
 pub const UNMATCHED_PROFILE: &str = "unmatched";
 
@@ -69,6 +72,25 @@ pub enum IndexError {
         /// Why it was rejected.
         first_reason: String,
     },
+    /// More of a list's lines are malformed than valid: garbage, a binary
+    /// file, an error page or the wrong `format`, not a list to enforce.
+    #[error(
+        "list `{name}`: {malformed} of its lines are not {format} rules, more than the {accepted} that are (first: line {first_line}: {first_reason}); is it the right file and `format`?"
+    )]
+    MostlyMalformed {
+        /// The list.
+        name: String,
+        /// Its format.
+        format: crate::rule::ListFormat,
+        /// Lines accepted.
+        accepted: u64,
+        /// Malformed lines (see [`LineRejection::is_malformed`]).
+        malformed: u64,
+        /// The first rejected line's number.
+        first_line: u32,
+        /// Why it was rejected.
+        first_reason: String,
+    },
     /// Two profiles share a name.
     #[error("profile `{name}` is defined twice")]
     DuplicateProfile {
@@ -106,7 +128,9 @@ pub enum IndexError {
 pub struct RejectedLine {
     /// 1-based line number.
     pub line: u32,
-    /// The line as it was (lossily decoded if it was not UTF-8).
+    /// The line's start, safe to print: cut to [`REJECTED_TEXT_CHARS`]
+    /// characters (with `…`), control characters escaped (`\u{1b}`), so a
+    /// binary file cannot write terminal escapes into a log.
     pub text: String,
     /// Why it was rejected.
     pub reason: String,
@@ -635,35 +659,10 @@ impl SnapshotBuilder {
             builder: self,
             list,
             list_action: policy.action,
-            info: ListInfo {
-                policy: policy.clone(),
-                counts: LineCounts::default(),
-                rejected_examples: Vec::new(),
-                name_rules: 0,
-                pattern_rules: 0,
-                digest_rules: 0,
-                answer_ip_rules: 0,
-            },
-            last_line: None,
+            check: CheckSink::new(policy),
         };
         parse(&mut sink)?;
-        let info = sink.info;
-        if info.counts.accepted == 0 && info.counts.rejected == 0 && (info.policy.mandatory || !info.policy.allow_empty)
-        {
-            return Err(IndexError::Empty {
-                name: info.policy.name,
-                mandatory: info.policy.mandatory,
-            });
-        }
-        if info.counts.accepted == 0 && info.counts.rejected > 0 {
-            let first = info.rejected_examples.first();
-            return Err(IndexError::NothingValid {
-                name: policy.name,
-                rejected: info.counts.rejected,
-                first_line: first.map_or(0, |r| r.line),
-                first_reason: first.map_or_else(String::new, |r| r.reason.clone()),
-            });
-        }
+        let info = sink.check.finish()?;
         self.lists.push(info);
         Ok(self.lists.last().unwrap_or_else(|| unreachable_list()))
     }
@@ -891,13 +890,161 @@ fn fallback_profile() -> ProfileConfig {
     ProfileConfig::new(UNMATCHED_PROFILE, Vec::new())
 }
 
-/// Feeds one list's rules into the builder.
+/// Checks a list without building anything: every loading rule of
+/// [`SnapshotBuilder::add_list`] (the single-label guard, the empty, nothing
+/// valid and mostly rejected verdicts), so a download is judged exactly as
+/// the build will judge it. Returns the list's info.
+pub fn check_list(policy: ListPolicy, text: &[u8]) -> Result<ListInfo, IndexError> {
+    let mut check = CheckSink::new(policy);
+    crate::format::parse(check.info.policy.format, text, &mut check);
+    check.finish()
+}
+
+/// The loading rules every list goes through, shared by the builder and
+/// [`check_list`]: counts, the first rejected lines (cut and escaped), the
+/// single-label guard, and the verdict on the whole list.
+struct CheckSink {
+    info: ListInfo,
+    last_line: Option<u32>,
+    /// Rejected lines that are not rules at all, and the first of them.
+    malformed: u64,
+    first_malformed: Option<(u32, String)>,
+}
+
+impl CheckSink {
+    fn new(policy: ListPolicy) -> Self {
+        Self {
+            info: ListInfo {
+                policy,
+                counts: LineCounts::default(),
+                rejected_examples: Vec::new(),
+                name_rules: 0,
+                pattern_rules: 0,
+                digest_rules: 0,
+                answer_ip_rules: 0,
+            },
+            last_line: None,
+            malformed: 0,
+            first_malformed: None,
+        }
+    }
+
+    /// Counts a rule, or rejects it (and returns false) when it names a
+    /// single label the list does not allow.
+    fn admit(&mut self, rule: &Rule<'_>) -> bool {
+        if let RuleTarget::Name { name, .. } = rule.target
+            && !self.info.policy.allow_tld_rules
+            && crate::format::is_single_label(name)
+        {
+            self.reject(rule.line, name, LineRejection::SingleLabel);
+            return false;
+        }
+        self.info.counts.rules += 1;
+        if self.last_line != Some(rule.line) {
+            self.last_line = Some(rule.line);
+            self.info.counts.accepted += 1;
+        }
+        true
+    }
+
+    /// Takes back a rule [`CheckSink::admit`] counted and rejects its line.
+    fn retract(&mut self, line: u32, text: &str, reason: LineRejection) {
+        self.info.counts.rules -= 1;
+        self.info.counts.accepted -= 1;
+        self.last_line = None;
+        self.reject(line, text, reason);
+    }
+
+    /// The verdict on the whole list.
+    fn finish(self) -> Result<ListInfo, IndexError> {
+        let info = self.info;
+        let LineCounts { accepted, rejected, .. } = info.counts;
+        let first = info.rejected_examples.first();
+        let (first_line, first_reason) = (
+            first.map_or(0, |r| r.line),
+            first.map_or_else(String::new, |r| r.reason.clone()),
+        );
+        if accepted == 0 && rejected == 0 && (info.policy.mandatory || !info.policy.allow_empty) {
+            return Err(IndexError::Empty {
+                name: info.policy.name,
+                mandatory: info.policy.mandatory,
+            });
+        }
+        if accepted == 0 && rejected > 0 {
+            return Err(IndexError::NothingValid {
+                name: info.policy.name,
+                rejected,
+                first_line,
+                first_reason,
+            });
+        }
+        if self.malformed > accepted {
+            let (first_line, first_reason) = self.first_malformed.unwrap_or((first_line, first_reason));
+            return Err(IndexError::MostlyMalformed {
+                name: info.policy.name,
+                format: info.policy.format,
+                accepted,
+                malformed: self.malformed,
+                first_line,
+                first_reason,
+            });
+        }
+        Ok(info)
+    }
+}
+
+impl RuleSink for CheckSink {
+    fn rule(&mut self, rule: Rule<'_>) {
+        self.admit(&rule);
+    }
+
+    fn reject(&mut self, line: u32, text: &str, reason: LineRejection) {
+        self.info.counts.rejected += 1;
+        if self.last_line == Some(line) {
+            self.info.counts.partial += 1;
+        }
+        if reason.is_malformed() {
+            self.malformed += 1;
+            self.first_malformed.get_or_insert_with(|| (line, reason.to_string()));
+        }
+        if self.info.rejected_examples.len() < REJECTED_EXAMPLES {
+            self.info.rejected_examples.push(RejectedLine {
+                line,
+                text: printable_start(text),
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    fn skip(&mut self, _line: u32, _reason: SkipReason) {
+        self.info.counts.skipped += 1;
+    }
+}
+
+/// A line's first [`REJECTED_TEXT_CHARS`] characters with control
+/// characters escaped, for logs and terminals.
+fn printable_start(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(REJECTED_TEXT_CHARS * 2));
+    for (i, c) in text.chars().enumerate() {
+        if i == REJECTED_TEXT_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Feeds one list's rules into the builder, through the loading rules.
 struct BuilderSink<'b> {
     builder: &'b mut SnapshotBuilder,
     list: u16,
     list_action: ListAction,
-    info: ListInfo,
-    last_line: Option<u32>,
+    check: CheckSink,
 }
 
 impl BuilderSink<'_> {
@@ -913,12 +1060,11 @@ impl BuilderSink<'_> {
 
 impl RuleSink for BuilderSink<'_> {
     fn rule(&mut self, rule: Rule<'_>) {
-        self.info.counts.rules += 1;
-        if self.last_line != Some(rule.line) {
-            self.last_line = Some(rule.line);
-            self.info.counts.accepted += 1;
+        if !self.check.admit(&rule) {
+            return;
         }
         let action = self.effective_action(rule.action);
+        let info = &mut self.check.info;
         match rule.target {
             RuleTarget::Name { name, scope } => {
                 let key = self.builder.hasher.name(name);
@@ -935,7 +1081,7 @@ impl RuleSink for BuilderSink<'_> {
                         .or_default()
                         .extend(rule.local_data);
                 }
-                self.info.name_rules += 1;
+                info.name_rules += 1;
             }
             RuleTarget::Pattern {
                 regex,
@@ -948,15 +1094,14 @@ impl RuleSink for BuilderSink<'_> {
                         line: rule.line,
                         tag: Tag::new(self.list, Scope::Exact, action),
                     });
-                    self.info.pattern_rules += 1;
+                    info.pattern_rules += 1;
                 }
                 Err(error) => {
                     // Adblock compiles `/regex/` rules while parsing and its
                     // wildcard patterns are escaped literals joined by `.*`,
                     // so this is reached only by a regex over the size limit.
-                    self.info.counts.accepted -= 1;
-                    self.last_line = None;
-                    self.reject(rule.line, &regex, LineRejection::BadPattern(error.to_string()));
+                    self.check
+                        .retract(rule.line, &regex, LineRejection::BadPattern(error.to_string()));
                 }
             },
             RuleTarget::AnswerIp(network) => {
@@ -966,30 +1111,23 @@ impl RuleSink for BuilderSink<'_> {
                     IpNet::V6(v6) => self.builder.answer_v6.entry(v6).or_default().push((rule.line, tag)),
                 }
                 self.builder.answer_ip_rules += 1;
-                self.info.answer_ip_rules += 1;
+                info.answer_ip_rules += 1;
             }
             RuleTarget::NameDigest(digest) => {
                 self.builder
                     .digests
                     .push(digest, rule.line, Tag::new(self.list, Scope::Subtree, action));
-                self.info.digest_rules += 1;
+                info.digest_rules += 1;
             }
         }
     }
 
     fn reject(&mut self, line: u32, text: &str, reason: LineRejection) {
-        self.info.counts.rejected += 1;
-        if self.info.rejected_examples.len() < REJECTED_EXAMPLES {
-            self.info.rejected_examples.push(RejectedLine {
-                line,
-                text: text.to_owned(),
-                reason: reason.to_string(),
-            });
-        }
+        self.check.reject(line, text, reason);
     }
 
-    fn skip(&mut self, _line: u32, _reason: SkipReason) {
-        self.info.counts.skipped += 1;
+    fn skip(&mut self, line: u32, reason: SkipReason) {
+        self.check.skip(line, reason);
     }
 }
 

@@ -10,10 +10,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use shieldns_index::format::{CollectingSink, CountingSink, OwnedTarget};
+use shieldns_index::format::{CollectingSink, OwnedTarget};
 use shieldns_index::name::NameRejection;
 use shieldns_index::rule::SkipReason;
-use shieldns_index::{LineRejection, ListFormat, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, parse};
+use shieldns_index::{
+    LineRejection, ListAction, ListFormat, ListPolicy, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, parse,
+};
 
 /// The corpus's blocklist folder, relative to this crate.
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/blocklists");
@@ -213,8 +215,24 @@ fn every_corpus_list_matches_the_readme_entry_count() {
     for row in TABLE {
         let text = read(&dir, row.path);
         let format = format_of(row.path);
-        let mut counting = CountingSink::default();
-        parse(format, &text, &mut counting);
+        // The loading rules the resolver applies (the single-label guard,
+        // the verdicts), not the bare parser.
+        let policy = ListPolicy {
+            name: row.path.into(),
+            category: None,
+            format,
+            action: ListAction::Block,
+            mandatory: false,
+            allow_empty: false,
+            allow_tld_rules: false,
+        };
+        let checked = match shieldns_index::check_list(policy, &text) {
+            Ok(info) => info,
+            Err(error) => {
+                failures.push(format!("{}: refused: {error}", row.path));
+                continue;
+            }
+        };
         let mut outcomes = OutcomeSink::default();
         parse(format, &text, &mut outcomes);
 
@@ -227,7 +245,7 @@ fn every_corpus_list_matches_the_readme_entry_count() {
         if !broken.iter().all(|line| known.contains(line)) {
             failures.push(format!("{}: lines with more than one outcome: {broken:?}", row.path));
         }
-        let counts = counting.counts;
+        let counts = checked.counts;
         let rule_lines = counts.rule_lines() - broken.len() as u64;
         if rule_lines != row.entries || outcomes.lines.len() as u64 != row.entries {
             failures.push(format!(

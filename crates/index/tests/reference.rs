@@ -106,6 +106,7 @@ proptest! {
                 action: list.action,
                 mandatory: list.mandatory,
                 allow_empty: false,
+                allow_tld_rules: false,
             };
             builder.add_list(policy, text.as_bytes()).unwrap();
         }

@@ -18,6 +18,7 @@ fn policy(name: &str, category: Option<&str>, format: ListFormat, action: ListAc
         action,
         mandatory,
         allow_empty: false,
+        allow_tld_rules: false,
     }
 }
 

@@ -874,6 +874,7 @@ mod tests {
                     action: ListAction::Block,
                     mandatory: false,
                     allow_empty: false,
+                    allow_tld_rules: false,
                 },
                 b"adult.test\n",
             )

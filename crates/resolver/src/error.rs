@@ -15,14 +15,14 @@ pub enum ResolverError {
         reason: String,
     },
     /// Binding a listen address failed.
-    #[error("cannot listen on {address} ({protocol}): {source}")]
+    #[error("cannot listen on {address} ({protocol}): {cause}")]
     Bind {
         /// The address.
         address: SocketAddr,
         /// UDP or TCP.
         protocol: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Building the upstream failed.
     #[error("upstream: {reason}")]

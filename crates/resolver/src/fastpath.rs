@@ -1193,6 +1193,7 @@ mod tests {
             action: ListAction::Block,
             mandatory: false,
             allow_empty: false,
+            allow_tld_rules: false,
         };
         builder.add_list(policy, b"bad.example.com\n").unwrap();
         builder.add_profile(ProfileConfig {

@@ -146,7 +146,7 @@ pub async fn start(
                 return Err(ResolverError::Bind {
                     address,
                     protocol: "udp",
-                    source,
+                    cause: source,
                 });
             }
         }
@@ -263,7 +263,7 @@ fn bind_udp(address: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket
     let error = |source| ResolverError::Bind {
         address,
         protocol: "udp",
-        source,
+        cause: source,
     };
     let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP)).map_err(error)?;
     if address.is_ipv6() {
@@ -281,7 +281,7 @@ fn bind_tcp(address: SocketAddr) -> Result<tokio::net::TcpListener, ResolverErro
     let error = |source| ResolverError::Bind {
         address,
         protocol: "tcp",
-        source,
+        cause: source,
     };
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP)).map_err(error)?;
     if address.is_ipv6() {

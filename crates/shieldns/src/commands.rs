@@ -9,25 +9,39 @@ use shieldns_index::{
     BypassDefence, Hit, ListAction, ListFormat, ListPolicy, Matched, Profile, ProfilePolicy, RuleAction,
     SnapshotBuilder, Timestamp, Verdict,
 };
-use shieldns_sync::{Built, PolicySources, build_snapshot};
+use shieldns_sync::{Built, FileLists, PolicySources, build_snapshot};
 
 use crate::config::{Config, ConfigSource};
 
+/// Who builds: the daemon keeps each accepted `path` list in the cache
+/// and falls back to the kept version of a refused one; the one-shot
+/// commands only read (see `shieldns_sync::local`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Builder {
+    Daemon,
+    Command,
+}
+
 /// Builds the snapshot a configuration describes.
-pub(crate) fn build(config: &Config, source: &ConfigSource) -> anyhow::Result<Built> {
+pub(crate) fn build(config: &Config, source: &ConfigSource, builder: Builder) -> anyhow::Result<Built> {
     let base_dir = source.base_dir();
+    let cache_dir = config.sync.resolved_cache_dir(&base_dir);
     let sources = PolicySources {
         lists: &config.lists,
         profiles: &config.profiles,
         allow: &config.server.allow,
         base_dir: &base_dir,
+        files: match builder {
+            Builder::Daemon => FileLists::Keep { cache_dir: &cache_dir },
+            Builder::Command => FileLists::Read,
+        },
     };
     build_snapshot(sources).with_context(|| format!("cannot build the policy from {}", source.describe()))
 }
 
 pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
     let config = source.load()?;
-    let built = build(&config, source)?;
+    let built = build(&config, source, Builder::Command)?;
     shieldns_resolver::check_upstream(&config.upstream, &config.cache)?;
     println!("configuration: {} (ok)", source.describe());
     println!(
@@ -165,7 +179,7 @@ fn profile_policy(profile: &Profile, name: &str, qtype: &str, list_verdict: &Ver
 
 pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Result<()> {
     let config = source.load()?;
-    let built = build(&config, source)?;
+    let built = build(&config, source, Builder::Command)?;
     let snapshot = &built.snapshot;
     let raw_name = query.name.as_str();
     let name = shieldns_index::name::normalize(raw_name)
@@ -334,6 +348,7 @@ pub(crate) fn lists_check(file: &Path, format: ListFormat, as_json: bool) -> any
         action: ListAction::Block,
         mandatory: false,
         allow_empty: false,
+        allow_tld_rules: false,
     };
     let info = builder
         .add_list(policy, &bytes)

@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::commands::build;
+use crate::commands::{Builder, build};
 use crate::config::{Config, ConfigSource};
 
 pub(crate) fn run(source: ConfigSource) -> anyhow::Result<()> {
@@ -44,7 +44,7 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     let syncer = crate::sync_wiring::prepare(&config, &source).await?;
     let built = {
         let (config, source) = (config.clone(), source.clone());
-        tokio::task::spawn_blocking(move || build(&config, &source))
+        tokio::task::spawn_blocking(move || build(&config, &source, Builder::Daemon))
             .await
             .context("policy build panicked")??
     };
@@ -123,11 +123,25 @@ async fn reload(
     let task_source = source.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let config = task_source.load()?;
-        let built = build(&config, &task_source);
+        let built = build(&config, &task_source, Builder::Daemon);
         anyhow::Ok((config, built))
     })
     .await;
     match outcome {
+        // SIGHUP is the operator's change, applied whole or not at all: a
+        // refused list file fails it (at start and on sync rebuilds the
+        // refused list's kept version is enforced instead).
+        Ok(Ok((config, Ok(built)))) if !built.refused.is_empty() => {
+            let why = built
+                .refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            crate::telemetry::reloaded(Err(why.clone()), source);
+            error!("reload failed, previous policy stays in force: {why}");
+            Some(config)
+        }
         Ok(Ok((config, Ok(built)))) => {
             if config.server != running.server || config.upstream != running.upstream || config.cache != running.cache {
                 warn!("[server], [upstream] and [cache] changes take effect only after a restart");
@@ -203,6 +217,9 @@ fn log_build(built: &shieldns_sync::Built) {
         for example in list.rejected_examples.iter().take(3) {
             warn!(list = %list.name, line = example.line, reason = %example.reason, text = %example.text.trim(), "rejected line");
         }
+    }
+    for refusal in &built.refused {
+        error!("list file refused, its last accepted version stays in force: {refusal}");
     }
     for warning in built.snapshot.warnings() {
         warn!("{warning}");

@@ -112,7 +112,8 @@ enum ListsCommand {
     },
     /// Download every list that has a `url` now: verify it and store it in
     /// the cache. Exits non-zero if a mandatory list failed. A running
-    /// daemon picks the new copies up on SIGHUP.
+    /// daemon picks the new copies up on SIGHUP. `--force NAME` also
+    /// accepts a `path` list's file that the shrink guard refused.
     Update {
         /// Configuration file.
         #[arg(long, short)]
@@ -121,8 +122,9 @@ enum ListsCommand {
         #[arg(long, value_name = "NAME")]
         force: Vec<String>,
     },
-    /// Show each list's source and, for `url` lists, the cached version,
-    /// entries, and the last check, success and failure with its reason.
+    /// Show each list's source and, for `url` and `path` lists, the version
+    /// in force, entries, and the last check, success and failure with its
+    /// reason.
     Status {
         /// Configuration file.
         #[arg(long, short)]

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
 use serde_json::json;
+use shieldns_sync::local::Kept;
 use shieldns_sync::{ListConfig, ListSource, ListState, Outcome, PassReport, Progress, Syncer};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -31,13 +32,36 @@ fn url_lists(lists: &[ListConfig]) -> Vec<&ListConfig> {
 /// `shieldns lists update [--force NAME]`: one sync pass now.
 pub(crate) fn lists_update(source: &ConfigSource, force: &[String]) -> anyhow::Result<()> {
     let config = source.load()?;
+    let cache_dir = config.sync.resolved_cache_dir(&source.base_dir());
     for name in force {
         match config.lists.iter().find(|l| &l.name == name) {
             Some(list) if list.remote().is_some() => {}
-            Some(_) => bail!("--force {name}: list `{name}` has no `url`; only downloaded lists are synced"),
+            Some(list) => match (&list.source, list.resolved_path(&source.base_dir())) {
+                // A `path` list the shrink guard refused: accept the file
+                // as it is now; the daemon enforces it at its next SIGHUP.
+                (ListSource::File(_), Some(path)) => {
+                    match shieldns_sync::local::keep(list, &path, &cache_dir, true)
+                        .with_context(|| format!("--force {name}: the file is still refused"))?
+                    {
+                        Kept::Unchanged => println!("{name}: unchanged: {} is the version in force", path.display()),
+                        Kept::Accepted { entries, previous } => println!(
+                            "{name}: accepted: {entries} entries{} from {}; send SIGHUP to enforce it",
+                            previous.map(|p| format!(" (was {p})")).unwrap_or_default(),
+                            path.display()
+                        ),
+                    }
+                }
+                _ => bail!("--force {name}: list `{name}` is built in; it changes only with the binary"),
+            },
             None => bail!("--force {name}: no list `{name}` in {}", source.describe()),
         }
     }
+    let force: Vec<String> = force
+        .iter()
+        .filter(|name| config.lists.iter().any(|l| &&l.name == name && l.remote().is_some()))
+        .cloned()
+        .collect();
+    let force = force.as_slice();
     let lists = url_lists(&config.lists);
     if lists.is_empty() {
         println!("no list in {} has a `url`: nothing to update", source.describe());
@@ -151,15 +175,17 @@ impl Progress for BarProgress {
 }
 
 /// `shieldns lists status [--json]`: every list's source and, for `url`
-/// lists, the cached version and the last check, success and failure.
+/// and `path` lists, the kept version and the last check, success and
+/// failure.
 pub(crate) fn lists_status(source: &ConfigSource, as_json: bool) -> anyhow::Result<()> {
     let config = source.load()?;
     let cache_dir = config.sync.resolved_cache_dir(&source.base_dir());
     let mut rows = Vec::new();
     for list in &config.lists {
-        let state = match list.remote() {
-            Some(_) => shieldns_sync::cache::load_state(&cache_dir, &list.name)?,
-            None => None,
+        // `url` and `path` lists both have a kept version and a state.
+        let state = match &list.source {
+            ListSource::Builtin(_) => None,
+            _ => shieldns_sync::cache::load_state(&cache_dir, &list.name)?,
         };
         rows.push((list, state));
     }
@@ -199,11 +225,18 @@ pub(crate) fn lists_status(source: &ConfigSource, as_json: bool) -> anyhow::Resu
             if list.mandatory { ", mandatory" } else { "" },
             list.describe_source()
         );
-        if list.remote().is_none() {
+        if matches!(list.source, ListSource::Builtin(_)) {
             continue;
         }
         let Some(state) = state else {
-            println!("    never synced");
+            println!(
+                "    {}",
+                if list.remote().is_some() {
+                    "never synced"
+                } else {
+                    "never loaded by the daemon"
+                }
+            );
             continue;
         };
         match &state.current {
@@ -454,7 +487,10 @@ pub(crate) async fn rebuild(
     snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>,
 ) {
     let (config, task_source) = (config.clone(), source.clone());
-    let outcome = tokio::task::spawn_blocking(move || crate::commands::build(&config, &task_source)).await;
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::commands::build(&config, &task_source, crate::commands::Builder::Daemon)
+    })
+    .await;
     let ok = match outcome {
         Ok(Ok(built)) => {
             crate::daemon::publish(built, snapshot);

@@ -41,7 +41,8 @@ pub(crate) struct Telemetry {
 #[derive(Debug, Default)]
 struct ListTracker {
     lists: Vec<ListConfig>,
-    base_dir: PathBuf,
+    /// `sync.cache_dir`, where every `url` and `path` list's state is.
+    cache_dir: PathBuf,
     /// Rules per list in the policy in force.
     entries: HashMap<String, u64>,
     seen: HashMap<String, Seen>,
@@ -72,7 +73,7 @@ pub(crate) fn init(config: &Config, source: &ConfigSource) -> anyhow::Result<&'s
         store: Mutex::new(store),
         lists: Mutex::new(ListTracker {
             lists: config.lists.clone(),
-            base_dir: source.base_dir(),
+            cache_dir: config.sync.resolved_cache_dir(&source.base_dir()),
             ..ListTracker::default()
         }),
     };
@@ -128,7 +129,7 @@ pub(crate) fn reloaded(result: Result<&Config, String>, source: &ConfigSource) {
     if let Ok(config) = result {
         let mut tracker = telemetry.lists.lock().unwrap_or_else(PoisonError::into_inner);
         tracker.lists = config.lists.clone();
-        tracker.base_dir = source.base_dir();
+        tracker.cache_dir = config.sync.resolved_cache_dir(&source.base_dir());
     }
 }
 
@@ -162,11 +163,11 @@ impl Telemetry {
 
     /// Reads every list's version and sync state (file I/O: blocking).
     fn poll(&self) {
-        let (lists, base_dir, entries, mut seen) = {
+        let (lists, cache_dir, entries, mut seen) = {
             let tracker = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
             (
                 tracker.lists.clone(),
-                tracker.base_dir.clone(),
+                tracker.cache_dir.clone(),
                 tracker.entries.clone(),
                 tracker.seen.clone(),
             )
@@ -185,13 +186,19 @@ impl Telemetry {
             };
             let entries = entries.get(&list.name).copied().unwrap_or(0);
             let mut version = None;
-            match &list.source {
+            let kept_in = match &list.source {
                 ListSource::Remote(remote) => {
                     status.refresh = Some(remote.refresh);
-                    let state = remote
-                        .cache_dir
-                        .as_deref()
-                        .and_then(|dir| shieldns_sync::cache::load_state(dir, &list.name).ok().flatten());
+                    remote.cache_dir.as_deref()
+                }
+                // A `path` list's accepted versions are kept like downloads.
+                ListSource::File(_) => Some(cache_dir.as_path()),
+                ListSource::Builtin(_) => None,
+            };
+            match &list.source {
+                ListSource::Remote(_) | ListSource::File(_) => {
+                    let state =
+                        kept_in.and_then(|dir| shieldns_sync::cache::load_state(dir, &list.name).ok().flatten());
                     if let Some(state) = state {
                         status.consecutive_failures = state.consecutive_failures;
                         status.last_success = state.last_success.as_deref().and_then(parse_time);
@@ -235,22 +242,6 @@ impl Telemetry {
                         }
                     }
                 }
-                ListSource::File(_) => {
-                    if let Some(path) = list.resolved_path(&base_dir)
-                        && let Ok(meta) = std::fs::metadata(&path)
-                    {
-                        let modified = meta.modified().unwrap_or(UNIX_EPOCH);
-                        status.version_time = modified.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
-                        current.file_stamp = Some((modified, meta.len()));
-                        if current.file_stamp != previous.file_stamp {
-                            if let Some(digest) = file_sha256(&path) {
-                                version = Some((digest.get(..12).unwrap_or_default().to_owned(), digest));
-                            }
-                        } else {
-                            current.version.clone_from(&previous.version);
-                        }
-                    }
-                }
                 ListSource::Builtin(name) => {
                     if first_sight {
                         // Built-in lists change only with the binary: the
@@ -287,16 +278,6 @@ impl Telemetry {
 }
 
 /// RFC 3339 → Unix seconds.
-/// The hex SHA-256 of a list file, read through the hasher a buffer at a
-/// time: the poll runs while a new snapshot may be building, and reading a
-/// 1M-name file whole here put another copy of it (17 MB) beside the build.
-fn file_sha256(path: &std::path::Path) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).ok()?;
-    Some(hex::encode(hasher.finalize()))
-}
-
 fn parse_time(text: &str) -> Option<f64> {
     humantime::parse_rfc3339_weak(text)
         .ok()

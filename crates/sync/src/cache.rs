@@ -123,14 +123,14 @@ pub fn load_state(dir: &Path, list: &str) -> Result<Option<ListState>, SyncError
             return Err(SyncError::Cache {
                 list: list.to_owned(),
                 path,
-                source,
+                cause: source,
             });
         }
     };
     serde_json::from_str(&text).map(Some).map_err(|e| SyncError::Cache {
         list: list.to_owned(),
         path,
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        cause: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })
 }
 
@@ -140,18 +140,24 @@ pub(crate) fn current_file(dir: &Path, list: &str) -> Option<PathBuf> {
     Some(dir.join(state.current?.file))
 }
 
-/// Writes `NAME.json` atomically.
+/// Writes `NAME.json` atomically, creating the cache directory if needed
+/// (a first start with the publisher down records its failure too).
 pub(crate) fn store_state(dir: &Path, state: &ListState) -> Result<(), SyncError> {
     let path = state_path(dir, &state.list);
+    std::fs::create_dir_all(dir).map_err(|source| SyncError::Cache {
+        list: state.list.clone(),
+        path: dir.to_path_buf(),
+        cause: source,
+    })?;
     let text = serde_json::to_vec_pretty(state).map_err(|e| SyncError::Cache {
         list: state.list.clone(),
         path: path.clone(),
-        source: std::io::Error::other(e),
+        cause: std::io::Error::other(e),
     })?;
     write_atomic(&path, &text).map_err(|source| SyncError::Cache {
         list: state.list.clone(),
         path,
-        source,
+        cause: source,
     })
 }
 
@@ -167,7 +173,7 @@ pub(crate) fn store_version(
     let cache_error = |path: &Path, source| SyncError::Cache {
         list: list.to_owned(),
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     std::fs::create_dir_all(dir).map_err(|e| cache_error(dir, e))?;
     let stem = format!("{list}-{}", sha256_hex.get(..16).unwrap_or(sha256_hex));

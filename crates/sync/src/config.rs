@@ -39,6 +39,14 @@ pub struct ListConfig {
     /// Whether the list may hold no rules (a local list kept for later);
     /// never for a mandatory list.
     pub allow_empty: bool,
+    /// Whether one-label rules (`zip`, `xxx`) may block whole TLDs.
+    pub allow_tld_rules: bool,
+    /// `max_bytes`: the size cap of the list (a file, or a download as it
+    /// streams in).
+    pub max_bytes: u64,
+    /// `max_shrink`: the largest loss of entries, in percent of the version
+    /// in force, accepted without `--force`.
+    pub max_shrink: u8,
 }
 
 /// Where a list is read from: exactly one of `path`, `url` and `source`.
@@ -64,8 +72,6 @@ pub struct RemoteList {
     pub transfer: Option<Transfer>,
     /// `refresh`: the interval between checks.
     pub refresh: Duration,
-    /// `max_bytes`: the size cap, enforced while the body streams in.
-    pub max_bytes: u64,
     /// `sha256`: the pinned digest of the (decoded) list, if any.
     pub sha256: Option<[u8; 32]>,
     /// `minisign`: the publisher's public key (base64), if any.
@@ -73,9 +79,6 @@ pub struct RemoteList {
     /// `signature_url`: where the detached signature is; `url` +
     /// `.minisig` unless set. Only meaningful with `minisign`.
     pub signature_url: reqwest::Url,
-    /// `max_shrink`: the largest loss of entries, in percent of the previous
-    /// version, accepted without `--force`.
-    pub max_shrink: u8,
     /// The verified copies' directory (`sync.cache_dir`, resolved). Set by
     /// [`SyncConfig::attach`] after the whole configuration is read, since
     /// it comes from another table.
@@ -127,6 +130,7 @@ impl ListConfig {
             action: self.action,
             mandatory: self.mandatory,
             allow_empty: self.allow_empty,
+            allow_tld_rules: self.allow_tld_rules,
         }
     }
 
@@ -198,6 +202,8 @@ struct RawListConfig {
     mandatory: bool,
     #[serde(default)]
     allow_empty: bool,
+    #[serde(default)]
+    allow_tld_rules: bool,
 }
 
 impl TryFrom<RawListConfig> for ListConfig {
@@ -236,11 +242,9 @@ impl TryFrom<RawListConfig> for ListConfig {
             (Some(path), _, _) => {
                 let remote_only = [
                     ("refresh", raw.refresh.is_some()),
-                    ("max_bytes", raw.max_bytes.is_some()),
                     ("sha256", raw.sha256.is_some()),
                     ("minisign", raw.minisign.is_some()),
                     ("signature_url", raw.signature_url.is_some()),
-                    ("max_shrink", raw.max_shrink.is_some()),
                 ];
                 if let Some((key, _)) = remote_only.iter().find(|(_, set)| *set) {
                     return Err(fail(format!("`{key}` applies only to lists with a `url`")));
@@ -252,6 +256,19 @@ impl TryFrom<RawListConfig> for ListConfig {
             }
             (None, Some(url), _) => ListSource::Remote(Box::new(remote(&raw, url).map_err(fail)?)),
         };
+        if raw.mandatory && raw.allow_empty {
+            return Err(fail(
+                "`allow_empty` cannot be set on a mandatory list (it is never enforced empty)".into(),
+            ));
+        }
+        let max_shrink = raw.max_shrink.unwrap_or(DEFAULT_MAX_SHRINK);
+        if max_shrink > 100 {
+            return Err(fail(format!("`max_shrink` is a percentage (0-100), not {max_shrink}")));
+        }
+        let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        if max_bytes == 0 {
+            return Err(fail("`max_bytes` must be above 0".into()));
+        }
         Ok(Self {
             name: raw.name,
             category: raw.category,
@@ -260,6 +277,9 @@ impl TryFrom<RawListConfig> for ListConfig {
             action: raw.action,
             mandatory: raw.mandatory,
             allow_empty: raw.allow_empty,
+            allow_tld_rules: raw.allow_tld_rules,
+            max_bytes,
+            max_shrink,
         })
     }
 }
@@ -301,27 +321,17 @@ fn remote(raw: &RawListConfig, url: &str) -> Result<RemoteList, String> {
             Some(digest)
         }
     };
-    let max_shrink = raw.max_shrink.unwrap_or(DEFAULT_MAX_SHRINK);
-    if max_shrink > 100 {
-        return Err(format!("`max_shrink` is a percentage (0-100), not {max_shrink}"));
-    }
     let refresh = raw.refresh.unwrap_or(DEFAULT_REFRESH);
     if refresh < Duration::from_secs(1) {
         return Err("`refresh` must be at least 1s".into());
-    }
-    let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
-    if max_bytes == 0 {
-        return Err("`max_bytes` must be above 0".into());
     }
     Ok(RemoteList {
         url,
         transfer: None,
         refresh,
-        max_bytes,
         sha256,
         minisign: raw.minisign.as_ref().map(|k| k.trim().to_owned()),
         signature_url,
-        max_shrink,
         cache_dir: None,
     })
 }

@@ -27,6 +27,7 @@ mod builtin;
 pub mod cache;
 mod config;
 mod fetch;
+pub mod local;
 mod syncer;
 mod xfr;
 
@@ -43,14 +44,32 @@ pub use syncer::{ListOutcome, NoProgress, Outcome, PassReport, Progress, Syncer}
 #[non_exhaustive]
 pub enum SyncError {
     /// A list file could not be read.
-    #[error("list `{list}`: cannot read {}: {source}", path.display())]
+    #[error("list `{list}`: cannot read {}: {cause}", path.display())]
     Read {
         /// The list.
         list: String,
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
+    },
+    /// A list's `path` is not a regular file (a device, FIFO, directory).
+    #[error("list `{list}`: {} is not a regular file", path.display())]
+    NotRegular {
+        /// The list.
+        list: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A list file is larger than the list's `max_bytes`.
+    #[error("list `{list}`: {} is larger than max_bytes ({max_bytes} bytes)", path.display())]
+    FileTooLarge {
+        /// The list.
+        list: String,
+        /// The file.
+        path: PathBuf,
+        /// The cap.
+        max_bytes: u64,
     },
     /// A `builtin:` path names no built-in list.
     #[error("list `{list}`: no built-in list `{name}` (built-in lists: {available})")]
@@ -71,14 +90,14 @@ pub enum SyncError {
         cache_dir: PathBuf,
     },
     /// The cache directory or a file in it could not be read or written.
-    #[error("list `{list}`: cache file {}: {source}", path.display())]
+    #[error("list `{list}`: cache file {}: {cause}", path.display())]
     Cache {
         /// The list.
         list: String,
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// `sync.ca_file` could not be used.
     #[error("sync.ca_file {}: {reason}", path.display())]
@@ -170,17 +189,16 @@ pub enum SyncError {
         /// Why.
         reason: String,
     },
-    /// A download contains no valid rule (garbage, an error page, empty).
-    #[error("list `{list}`: the download has no valid {format} entries ({rejected} lines rejected{})", first.as_ref().map(|f| format!("; first: {f}")).unwrap_or_default())]
+    /// A new version fails the loading rules (garbage, an error page,
+    /// empty, mostly malformed).
+    #[error("list `{list}`: the new version has no valid {format} entries to enforce: {reason}")]
     NoEntries {
         /// The list.
         list: String,
         /// The list's format.
         format: String,
-        /// Lines rejected.
-        rejected: u64,
-        /// The first rejected line and why.
-        first: Option<String>,
+        /// The loading rule's verdict.
+        reason: String,
     },
     /// The shrink guard refused an update.
     #[error(
@@ -197,12 +215,12 @@ pub enum SyncError {
         max_shrink: u8,
     },
     /// The index refused a list or profile.
-    #[error("{}{source}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    #[error("{}{cause}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
     Index {
         /// The list file involved, when the error is about a list.
         file: Option<PathBuf>,
         /// The index error.
-        source: IndexError,
+        cause: IndexError,
     },
 }
 
@@ -234,6 +252,23 @@ pub struct PolicySources<'a> {
     pub allow: &'a [IpNet],
     /// The configuration file's directory, for relative list paths.
     pub base_dir: &'a Path,
+    /// How `path` lists are read.
+    pub files: FileLists<'a>,
+}
+
+/// How a build treats `path` lists (see [`local`]).
+#[derive(Clone, Copy, Debug)]
+pub enum FileLists<'a> {
+    /// Read each file under the loading rules and keep nothing: the
+    /// one-shot commands (`check-config`, `explain`), which say what the
+    /// files hold now.
+    Read,
+    /// Keep each accepted file in `cache_dir` and enforce the kept version,
+    /// falling back to it when a file is refused: the daemon.
+    Keep {
+        /// `sync.cache_dir`, resolved.
+        cache_dir: &'a Path,
+    },
 }
 
 /// A built snapshot and how it was built.
@@ -245,6 +280,9 @@ pub struct Built {
     pub lists: Vec<ListLoad>,
     /// Wall time of the whole build.
     pub elapsed: Duration,
+    /// `path` lists whose file was refused, each enforced from its last
+    /// accepted version instead: the caller logs and counts them.
+    pub refused: Vec<SyncError>,
 }
 
 /// Reads every list and builds a snapshot. Blocking (file I/O and CPU):
@@ -264,31 +302,22 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             .map(|list| estimated_lines(list, sources.base_dir))
             .sum(),
     );
+    let mut refused = Vec::new();
     for list in sources.lists {
-        if let ListSource::File(_) = &list.source {
-            // Local files are parsed as they are read (see
-            // `SnapshotBuilder::add_list_from`): a reload of a big list does
-            // not hold its text next to the old and the new index.
-            let path = list.resolved_path(sources.base_dir).unwrap_or_default();
-            let file = std::fs::File::open(&path).map_err(|source| SyncError::Read {
-                list: list.name.clone(),
-                path: path.clone(),
-                source,
-            })?;
-            let (info, bytes) = builder
-                .add_list_from(list.policy(), file)
-                .map_err(|source| SyncError::Index {
-                    file: Some(path.clone()),
-                    source,
-                })?;
-            loads.push(ListLoad {
-                name: list.name.clone(),
-                source: path.display().to_string(),
-                bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
-                rules: info.counts.rules,
-                rejected: info.counts.rejected,
-                rejected_examples: info.rejected_examples.clone(),
-            });
+        if let (ListSource::File(path), FileLists::Keep { cache_dir }) = (&list.source, sources.files) {
+            let path = if path.is_absolute() {
+                path.clone()
+            } else {
+                sources.base_dir.join(path)
+            };
+            if let Err(error) = local::keep(list, &path, cache_dir, false) {
+                // The last accepted version, if there is one, stays in force.
+                match CachedCopy::find_in(list, cache_dir) {
+                    Ok(_) => refused.push(error),
+                    Err(_) => return Err(error),
+                }
+            }
+            loads.push(add_kept(&mut builder, list, cache_dir, &path)?);
             continue;
         }
         let mut policy = list.policy();
@@ -322,7 +351,7 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
         };
         let info = builder.add_list(policy, &bytes).map_err(|source| SyncError::Index {
             file: file.clone(),
-            source,
+            cause: source,
         })?;
         loads.push(ListLoad {
             name: list.name.clone(),
@@ -336,13 +365,15 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
     for profile in sources.profiles {
         builder.add_profile(profile.clone());
     }
-    let snapshot = builder
-        .build()
-        .map_err(|source| SyncError::Index { file: None, source })?;
+    let snapshot = builder.build().map_err(|source| SyncError::Index {
+        file: None,
+        cause: source,
+    })?;
     Ok(Built {
         snapshot,
         lists: loads,
         elapsed: started.elapsed(),
+        refused,
     })
 }
 
@@ -354,7 +385,11 @@ fn estimated_lines(list: &ListConfig, base_dir: &Path) -> usize {
         return 0;
     }
     let path = match &list.source {
-        ListSource::File(_) => list.resolved_path(base_dir),
+        // Only a regular file within its cap is counted: `/dev/zero` has
+        // no end (the build then refuses it with its reason).
+        ListSource::File(_) => list
+            .resolved_path(base_dir)
+            .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= list.max_bytes)),
         ListSource::Builtin(name) => {
             return builtin::get(name).map_or(0, shieldns_index::format::count_lines);
         }
@@ -373,16 +408,14 @@ fn estimated_lines(list: &ListConfig, base_dir: &Path) -> usize {
 /// cached copy of a `url` list (verified again on every read).
 pub fn read_list(list: &ListConfig, base_dir: &Path) -> Result<(Vec<u8>, String, Option<PathBuf>), SyncError> {
     match &list.source {
-        ListSource::File(_) => {
-            let path = list.resolved_path(base_dir).unwrap_or_default();
-            match std::fs::read(&path) {
-                Ok(bytes) => Ok((bytes, path.display().to_string(), Some(path))),
-                Err(source) => Err(SyncError::Read {
-                    list: list.name.clone(),
-                    path,
-                    source,
-                }),
-            }
+        ListSource::File(path) => {
+            let path = if path.is_absolute() {
+                path.clone()
+            } else {
+                base_dir.join(path)
+            };
+            let bytes = local::read_file(list, &path)?;
+            Ok((bytes, path.display().to_string(), Some(path)))
         }
         ListSource::Builtin(name) => match builtin::get(name) {
             Some(bytes) => Ok((bytes.to_vec(), format!("{BUILTIN_PREFIX}{name}"), None)),
@@ -415,23 +448,31 @@ struct CachedCopy {
 
 impl CachedCopy {
     fn find(list: &ListConfig, remote: &RemoteList) -> Result<Self, SyncError> {
-        let not_cached = |dir: &Path| SyncError::NotCached {
+        match remote.cache_dir.as_deref() {
+            Some(dir) => Self::find_in(list, dir),
+            None => Err(SyncError::NotCached {
+                list: list.name.clone(),
+                cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+            }),
+        }
+    }
+
+    fn find_in(list: &ListConfig, dir: &Path) -> Result<Self, SyncError> {
+        let not_cached = || SyncError::NotCached {
             list: list.name.clone(),
             cache_dir: dir.to_path_buf(),
         };
-        let Some(dir) = remote.cache_dir.as_deref() else {
-            return Err(not_cached(Path::new(DEFAULT_CACHE_DIR)));
-        };
         let current = cache::load_state(dir, &list.name)?
             .and_then(|state| state.current)
-            .ok_or_else(|| not_cached(dir))?;
+            .filter(|current| dir.join(&current.file).is_file())
+            .ok_or_else(not_cached)?;
         let signature = match &current.signature_file {
             Some(file) => {
                 let path = dir.join(file);
                 Some(std::fs::read(&path).map_err(|source| SyncError::Cache {
                     list: list.name.clone(),
                     path,
-                    source,
+                    cause: source,
                 })?)
             }
             None => None,
@@ -447,7 +488,7 @@ impl CachedCopy {
         SyncError::Cache {
             list: list.name.clone(),
             path: self.path.clone(),
-            source,
+            cause: source,
         }
     }
 
@@ -505,7 +546,7 @@ fn add_cached(builder: &mut SnapshotBuilder, list: &ListConfig, remote: &RemoteL
         .add_list_from(list.policy(), &mut reader)
         .map_err(|source| SyncError::Index {
             file: Some(copy.path.clone()),
-            source,
+            cause: source,
         })?;
     // The parser stops at the end of the file, so the verifier has seen all
     // of it; read on regardless, in case a format ever stops early.
@@ -519,4 +560,53 @@ fn add_cached(builder: &mut SnapshotBuilder, list: &ListConfig, remote: &RemoteL
         rejected: info.counts.rejected,
         rejected_examples: info.rejected_examples.clone(),
     })
+}
+
+/// Adds a `path` list's kept version (see [`local`]) to `builder`, parsing
+/// it as it is read and checking its digest against the state file once
+/// the whole copy has been read.
+fn add_kept(
+    builder: &mut SnapshotBuilder,
+    list: &ListConfig,
+    cache_dir: &Path,
+    path: &Path,
+) -> Result<ListLoad, SyncError> {
+    use sha2::Digest as _;
+    let copy = CachedCopy::find_in(list, cache_dir)?;
+    let file = std::fs::File::open(&copy.path).map_err(|source| copy.read_error(list, source))?;
+    let mut reader = HashingReader {
+        inner: file,
+        hasher: sha2::Sha256::new(),
+    };
+    let (info, bytes) = builder
+        .add_list_from(list.policy(), &mut reader)
+        .map_err(|source| SyncError::Index {
+            file: Some(copy.path.clone()),
+            cause: source,
+        })?;
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| copy.read_error(list, source))?;
+    copy.check_digest(list, reader.hasher.finalize().into())?;
+    Ok(ListLoad {
+        name: list.name.clone(),
+        source: format!("{} (kept copy, serial {})", path.display(), copy.current.serial),
+        bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+        rules: info.counts.rules,
+        rejected: info.counts.rejected,
+        rejected_examples: info.rejected_examples.clone(),
+    })
+}
+
+/// Hashes what a build reads from a kept copy.
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let read = self.inner.read(buffer)?;
+        self.hasher.update(buffer.get(..read).unwrap_or_default());
+        Ok(read)
+    }
 }

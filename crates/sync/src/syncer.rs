@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use rand::Rng as _;
 use sha2::{Digest as _, Sha256};
-use shieldns_index::rule::{LineRejection, Rule, RuleSink, SkipReason};
 
 use crate::cache::{self, CachedVersion, Failure, ListState};
 use crate::fetch::{self, Fetched, Request, Validators};
@@ -314,7 +313,7 @@ impl Syncer {
         let request = Request {
             list: &list.name,
             url: &remote.url,
-            max_bytes: remote.max_bytes,
+            max_bytes: list.max_bytes,
             validators: validators.as_ref(),
             progress,
         };
@@ -333,7 +332,7 @@ impl Syncer {
                     &list.name,
                     remote.url.as_str(),
                     transfer,
-                    remote.max_bytes,
+                    list.max_bytes,
                     zone,
                 )
                 .await?
@@ -427,18 +426,7 @@ impl AcceptJob {
             });
         }
         let entries = count_entries(&self.list, &self.body)?;
-        if let Some(previous) = &self.previous {
-            let lost = previous.entries.saturating_sub(entries);
-            let refused = u128::from(lost) * 100 > u128::from(previous.entries) * u128::from(self.remote.max_shrink);
-            if refused && !self.forced {
-                return Err(SyncError::Shrink {
-                    list: name.clone(),
-                    previous: previous.entries,
-                    new: entries,
-                    max_shrink: self.remote.max_shrink,
-                });
-            }
-        }
+        shrink_guard(&self.list, self.previous.as_ref(), entries, self.forced)?;
         let (file, signature_file) = cache::store_version(
             &self.cache_dir,
             name,
@@ -570,42 +558,46 @@ impl<'a> Verifier<'a> {
     }
 }
 
-/// Parses a download the way a build will and counts its rules; a body
-/// with no valid rule line (garbage, an HTML error page, an empty file) is
-/// refused.
-fn count_entries(list: &ListConfig, body: &[u8]) -> Result<u64, SyncError> {
-    let mut sink = EntrySink::default();
-    shieldns_index::parse(list.format, body, &mut sink);
-    if sink.rules == 0 {
-        return Err(SyncError::NoEntries {
-            list: list.name.clone(),
-            format: list.format.to_string(),
-            rejected: sink.rejected,
-            first: sink.first_rejection,
-        });
-    }
-    Ok(sink.rules)
-}
-
-/// Counts rules and keeps the first rejection, for the error message.
-#[derive(Default)]
-struct EntrySink {
-    rules: u64,
-    rejected: u64,
-    first_rejection: Option<String>,
-}
-
-impl RuleSink for EntrySink {
-    fn rule(&mut self, _rule: Rule<'_>) {
-        self.rules += 1;
-    }
-
-    fn reject(&mut self, line: u32, _text: &str, reason: LineRejection) {
-        self.rejected += 1;
-        if self.first_rejection.is_none() {
-            self.first_rejection = Some(format!("line {line}: {reason}"));
+/// Checks a new version the way a build will (the index's loading rules:
+/// empty, nothing valid, mostly malformed, single-label names) and counts
+/// its rules. Garbage, an HTML error page or an empty file is refused.
+pub(crate) fn count_entries(list: &ListConfig, body: &[u8]) -> Result<u64, SyncError> {
+    match shieldns_index::check_list(list.policy(), body) {
+        Ok(info) => Ok(info.counts.rules),
+        Err(error) => {
+            // The index names the list too; say it once.
+            let reason = error.to_string();
+            let prefix = format!("list `{}`: ", list.name);
+            Err(SyncError::NoEntries {
+                list: list.name.clone(),
+                format: list.format.to_string(),
+                reason: reason
+                    .strip_prefix(&prefix)
+                    .map_or_else(|| reason.clone(), str::to_owned),
+            })
         }
     }
+}
 
-    fn skip(&mut self, _line: u32, _reason: SkipReason) {}
+/// The shrink guard: a new version with more than `max_shrink` % fewer
+/// entries than the version in force is refused unless forced (a truncated
+/// download or a half-emptied file must not lift protection).
+pub(crate) fn shrink_guard(
+    list: &ListConfig,
+    previous: Option<&CachedVersion>,
+    entries: u64,
+    forced: bool,
+) -> Result<(), SyncError> {
+    let Some(previous) = previous else { return Ok(()) };
+    let lost = previous.entries.saturating_sub(entries);
+    let refused = u128::from(lost) * 100 > u128::from(previous.entries) * u128::from(list.max_shrink);
+    if refused && !forced {
+        return Err(SyncError::Shrink {
+            list: list.name.clone(),
+            previous: previous.entries,
+            new: entries,
+            max_shrink: list.max_shrink,
+        });
+    }
+    Ok(())
 }

@@ -65,6 +65,9 @@ impl Setup {
             profiles: &[],
             allow: &[],
             base_dir: self.dir.path(),
+            files: shieldns_sync::FileLists::Keep {
+                cache_dir: &self.dir.path().join("cache"),
+            },
         })
     }
 
@@ -423,7 +426,7 @@ fn list_keys_are_checked_and_errors_name_the_list() {
     let remote = config.lists[0].remote().unwrap();
     assert_eq!(remote.signature_url.as_str(), "https://127.0.0.1/a.txt.minisig");
     assert_eq!(remote.refresh, Duration::from_secs(3600));
-    assert_eq!(remote.max_shrink, 50);
+    assert_eq!(config.lists[0].max_shrink, 50);
     assert_eq!(config.sync, SyncConfig::default());
 }
 
@@ -439,6 +442,7 @@ fn a_list_never_downloaded_is_empty_unless_mandatory() {
         profiles: &[],
         allow: &[],
         base_dir: dir.path(),
+        files: shieldns_sync::FileLists::Read,
     };
     let built = build_snapshot(sources(&config.lists)).unwrap();
     assert_eq!(built.lists[0].rules, 0);

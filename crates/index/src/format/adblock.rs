@@ -462,7 +462,6 @@ fn pattern_regex(start: Start, body: &str, anchored_end: bool) -> String {
 /// Emits a name rule, or rejects the line with the name's reason.
 fn emit_name(line: u32, raw: &str, name: &str, scope: Scope, action: RuleAction, sink: &mut dyn RuleSink) {
     match crate::name::normalize(name) {
-        Ok(name) if super::is_single_label(&name) => sink.reject(line, raw, super::SINGLE_LABEL),
         Ok(name) => sink.rule(Rule {
             line,
             target: RuleTarget::Name { name: &name, scope },

@@ -55,9 +55,8 @@ pub(super) fn parse(text: &[u8], sink: &mut dyn RuleSink) {
             sink.skip(line, SkipReason::LocalHostEntry);
             return;
         }
-        // Every name is checked before any is emitted, so that a line has
-        // exactly one outcome: a line with a stray token (`xxx.to en` in one
-        // published list) is rejected whole and reported, never half-loaded.
+        // A stray token (`xxx.to en` in one published list) is reported
+        // without costing the line's good names (see `emit_names`).
         let mut blocked = Vec::with_capacity(names.len());
         for name in names {
             if LOCAL_HOST_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
@@ -89,9 +88,14 @@ mod tests {
                 _ => unreachable!(),
             })
             .collect();
-        // Line 8 carries a stray single-label token: rejected whole, once.
-        assert_eq!(names, [(5, "a.com"), (5, "b.com"), (6, "c.com")]);
+        // Line 8 carries a stray single-label token: the parser passes it
+        // on, and the loading rules (`check_list`, the builder) refuse it
+        // alone, keeping `e.com`.
+        assert_eq!(
+            names,
+            [(5, "a.com"), (5, "b.com"), (6, "c.com"), (8, "e.com"), (8, "en")]
+        );
         assert_eq!(sink.skipped.len(), 4);
-        assert_eq!(sink.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), [7, 8]);
+        assert_eq!(sink.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), [7]);
     }
 }

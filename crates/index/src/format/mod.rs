@@ -2,8 +2,10 @@
 //!
 //! Every parser gets the whole file as bytes and walks it line by line: a
 //! UTF-8 BOM and CRLF line ends are accepted, a line that is not UTF-8 is
-//! rejected on its own, and nothing a line contains can make a parser panic
-//! (each parser has a cargo-fuzz target under `fuzz/`).
+//! rejected on its own, a line longer than [`MAX_LINE_BYTES`] is rejected
+//! without being looked at (and, read from a file, without being held), and
+//! nothing a line contains can make a parser panic (each parser has a
+//! cargo-fuzz target under `fuzz/`).
 
 mod adblock;
 mod dnsmasq;
@@ -45,6 +47,12 @@ pub fn count_lines_in(mut reader: impl std::io::Read) -> usize {
     lines
 }
 
+/// The longest line any format accepts. Names are at most 253 bytes, and
+/// the longest real rules (adblock with modifiers, RPZ with local data) stay
+/// well under 1 KiB; a longer line is garbage, and refusing it up front
+/// keeps parsing time and memory linear in the input.
+pub const MAX_LINE_BYTES: usize = 4096;
+
 /// Bytes read per step by [`parse_chunked`]: small beside any index (a
 /// reload's extra memory is the new index plus this), large enough that
 /// the per-step work is noise.
@@ -74,6 +82,10 @@ pub(crate) fn parse_chunked(
     // byte-order mark can only be stripped at the very start of the list.
     let mut lines_done: u32 = 0;
     let mut total = 0u64;
+    // Set while the rest of an over-long line is being dropped: the buffer
+    // keeps its first MAX_LINE_BYTES + 1 bytes, enough for the parser to
+    // reject it as too long (with its number) and show its start.
+    let mut dropping = false;
     loop {
         let filled = buffer.len();
         buffer.resize(filled + CHUNK, 0);
@@ -86,6 +98,21 @@ pub(crate) fn parse_chunked(
         let read = read?;
         buffer.truncate(filled + read);
         total += read as u64;
+        if dropping && read > 0 {
+            match buffer
+                .get(filled..)
+                .and_then(|new| new.iter().position(|&byte| byte == b'\n'))
+            {
+                None => {
+                    buffer.truncate(filled);
+                    continue;
+                }
+                Some(end) => {
+                    buffer.drain(filled..filled + end);
+                    dropping = false;
+                }
+            }
+        }
         let offset = lines_done.saturating_sub(u32::from(lines_done > 0));
         if read == 0 {
             // The end: whatever is left is the last line (no final newline).
@@ -93,7 +120,15 @@ pub(crate) fn parse_chunked(
             return Ok(total);
         }
         let Some(last_newline) = buffer.iter().rposition(|&byte| byte == b'\n') else {
-            continue; // a line longer than a chunk: read on
+            // A line longer than a chunk: read on, holding no more of it
+            // than the parser needs to reject it. (The buffer starts with
+            // the previous step's newline after the first step.)
+            let keep = usize::from(lines_done > 0) + MAX_LINE_BYTES + 1;
+            if buffer.len() > keep {
+                buffer.truncate(keep);
+                dropping = true;
+            }
+            continue;
         };
         let complete = buffer.get(..=last_newline).unwrap_or_default();
         let newlines = complete.iter().filter(|&&byte| byte == b'\n').count();
@@ -139,6 +174,11 @@ pub(crate) fn for_each_line(text: &[u8], sink: &mut dyn RuleSink, mut f: impl Fn
         // saturating keeps provenance wrong rather than panicking.
         let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.len() > MAX_LINE_BYTES {
+            let start = String::from_utf8_lossy(raw.get(..MAX_LINE_BYTES).unwrap_or(raw));
+            sink.reject(number, &start, LineRejection::TooLong);
+            continue;
+        }
         match std::str::from_utf8(raw) {
             Ok(line) => f(number, line, sink),
             Err(_) => {
@@ -237,19 +277,16 @@ pub(crate) fn strip_hash_comment(line: &str) -> &str {
     line.trim()
 }
 
-/// The rejection of a line whose name is one label: as a rule it would
-/// match a whole top-level domain (`com`, `vn`), which no published list
-/// means to do. RPZ, the format for deliberate policy, is not held to it.
-pub(crate) const SINGLE_LABEL: LineRejection = LineRejection::Syntax("single-label name (would block a whole TLD)");
-
-/// Whether a normalized name is a single label.
+/// Whether a normalized name is a single label (a rule for it would match
+/// a whole TLD; the snapshot builder refuses it unless the list allows it).
 pub(crate) fn is_single_label(name: &str) -> bool {
     !name.contains('.')
 }
 
-/// Emits a block rule for each name on a line, or, if any name is invalid,
-/// rejects the whole line with that name's reason and emits nothing, so that
-/// every line has exactly one outcome.
+/// Emits a block rule for each valid name on a line; the first invalid
+/// name, if any, then rejects the line with its reason, so a stray token
+/// (`0.0.0.0 xxx.to en`) never costs the line's good names and is still
+/// reported.
 pub(crate) fn emit_names(
     sink: &mut dyn RuleSink,
     line: u32,
@@ -257,27 +294,22 @@ pub(crate) fn emit_names(
     raw_names: &[&str],
     scope: crate::rule::Scope,
 ) {
-    let mut names = Vec::with_capacity(raw_names.len());
+    let mut invalid = None;
     for raw_name in raw_names {
         match crate::name::normalize(raw_name) {
-            Ok(name) if is_single_label(&name) => {
-                sink.reject(line, text, SINGLE_LABEL);
-                return;
-            }
-            Ok(name) => names.push(name),
+            Ok(name) => sink.rule(Rule {
+                line,
+                target: crate::rule::RuleTarget::Name { name: &name, scope },
+                action: crate::rule::RuleAction::Block,
+                local_data: Vec::new(),
+            }),
             Err(reason) => {
-                sink.reject(line, text, reason.into());
-                return;
+                invalid.get_or_insert(reason);
             }
         }
     }
-    for name in &names {
-        sink.rule(Rule {
-            line,
-            target: crate::rule::RuleTarget::Name { name, scope },
-            action: crate::rule::RuleAction::Block,
-            local_data: Vec::new(),
-        });
+    if let Some(reason) = invalid {
+        sink.reject(line, text, reason.into());
     }
 }
 
@@ -338,31 +370,143 @@ mod tests {
     }
 
     #[test]
-    fn no_format_lets_a_single_label_block_a_whole_tld() {
-        for (format, text) in [
-            (ListFormat::Domains, "com\nvn.\nexample\nok.example\n"),
-            (ListFormat::Wildcard, "*.com\nvn\nexample\n*.ok.example\n"),
+    fn no_format_lets_a_single_label_block_a_whole_tld_unless_the_list_allows_it() {
+        let good = "a.example\nb.example\nc.example\nd.example\n";
+        for (format, bad, good) in [
+            (ListFormat::Domains, "com\nvn.\nexample\n", good.to_owned()),
+            (ListFormat::Wildcard, "*.com\nvn\nexample\n", good.to_owned()),
             (
                 ListFormat::Hosts,
-                "0.0.0.0 com\n0.0.0.0 vn\n0.0.0.0 example\n0.0.0.0 ok.example\n",
+                "0.0.0.0 com\n0.0.0.0 vn\n0.0.0.0 example\n",
+                good.lines().map(|l| format!("0.0.0.0 {l}\n")).collect(),
             ),
-            (ListFormat::Adblock, "||com^\n||vn^\n@@||example^\n||ok.example^\n"),
+            (
+                ListFormat::Adblock,
+                "||com^\n||vn^\n@@||example^\n",
+                good.lines().map(|l| format!("||{l}^\n")).collect(),
+            ),
             (
                 ListFormat::Dnsmasq,
-                "address=/com/0.0.0.0\nserver=/vn/\naddress=/example/#\naddress=/ok.example/#\n",
+                "address=/com/0.0.0.0\nserver=/vn/\naddress=/example/#\n",
+                good.lines().map(|l| format!("address=/{l}/#\n")).collect(),
+            ),
+            (
+                ListFormat::Rpz,
+                "$ORIGIN rpz.\ncom CNAME .\nvn CNAME .\nexample CNAME .\n",
+                good.lines().map(|l| format!("{l} CNAME .\n")).collect(),
             ),
         ] {
-            let mut sink = CollectingSink::default();
-            parse(format, text.as_bytes(), &mut sink);
-            assert_eq!(sink.rules.len(), 1, "{format:?}: only ok.example: {:?}", sink.rules);
-            assert_eq!(sink.rejected.len(), 3, "{format:?}: {:?}", sink.rejected);
+            let text = format!("{bad}{good}");
+            let mut policy = crate::ListPolicy {
+                name: "l".into(),
+                category: None,
+                format,
+                action: crate::ListAction::Block,
+                mandatory: false,
+                allow_empty: false,
+                allow_tld_rules: false,
+            };
+            let info = crate::check_list(policy.clone(), text.as_bytes()).unwrap();
+            assert_eq!((info.counts.accepted, info.counts.rejected), (4, 3), "{format:?}");
             assert!(
-                sink.rejected
+                info.rejected_examples
                     .iter()
-                    .all(|(_, _, reason)| reason.to_string().contains("whole TLD")),
+                    .all(|r| r.reason.contains("whole TLD") && r.reason.contains("allow_tld_rules")),
                 "{format:?}: {:?}",
-                sink.rejected
+                info.rejected_examples
             );
+            policy.allow_tld_rules = true;
+            let info = crate::check_list(policy, text.as_bytes()).unwrap();
+            assert_eq!((info.counts.accepted, info.counts.rejected), (7, 0), "{format:?}");
         }
+    }
+
+    #[test]
+    fn a_hosts_line_keeps_its_valid_names_and_reports_the_stray_token() {
+        let policy = crate::ListPolicy {
+            name: "l".into(),
+            category: None,
+            format: ListFormat::Hosts,
+            action: crate::ListAction::Block,
+            mandatory: false,
+            allow_empty: false,
+            allow_tld_rules: false,
+        };
+        let info = crate::check_list(policy, b"0.0.0.0 xxxhindi.to en\n0.0.0.0 a.example bad_name!\n").unwrap();
+        assert_eq!(info.counts.rules, 2);
+        assert_eq!(info.counts.rejected, 2);
+        assert_eq!(info.rejected_examples[0].line, 1);
+        assert_eq!(info.rejected_examples[1].line, 2);
+    }
+
+    #[test]
+    fn an_over_long_line_is_rejected_in_linear_time_without_being_held() {
+        // 8 MiB without a newline between two good lines, read in chunks:
+        // rejected as too long with its number, and the rest still parsed.
+        let mut text = b"first.example\n".to_vec();
+        text.extend(std::iter::repeat_n(b'\0', 8 << 20));
+        text.extend_from_slice(b"\nlast.example\n");
+        let mut sink = CollectingSink::default();
+        parse_chunked(ListFormat::Domains, &mut text.as_slice(), &mut sink).unwrap();
+        assert_eq!(sink.rules.len(), 2);
+        assert_eq!(sink.rejected.len(), 1);
+        assert_eq!(sink.rejected[0].0, 2);
+        assert_eq!(sink.rejected[0].2, LineRejection::TooLong);
+        assert!(sink.rejected[0].1.len() <= MAX_LINE_BYTES);
+        let mut whole = CollectingSink::default();
+        parse(ListFormat::Domains, &text, &mut whole);
+        assert_eq!(whole.rejected.len(), 1);
+        assert_eq!(whole.rules.len(), 2);
+    }
+
+    #[test]
+    fn binary_garbage_is_refused_and_its_lines_are_printable() {
+        // A megabyte of pseudo-random bytes, a few of whose "lines" happen
+        // to look like names: refused as a whole, not a list of 5 rules.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut garbage: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        garbage.extend_from_slice(b"\nlooks-like.example\n\x1b[31mred.example\x07 \n");
+        for format in [
+            ListFormat::Domains,
+            ListFormat::Hosts,
+            ListFormat::Adblock,
+            ListFormat::Rpz,
+        ] {
+            let policy = crate::ListPolicy {
+                name: "junk".into(),
+                category: None,
+                format,
+                action: crate::ListAction::Block,
+                mandatory: false,
+                allow_empty: false,
+                allow_tld_rules: false,
+            };
+            let error = crate::check_list(policy, &garbage).unwrap_err().to_string();
+            assert!(
+                error.contains("are not") || error.contains("none of its"),
+                "{format:?}: {error}"
+            );
+            assert!(!error.chars().any(char::is_control), "{format:?}: {error:?}");
+        }
+        let policy = crate::ListPolicy {
+            name: "few".into(),
+            category: None,
+            format: ListFormat::Domains,
+            action: crate::ListAction::Block,
+            mandatory: false,
+            allow_empty: false,
+            allow_tld_rules: false,
+        };
+        let info = crate::check_list(policy, b"a.example\nb.example\n\x1b[2Jbad\x07\xff.example\n").unwrap();
+        let shown = &info.rejected_examples[0].text;
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}"), "{shown:?}");
     }
 }

@@ -70,7 +70,7 @@ impl Daemon {
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).expect("write fixture");
         }
-        let config = config
+        let config = with_cache_dir(config)
             .replace("@PORT@", &port.to_string())
             .replace("@DIR@", &dir.path().display().to_string());
         let config_path = dir.path().join("shieldns.toml");
@@ -170,6 +170,44 @@ impl Daemon {
         panic!("no sync pass finished:\n{}", self.log_text());
     }
 
+    /// Stops the daemon (SIGTERM) and starts it again on the same port,
+    /// directory and configuration file, as an operator's restart would.
+    pub(crate) fn restart(mut self) -> Self {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "shieldns did not stop:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        std::io::Write::write_all(&mut log, b"--- restart ---\n").expect("log file");
+        self.child = Command::new(env!("CARGO_BIN_EXE_shieldns"))
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("shieldns.toml"))
+            .env(
+                "RUST_LOG",
+                "info,hickory_server=warn,hickory_resolver=warn,hickory_proto=warn,hickory_net=warn",
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start shieldns");
+        let ready = self.log_text().matches("shieldns ready").count();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log_text().matches("shieldns ready").count() == ready {
+            assert!(
+                Instant::now() < deadline,
+                "shieldns did not restart:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self
+    }
+
     /// SIGTERM and wait for exit; returns the exit status code.
     pub(crate) fn stop(mut self) -> Option<i32> {
         self.signal("TERM");
@@ -252,4 +290,21 @@ pub(crate) fn scrape(port: u16) -> String {
     let mut body = String::new();
     stream.read_to_string(&mut body).expect("read the scrape");
     body
+}
+
+/// The daemon keeps every accepted list in `sync.cache_dir`: a config that
+/// does not set it gets one in its own directory, never the shared
+/// default (`/var/lib/shieldns/lists`), which tests running side by side
+/// would share.
+pub(crate) fn with_cache_dir(config: &str) -> String {
+    if config.contains("cache_dir") {
+        return config.to_owned();
+    }
+    match config.find("[sync]\n") {
+        Some(at) => {
+            let (head, tail) = config.split_at(at + "[sync]\n".len());
+            format!("{head}cache_dir = \"@DIR@/kept\"\n{tail}")
+        }
+        None => format!("{config}\n[sync]\ncache_dir = \"@DIR@/kept\"\n"),
+    }
 }
