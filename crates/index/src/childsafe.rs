@@ -19,13 +19,35 @@ use crate::policy::ListSet;
 //------------ Safe search ---------------------------------------------------
 
 /// `safe_search = true` or a table choosing engines.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SafeSearchConfig {
     /// All engines on (`true`) or off (`false`).
     Enabled(bool),
     /// Per-engine choice.
     Engines(SafeSearchEngines),
+}
+
+/// By hand rather than `#[serde(untagged)]`: a typo in the table
+/// (`gogle = true`) then says which key is unknown and which are allowed,
+/// not "data did not match any variant of untagged enum".
+impl<'de> Deserialize<'de> for SafeSearchConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SafeSearchConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false, or a table { google, bing, duckduckgo, youtube }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Self::Value, E> {
+                Ok(SafeSearchConfig::Enabled(value))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                SafeSearchEngines::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(SafeSearchConfig::Engines)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Default for SafeSearchConfig {

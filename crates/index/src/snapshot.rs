@@ -448,6 +448,83 @@ impl Snapshot {
         enabled
     }
 
+    /// Every rule of every list that matches `name`, whatever the profile
+    /// (names, patterns, hashed names), for `explain`: the decision itself
+    /// is [`Snapshot::decide_at`]'s; this says what else matched and
+    /// [`Snapshot::list_applies`] why it did or did not count.
+    pub fn all_matches(&self, name: &str) -> Vec<Hit> {
+        let total = crate::name::label_count(name);
+        let mut hits = Vec::new();
+        self.names.for_each_suffix_match(name, |depth, key, line, tag| {
+            if tag.applies_at(depth, total) {
+                let matched = Matched::Name {
+                    labels: saturate_u8(depth),
+                    scope: tag.scope(),
+                };
+                hits.push(Hit::new(tag, line, matched, key));
+            }
+        });
+        self.patterns
+            .for_each_match(name, |line, tag| hits.push(Hit::new(tag, line, Matched::Pattern, 0)));
+        self.digests.for_each_suffix_match(name, |depth, line, tag| {
+            let matched = Matched::Digest {
+                labels: saturate_u8(depth),
+            };
+            hits.push(Hit::new(tag, line, matched, 0));
+        });
+        hits.sort_by_key(|hit| (hit.list.0, hit.line));
+        hits
+    }
+
+    /// Whether `list` takes part in `profile`'s decisions at `at`, and why,
+    /// in words for `explain`.
+    pub fn list_applies(&self, list: ListId, profile: ProfileId, at: Timestamp) -> (bool, String) {
+        let profile = self.profile(profile);
+        let Some(info) = self.list(list) else {
+            return (false, "no such list".into());
+        };
+        let policy = &info.policy;
+        if policy.mandatory {
+            return (true, "mandatory: enforced for every client".into());
+        }
+        if policy.action == ListAction::Allow {
+            return (true, "an allowlist: applies to every profile".into());
+        }
+        let Some(category) = &policy.category else {
+            return (true, "no category: applies to every profile".into());
+        };
+        if profile.categories.contains(category) {
+            return (true, format!("profile `{}` blocks category `{category}`", profile.name));
+        }
+        let schedules: Vec<&Schedule> = profile
+            .schedules
+            .iter()
+            .filter(|s| s.categories.contains(category))
+            .collect();
+        if let Some(open) = schedules.iter().find(|s| s.is_active(at)) {
+            return (
+                true,
+                format!(
+                    "profile `{}` blocks category `{category}` in its schedule {} {}, open at {at}",
+                    profile.name, open.time, open.time_zone
+                ),
+            );
+        }
+        match schedules.first() {
+            Some(closed) => (
+                false,
+                format!(
+                    "profile `{}` blocks category `{category}` only in its schedule {} {}, closed at {at}",
+                    profile.name, closed.time, closed.time_zone
+                ),
+            ),
+            None => (
+                false,
+                format!("profile `{}` does not block category `{category}`", profile.name),
+            ),
+        }
+    }
+
     /// The schedules of a profile whose window is open at `at`.
     pub fn active_schedules(&self, profile: ProfileId, at: Timestamp) -> impl Iterator<Item = &Schedule> {
         self.profile(profile).schedules.iter().filter(move |s| s.is_active(at))
@@ -819,6 +896,7 @@ impl SnapshotBuilder {
                 uses_patterns,
             });
         }
+        warnings.extend(self.unprotective());
         let mut access_v4 = PrefixMap::new();
         let mut access_v6 = PrefixMap::new();
         for network in &self.access {
@@ -844,6 +922,48 @@ impl SnapshotBuilder {
             warnings,
             generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+}
+
+impl SnapshotBuilder {
+    /// What loads but protects nothing, for `check-config` and the log: an
+    /// empty list, a category list no profile or schedule blocks, and
+    /// allowed clients that no profile names (they get the fallback
+    /// profile, which enforces only mandatory and category-less lists).
+    fn unprotective(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for list in &self.lists {
+            let policy = &list.policy;
+            if list.counts.rules == 0 {
+                warnings.push(format!("list `{}` holds no rules: it blocks nothing", policy.name));
+            }
+            if let Some(category) = &policy.category
+                && policy.action == ListAction::Block
+                && !policy.mandatory
+                && !self
+                    .profiles
+                    .iter()
+                    .any(|p| p.block.contains(category) || p.schedule.iter().any(|s| s.block.contains(category)))
+            {
+                warnings.push(format!(
+                    "list `{}` (category `{category}`) is blocked by no profile or schedule: it protects no client",
+                    policy.name
+                ));
+            }
+        }
+        for network in &self.access {
+            let covered = self
+                .profiles
+                .iter()
+                .flat_map(|p| &p.clients)
+                .any(|clients| clients.contains(network));
+            if !covered {
+                warnings.push(format!(
+                    "clients of server.allow {network} outside every profile's `clients` get the `{UNMATCHED_PROFILE}` profile (mandatory and category-less lists only)"
+                ));
+            }
+        }
+        warnings
     }
 }
 

@@ -43,8 +43,8 @@ pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
     let config = source.load()?;
     let built = build(&config, source, Builder::Command)?;
     shieldns_resolver::check_upstream(&config.upstream, &config.cache)?;
-    println!("configuration: {} (ok)", source.describe());
-    println!(
+    outln!("configuration: {} (ok)", source.describe());
+    outln!(
         "listen: {}; allow: {}; upstream: {:?} ({:?})",
         config
             .server
@@ -63,9 +63,9 @@ pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
         config.upstream.mode,
         config.upstream.engine
     );
-    println!("lists:");
+    outln!("lists:");
     for (load, list) in built.lists.iter().zip(&config.lists) {
-        println!(
+        outln!(
             "  {:<24} {:<9} {:<8} {:<10} {:>9} rules {:>7} rejected  {}",
             load.name,
             list.format.as_str(),
@@ -81,18 +81,25 @@ pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
             load.rejected,
             load.source
         );
-        for example in load.rejected_examples.iter().take(3) {
-            println!(
+        for example in &load.rejected_examples {
+            outln!(
                 "      line {}: {} ({})",
                 example.line,
                 example.text.trim(),
                 example.reason
             );
         }
+        let more = load.rejected.saturating_sub(load.rejected_examples.len() as u64);
+        if more > 0 {
+            outln!(
+                "      … and {more} more rejected line{}",
+                if more == 1 { "" } else { "s" }
+            );
+        }
     }
-    println!("profiles:");
+    outln!("profiles:");
     for profile in built.snapshot.profiles() {
-        println!(
+        outln!(
             "  {:<16} clients [{}] blocks [{}] answer {:?} ttl {}",
             profile.name,
             profile
@@ -107,9 +114,9 @@ pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
         );
     }
     for warning in built.snapshot.warnings() {
-        println!("warning: {warning}");
+        outln!("warning: {warning}");
     }
-    println!(
+    outln!(
         "snapshot: {} rules, {} distinct names, {} index bytes, built in {} ms",
         built.snapshot.rule_count(),
         built.snapshot.distinct_names(),
@@ -198,7 +205,22 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
         Verdict::Block(hit) => ("block", Some(hit)),
     };
     let kind = policy.as_ref().map_or(kind, |p| p.verdict);
+    // A client outside the access list is refused before any list.
+    let (kind, policy, hit) = if allowed {
+        (kind, policy, hit)
+    } else {
+        ("refused", None, None)
+    };
     let detail = hit.map(|hit| HitDetail::new(&hit, &config, source, snapshot, &name));
+    // Every list that matched, and whether it counts for this client now.
+    let matches: Vec<(HitDetail, bool, String)> = snapshot
+        .all_matches(&name)
+        .iter()
+        .map(|hit| {
+            let (applies, why) = snapshot.list_applies(hit.list, profile_id, at);
+            (HitDetail::new(hit, &config, source, snapshot, &name), applies, why)
+        })
+        .collect();
     // A hit whose category only an open schedule blocks names that schedule.
     let schedule = detail.as_ref().and_then(|d| d.category.as_ref()).and_then(|category| {
         (!profile.categories.contains(category))
@@ -238,12 +260,21 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
             "inspect_cnames": profile.inspect_cnames,
             "rebinding_protection": profile.rebinding.is_some(),
             "dns64_prefix": profile.dns64.map(|d| d.prefix.to_string()),
+            "matches": matches.iter().map(|(d, applies, why)| json!({
+                "list": d.list,
+                "category": d.category,
+                "line": d.line,
+                "rule": d.rule,
+                "matched_name": d.matched_name,
+                "applies": applies,
+                "why": why,
+            })).collect::<Vec<_>>(),
         });
-        println!("{value}");
+        outln!("{value}");
         return Ok(());
     }
-    println!("name:     {name}");
-    println!(
+    outln!("name:     {name}");
+    outln!(
         "client:   {client}{}",
         if allowed {
             ""
@@ -251,37 +282,55 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
             " (not in server.allow: would be REFUSED)"
         }
     );
-    println!("profile:  {}", profile.name);
-    println!("verdict:  {kind}");
+    outln!("profile:  {}", profile.name);
+    if allowed {
+        outln!("verdict:  {kind}");
+    } else {
+        outln!("verdict:  refused (REFUSED before any list: add the client to server.allow)");
+    }
     if let Some(policy) = &policy {
-        println!("policy:   {} ({})", policy.policy, policy.reason);
+        outln!("policy:   {} ({})", policy.policy, policy.reason);
         if let Some(target) = policy.rewrite_to {
-            println!("rewrite:  CNAME {target}");
+            outln!("rewrite:  CNAME {target}");
         }
     }
     match &detail {
-        None if policy.is_none() => println!("reason:   no list matches"),
+        None if !allowed => {}
+        None if policy.is_none() && matches.is_empty() => outln!("reason:   no list matches"),
+        None if policy.is_none() => outln!("reason:   no list that applies to this client matches (see below)"),
         None => {}
         Some(detail) => {
-            println!(
+            outln!(
                 "list:     {}{}",
                 detail.list,
                 if detail.mandatory { " (mandatory)" } else { "" }
             );
-            println!("category: {}", detail.category.as_deref().unwrap_or("-"));
+            outln!("category: {}", detail.category.as_deref().unwrap_or("-"));
             if let Some(schedule) = &schedule {
-                println!("schedule: {schedule} (window open)");
+                outln!("schedule: {schedule} (window open)");
             }
-            println!("matched:  {}", detail.matched_name);
-            println!("line:     {}", detail.line);
-            println!(
+            outln!("matched:  {}", detail.matched_name);
+            outln!("line:     {}", detail.line);
+            outln!(
                 "rule:     {}",
                 detail.rule.as_deref().unwrap_or("(source no longer readable)")
             );
         }
     }
     if let Some(ede) = ede {
-        println!("ede:      {ede} ({})", ede_name(ede));
+        outln!("ede:      {ede} ({})", ede_name(ede));
+    }
+    if !matches.is_empty() {
+        outln!("matches:");
+        for (detail, applies, why) in &matches {
+            outln!(
+                "  {} line {} ({}): {}: {why}",
+                detail.list,
+                detail.line,
+                detail.rule.as_deref().unwrap_or("source no longer readable"),
+                if *applies { "applies" } else { "does not apply" }
+            );
+        }
     }
     Ok(())
 }
@@ -339,6 +388,11 @@ impl HitDetail {
 }
 
 pub(crate) fn lists_check(file: &Path, format: ListFormat, as_json: bool) -> anyhow::Result<()> {
+    // A device or FIFO (`/dev/zero`) would be read forever.
+    let metadata = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if !metadata.is_file() {
+        bail!("{} is not a regular file", file.display());
+    }
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut builder = SnapshotBuilder::new();
     let policy = ListPolicy {
@@ -374,24 +428,32 @@ pub(crate) fn lists_check(file: &Path, format: ListFormat, as_json: bool) -> any
             "answer_ip_rules": info.answer_ip_rules,
             "bytes": snapshot.index_bytes(),
         });
-        println!("{value}");
+        outln!("{value}");
         return Ok(());
     }
-    println!("file:      {}", file.display());
-    println!("format:    {format}");
-    println!(
+    outln!("file:      {}", file.display());
+    outln!("format:    {format}");
+    outln!(
         "entries:   {} ({} names, {} patterns, {} hashed, {} answer-IP)",
-        info.counts.rules, info.name_rules, info.pattern_rules, info.digest_rules, info.answer_ip_rules
+        info.counts.rules,
+        info.name_rules,
+        info.pattern_rules,
+        info.digest_rules,
+        info.answer_ip_rules
     );
-    println!("distinct:  {} names", snapshot.distinct_names());
-    println!(
+    outln!("distinct:  {} names", snapshot.distinct_names());
+    outln!(
         "skipped:   {} lines (localhost entries, $badfilter)",
         info.counts.skipped
     );
-    println!("rejected:  {} lines", info.counts.rejected);
+    outln!("rejected:  {} lines", info.counts.rejected);
     for example in &info.rejected_examples {
-        println!("  line {}: {} ({})", example.line, example.text.trim(), example.reason);
+        outln!("  line {}: {} ({})", example.line, example.text.trim(), example.reason);
     }
-    println!("bytes:     {} (index arrays)", snapshot.index_bytes());
+    let more = info.counts.rejected.saturating_sub(info.rejected_examples.len() as u64);
+    if more > 0 {
+        outln!("  … and {more} more");
+    }
+    outln!("bytes:     {} (index arrays)", snapshot.index_bytes());
     Ok(())
 }

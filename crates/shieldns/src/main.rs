@@ -5,6 +5,15 @@
 //! and the command line. It wires the crates and keeps no policy logic of
 //! its own.
 
+/// `println!` for the one-shot commands, returning the write error instead
+/// of panicking: `shieldns check-config | head -1` closes the pipe early,
+/// and `main` ends quietly on that (see `is_broken_pipe`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 mod commands;
 mod config;
 mod daemon;
@@ -175,9 +184,19 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it wanted was written.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("shieldns: error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether an error is stdout's reader having closed the pipe.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }

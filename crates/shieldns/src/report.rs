@@ -101,7 +101,7 @@ pub(crate) fn run(source: &ConfigSource, from: &str, to: &str, format: ReportFor
         .with_context(|| format!("cannot open {}", path.display()))?;
     let (start, end) = period(from, to)?;
     let report = build(&connection, start, end, shieldns_index::Timestamp::now().as_second())?;
-    print!("{}", render(&report, format)?);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), render(&report, format)?.as_bytes())?;
     Ok(())
 }
 

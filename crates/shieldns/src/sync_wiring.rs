@@ -43,8 +43,8 @@ pub(crate) fn lists_update(source: &ConfigSource, force: &[String]) -> anyhow::R
                     match shieldns_sync::local::keep(list, &path, &cache_dir, true)
                         .with_context(|| format!("--force {name}: the file is still refused"))?
                     {
-                        Kept::Unchanged => println!("{name}: unchanged: {} is the version in force", path.display()),
-                        Kept::Accepted { entries, previous } => println!(
+                        Kept::Unchanged => outln!("{name}: unchanged: {} is the version in force", path.display()),
+                        Kept::Accepted { entries, previous } => outln!(
                             "{name}: accepted: {entries} entries{} from {}; send SIGHUP to enforce it",
                             previous.map(|p| format!(" (was {p})")).unwrap_or_default(),
                             path.display()
@@ -64,7 +64,7 @@ pub(crate) fn lists_update(source: &ConfigSource, force: &[String]) -> anyhow::R
     let force = force.as_slice();
     let lists = url_lists(&config.lists);
     if lists.is_empty() {
-        println!("no list in {} has a `url`: nothing to update", source.describe());
+        outln!("no list in {} has a `url`: nothing to update", source.describe());
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -79,7 +79,7 @@ pub(crate) fn lists_update(source: &ConfigSource, force: &[String]) -> anyhow::R
     let report = runtime.block_on(syncer.update(&lists, force, &progress));
     for outcome in &report.outcomes {
         let state = syncer.state(&outcome.list);
-        println!("{}", result_line(&outcome.list, &outcome.outcome, state));
+        outln!("{}", result_line(&outcome.list, &outcome.outcome, state));
     }
     let failed = report.mandatory_failures();
     if !failed.is_empty() {
@@ -213,12 +213,12 @@ pub(crate) fn lists_status(source: &ConfigSource, as_json: bool) -> anyhow::Resu
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(value));
+        outln!("{}", serde_json::Value::Array(value));
         return Ok(());
     }
-    println!("cache: {}", cache_dir.display());
+    outln!("cache: {}", cache_dir.display());
     for (list, state) in &rows {
-        println!(
+        outln!(
             "{}  ({}{}) {}",
             list.name,
             kind(list),
@@ -229,7 +229,7 @@ pub(crate) fn lists_status(source: &ConfigSource, as_json: bool) -> anyhow::Resu
             continue;
         }
         let Some(state) = state else {
-            println!(
+            outln!(
                 "    {}",
                 if list.remote().is_some() {
                     "never synced"
@@ -240,21 +240,21 @@ pub(crate) fn lists_status(source: &ConfigSource, as_json: bool) -> anyhow::Resu
             continue;
         };
         match &state.current {
-            Some(current) => println!(
+            Some(current) => outln!(
                 "    version: {}; entries: {}; fetched: {}",
                 state.version().unwrap_or_default(),
                 current.entries,
                 current.fetched_at
             ),
-            None => println!("    no verified copy"),
+            None => outln!("    no verified copy"),
         }
-        println!(
+        outln!(
             "    last check: {}; last success: {}",
             state.last_check.as_deref().unwrap_or("never"),
             state.last_success.as_deref().unwrap_or("never")
         );
         if let Some(failure) = &state.last_failure {
-            println!("    last failure: {}: {}", failure.at, failure.reason);
+            outln!("    last failure: {}: {}", failure.at, failure.reason);
         }
     }
     Ok(())

@@ -158,6 +158,9 @@ fn explain_follows_profiles_by_client() {
         dir.path(),
         "shieldns.toml",
         r#"
+[server]
+allow = ["10.20.0.0/16", "192.0.2.0/24"]
+
 [[list]]
 name = "adult"
 category = "adult"
@@ -201,6 +204,29 @@ clients = ["10.20.100.0/24"]
         (report["profile"].as_str(), report["verdict"].as_str()),
         (Some("staff"), Some("allow"))
     );
+    // The list matched, and explain says why it does not count here.
+    let matches = report["matches"].as_array().unwrap();
+    assert_eq!(matches.len(), 1, "{report}");
+    assert_eq!(matches[0]["list"], "adult");
+    assert_eq!(matches[0]["applies"], false);
+    assert_eq!(matches[0]["why"], "profile `staff` does not block category `adult`");
+    let text = String::from_utf8_lossy(
+        &shieldns(&[
+            "explain",
+            "adult.example.com",
+            "--client",
+            "10.20.100.7",
+            "--config",
+            &config,
+        ])
+        .stdout,
+    )
+    .into_owned();
+    assert!(!text.contains("no list matches"), "{text}");
+    assert!(
+        text.contains("adult line 1 (adult.example.com): does not apply"),
+        "{text}"
+    );
     let report = json(&shieldns(&[
         "explain",
         "adult.example.com",
@@ -211,6 +237,21 @@ clients = ["10.20.100.0/24"]
         "--json",
     ]));
     assert_eq!(report["profile"], "unmatched");
+    // A client the access list refuses is REFUSED before any list.
+    let report = json(&shieldns(&[
+        "explain",
+        "adult.example.com",
+        "--client",
+        "198.51.100.9",
+        "--config",
+        &config,
+        "--json",
+    ]));
+    assert_eq!(
+        (report["client_allowed"].as_bool(), report["verdict"].as_str()),
+        (Some(false), Some("refused"))
+    );
+    assert!(report["ede"].is_null());
 }
 
 #[test]
@@ -292,4 +333,92 @@ fn hex_sha256(name: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    // `shieldns check-config | head -1`: the reader is gone before the
+    // command writes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shieldns"))
+        .arg("check-config")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn check_config_speaks_in_config_terms_and_warns_about_what_protects_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hosts = String::from("0.0.0.0 ok.example.com\n");
+    for i in 0..3 {
+        hosts.push_str(&format!("0.0.0.0 good{i}.example.com\n"));
+    }
+    for i in 0..14 {
+        hosts.push_str(&format!("0.0.0.0 fine{i}.example.com 1.2.3.{i}\n"));
+    }
+    write(dir.path(), "adult.hosts", &hosts);
+    write(dir.path(), "games.txt", "games.example.com\n");
+    let base = r#"
+[server]
+allow = ["10.0.0.0/8", "192.0.2.0/24"]
+
+[[list]]
+name = "adult"
+category = "adult"
+format = "hosts"
+path = "adult.hosts"
+
+[[list]]
+name = "games"
+category = "games"
+format = "domains"
+path = "games.txt"
+
+[[profile]]
+name = "pupils"
+clients = ["10.0.0.0/8"]
+block = ["adult", "social"]
+"#;
+    let config = write(dir.path(), "shieldns.toml", base);
+    let output = shieldns(&["check-config", "--config", &config]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for warning in [
+        "warning: profile `pupils` blocks category `social`, which no list provides",
+        "warning: list `games` (category `games`) is blocked by no profile or schedule",
+        "warning: clients of server.allow 192.0.2.0/24 outside every profile's `clients` get the `unmatched` profile",
+    ] {
+        assert!(text.contains(warning), "missing `{warning}` in:\n{text}");
+    }
+    // 14 rejected lines, 10 shown, and the rest counted.
+    assert!(text.contains("… and 4 more rejected lines"), "{text}");
+
+    // A typo in a safe-search table names the key and the allowed ones.
+    let config = write(
+        dir.path(),
+        "typo.toml",
+        &format!("{base}safe_search = {{ gogle = true }}\n"),
+    );
+    let output = shieldns(&["check-config", "--config", &config]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("unknown field `gogle`, expected one of `google`, `bing`, `duckduckgo`, `youtube`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("untagged"), "{stderr}");
+    // Each cause is said once.
+    let config = write(dir.path(), "missing.toml", &base.replace("games.txt", "nowhere.txt"));
+    let stderr = String::from_utf8_lossy(&shieldns(&["check-config", "--config", &config]).stderr).into_owned();
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
 }

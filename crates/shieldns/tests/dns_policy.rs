@@ -263,6 +263,13 @@ fn explain_names_the_cause_of_each_policy_verdict() {
     assert_eq!(report["ede"], 17);
     let report = explain(&["games.example.test", "--at", "2026-11-30T16:30:00+07:00"]);
     assert_eq!(report["verdict"], "allow");
+    let why = report["matches"][0]["why"].as_str().unwrap_or_default();
+    assert!(
+        report["matches"][0]["applies"] == false
+            && why.contains("only in its schedule 08:00-16:30")
+            && why.contains("closed"),
+        "{report}"
+    );
 
     let report = explain(&["www.youtube.com"]);
     assert_eq!(
