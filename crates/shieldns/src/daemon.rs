@@ -41,7 +41,7 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     let config = source.load()?;
     // `url` lists with no verified copy yet are downloaded before the first
     // build; the others are enforced from the cache at once.
-    let syncer = crate::sync_wiring::prepare(&config, &source).await?;
+    let (syncer, first_pass) = crate::sync_wiring::prepare(&config, &source).await?;
     let built = {
         let (config, source) = (config.clone(), source.clone());
         tokio::task::spawn_blocking(move || build(&config, &source, Builder::Daemon))
@@ -52,6 +52,11 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     // Metrics, the compliance store and the list status poller; the first
     // snapshot's metric handles are resolved before anything can load it.
     let telemetry = crate::telemetry::init(&config, &source)?;
+    // What happened before telemetry existed is counted now.
+    if let Some(report) = &first_pass {
+        crate::telemetry::sync_outcomes(report);
+    }
+    crate::telemetry::lists_refused(&built.refused);
     let metrics = telemetry.metrics.clone();
     let first = Arc::new(built.snapshot);
     crate::telemetry::before_publish(&first);
@@ -132,10 +137,11 @@ async fn reload(
         // refused list file fails it (at start and on sync rebuilds the
         // refused list's kept version is enforced instead).
         Ok(Ok((config, Ok(built)))) if !built.refused.is_empty() => {
+            crate::telemetry::lists_refused(&built.refused);
             let why = built
                 .refused
                 .iter()
-                .map(ToString::to_string)
+                .map(|refused| refused.error.to_string())
                 .collect::<Vec<_>>()
                 .join("; ");
             crate::telemetry::reloaded(Err(why.clone()), source);
@@ -176,6 +182,7 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// sync) ends here.
 pub(crate) fn publish(built: shieldns_sync::Built, snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>) {
     log_build(&built);
+    crate::telemetry::lists_refused(&built.refused);
     let new = Arc::new(built.snapshot);
     // Metric handles first, so no query sees a snapshot without its table.
     crate::telemetry::before_publish(&new);
@@ -218,8 +225,11 @@ fn log_build(built: &shieldns_sync::Built) {
             warn!(list = %list.name, line = example.line, reason = %example.reason, text = %example.text.trim(), "rejected line");
         }
     }
-    for refusal in &built.refused {
-        error!("list file refused, its last accepted version stays in force: {refusal}");
+    for refused in &built.refused {
+        error!(
+            "list file refused, its last accepted version stays in force: {}",
+            refused.error
+        );
     }
     for warning in built.snapshot.warnings() {
         warn!("{warning}");

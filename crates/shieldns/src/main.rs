@@ -83,8 +83,11 @@ enum Command {
         json: bool,
     },
     /// The compliance report for a period, from the compliance store
-    /// (`storage.dir`): availability, queries, blocks per category and list,
-    /// mandatory-list freshness, sync failures, profiles and list versions.
+    /// (`storage.dir`): availability, queries, blocks per category, list and
+    /// profile, mandatory-list freshness, sync failures, profiles and list
+    /// versions. The plan asks every provider to report twice a year,
+    /// before 15 June and before 15 December: e.g. `--from 2026-06-01 --to
+    /// 2026-11-30` for the report due by 15 December.
     Report {
         /// First day of the period (YYYY-MM-DD, UTC, inclusive).
         #[arg(long)]

@@ -2,10 +2,16 @@
 //! sends, computed from the compliance store alone (the daemon need not be
 //! running). Dates are UTC days, both inclusive.
 //!
-//! Availability is the share of the period covered by runs of the service:
-//! a run spans from its start to its recorded stop, or, after a crash, to
-//! its last heartbeat (written on every rollup flush), so a crash is
-//! charged from the last proof of life.
+//! Availability is the share of the measured time covered by runs of the
+//! service: a run spans from its start to its recorded stop, or, after a
+//! crash, to its last heartbeat (written on every rollup flush), so a crash
+//! is charged from the last proof of life. The measured time starts at the
+//! period's start or at the service's first start ever, whichever is later
+//! (the day of installation is not charged for the hours before it), and
+//! ends at the period's end or now; the report states that coverage.
+//!
+//! Every format carries the same sections and the same header: operator
+//! (`storage.operator`), host, generation time, shieldns version, period.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,11 +35,42 @@ pub(crate) enum ReportFormat {
     Html,
 }
 
+/// Who made the report, where and when.
+#[derive(Debug, Serialize)]
+pub(crate) struct Header {
+    pub(crate) operator: String,
+    pub(crate) host: String,
+    pub(crate) generated_at: String,
+    pub(crate) version: String,
+}
+
+impl Header {
+    fn new(operator: Option<&str>, now: i64) -> Self {
+        // Linux's own record of the host name: no library call needed.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        Self {
+            operator: operator.map_or_else(|| "(not set: storage.operator)".to_owned(), str::to_owned),
+            host,
+            generated_at: iso(now),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
 /// Everything the report states.
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
+    pub(crate) header: Header,
     pub(crate) from: String,
     pub(crate) to: String,
+    /// Where the measured time starts: the period's start, or the service's
+    /// first start if later; `None` when the service never ran before the
+    /// period's end.
+    pub(crate) measured_from: Option<String>,
+    /// Where it ends: the period's end, or now if earlier.
+    pub(crate) measured_to: String,
     pub(crate) period_seconds: i64,
     pub(crate) up_seconds: i64,
     pub(crate) availability_percent: f64,
@@ -100,7 +137,9 @@ pub(crate) fn run(source: &ConfigSource, from: &str, to: &str, format: ReportFor
     let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("cannot open {}", path.display()))?;
     let (start, end) = period(from, to)?;
-    let report = build(&connection, start, end, shieldns_index::Timestamp::now().as_second())?;
+    let now = shieldns_index::Timestamp::now().as_second();
+    let mut report = build(&connection, start, end, now)?;
+    report.header = Header::new(config.storage.operator.as_deref(), now);
     std::io::Write::write_all(&mut std::io::stdout().lock(), render(&report, format)?.as_bytes())?;
     Ok(())
 }
@@ -132,6 +171,10 @@ fn iso(at: i64) -> String {
 /// on the current half-year counts time up to now).
 pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64) -> anyhow::Result<Report> {
     let horizon = end.min(now).max(start);
+    let first_start: Option<i64> = db.query_row("SELECT MIN(started) FROM runs", [], |r| r.get(0))?;
+    let measured_from = first_start
+        .filter(|&first| first < horizon)
+        .map(|first| first.max(start));
     let mut up = 0i64;
     let mut restarts = 0u64;
     let mut runs = db.prepare("SELECT started, COALESCE(stopped, last_seen) FROM runs ORDER BY started")?;
@@ -145,7 +188,9 @@ pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64) -> anyhow::
             restarts += 1;
         }
     }
-    let period_seconds = horizon - start;
+    let period_seconds = measured_from.map_or(0, |from| horizon - from);
+    // Gaps without sync are measured over the same span.
+    let measured_start = measured_from.unwrap_or(horizon);
     let availability_percent = if period_seconds > 0 {
         (up as f64 * 100.0 / period_seconds as f64).min(100.0)
     } else {
@@ -274,7 +319,7 @@ pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64) -> anyhow::
                 .rev()
                 .find(|&&at| at <= start)
                 .copied()
-                .unwrap_or(start);
+                .unwrap_or(measured_start);
             let mut points: Vec<i64> = std::iter::once(before)
                 .chain(successes.iter().copied().filter(|&at| at > start))
                 .collect();
@@ -304,8 +349,11 @@ pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64) -> anyhow::
     }
 
     Ok(Report {
+        header: Header::new(None, now),
         from: iso(start),
         to: iso(end),
+        measured_from: measured_from.map(iso),
+        measured_to: iso(horizon),
         period_seconds,
         up_seconds: up,
         availability_percent,
@@ -354,151 +402,257 @@ fn profile_row(profile: &serde_json::Value) -> (String, String, String) {
 pub(crate) fn render(report: &Report, format: ReportFormat) -> anyhow::Result<String> {
     Ok(match format {
         ReportFormat::Json => format!("{}\n", serde_json::to_string_pretty(report)?),
-        ReportFormat::Md => markdown(report),
-        ReportFormat::Csv => csv(report),
-        ReportFormat::Html => html(report),
+        ReportFormat::Md => markdown(&sections(report)),
+        ReportFormat::Csv => csv(&sections(report)),
+        ReportFormat::Html => html(report, &sections(report)),
     })
 }
 
-fn markdown(r: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# shieldns compliance report\n");
-    let _ = writeln!(out, "Period: {} to {} (UTC, end exclusive)\n", r.from, r.to);
-    let _ = writeln!(out, "## Service\n");
-    let _ = writeln!(out, "| Figure | Value |\n|---|---|");
-    let _ = writeln!(out, "| Availability | {:.3} % |", r.availability_percent);
-    let _ = writeln!(
-        out,
-        "| Up | {} of {} |",
-        duration(Some(r.up_seconds)),
-        duration(Some(r.period_seconds))
-    );
-    let _ = writeln!(out, "| Starts | {} |", r.restarts);
-    let _ = writeln!(out, "| Total queries | {} |", r.total_queries);
-    let _ = writeln!(out, "| Blocked | {} |", r.total_blocked);
-    let _ = writeln!(
-        out,
-        "| Reloads (ok / failed) | {} / {} |",
-        r.reloads_ok, r.reloads_failed
-    );
-    for (title, map) in [
-        ("Blocked per category", &r.blocked_per_category),
-        ("Blocked per list", &r.blocked_per_list),
-        ("Blocked per profile", &r.blocked_per_profile),
-    ] {
-        let _ = writeln!(out, "\n## {title}\n\n| Name | Blocked |\n|---|---|");
-        for (key, value) in map {
-            let _ = writeln!(out, "| {key} | {value} |");
+/// One part of the report, as every text format shows it: the formats
+/// differ in markup only, so none can miss a section.
+struct Section {
+    /// Machine name (CSV's first column, HTML ids).
+    id: &'static str,
+    title: &'static str,
+    columns: &'static [&'static str],
+    rows: Vec<Row>,
+    /// Drawn as a bar chart too (HTML), from each row's last cell.
+    chart: bool,
+}
+
+struct Row {
+    /// Machine key (CSV's second column, HTML ids of figures).
+    key: String,
+    /// What the table shows, the row's label first.
+    cells: Vec<String>,
+}
+
+fn figure(key: &str, label: &str, value: String) -> Row {
+    Row {
+        key: key.to_owned(),
+        cells: vec![label.to_owned(), value],
+    }
+}
+
+fn counts(map: &BTreeMap<String, u64>) -> Vec<Row> {
+    map.iter()
+        .map(|(key, value)| Row {
+            key: key.clone(),
+            cells: vec![key.clone(), value.to_string()],
+        })
+        .collect()
+}
+
+fn sections(r: &Report) -> Vec<Section> {
+    let h = &r.header;
+    let coverage = match &r.measured_from {
+        Some(from) if *from == r.from => format!("{from} to {} (the whole period so far)", r.measured_to),
+        Some(from) => format!(
+            "{from} to {} (from the service's first start; the time before it is not counted)",
+            r.measured_to
+        ),
+        None => "none: the service had not started by the period's end".to_owned(),
+    };
+    let availability = if r.measured_from.is_some() {
+        format!("{:.3} %", r.availability_percent)
+    } else {
+        "n/a".to_owned()
+    };
+    vec![
+        Section {
+            id: "report",
+            title: "Report",
+            columns: &["Figure", "Value"],
+            rows: vec![
+                figure("operator", "Operator", h.operator.clone()),
+                figure("host", "Host", h.host.clone()),
+                figure("generated_at", "Generated at", h.generated_at.clone()),
+                figure("version", "shieldns version", h.version.clone()),
+                figure("from", "Period from", r.from.clone()),
+                figure("to", "Period to (exclusive)", r.to.clone()),
+                figure("measured", "Measured", coverage),
+            ],
+            chart: false,
+        },
+        Section {
+            id: "service",
+            title: "Service",
+            columns: &["Figure", "Value"],
+            rows: vec![
+                figure("availability", "Availability", availability),
+                figure(
+                    "up",
+                    "Up",
+                    format!(
+                        "{} of {} measured",
+                        duration(Some(r.up_seconds)),
+                        duration(Some(r.period_seconds))
+                    ),
+                ),
+                figure("starts", "Starts", r.restarts.to_string()),
+                figure("total_queries", "Total queries", r.total_queries.to_string()),
+                figure("total_blocked", "Blocked", r.total_blocked.to_string()),
+                figure(
+                    "reloads",
+                    "Reloads (ok / failed)",
+                    format!("{} / {}", r.reloads_ok, r.reloads_failed),
+                ),
+            ],
+            chart: false,
+        },
+        Section {
+            id: "queries_per_day",
+            title: "Queries per day",
+            columns: &["Day", "Queries"],
+            rows: counts(&r.queries_per_day),
+            chart: true,
+        },
+        Section {
+            id: "blocked_per_category",
+            title: "Blocked per category",
+            columns: &["Category", "Blocked"],
+            rows: counts(&r.blocked_per_category),
+            chart: true,
+        },
+        Section {
+            id: "blocked_per_list",
+            title: "Blocked per list",
+            columns: &["List", "Blocked"],
+            rows: counts(&r.blocked_per_list),
+            chart: true,
+        },
+        Section {
+            id: "blocked_per_profile",
+            title: "Blocked per profile",
+            columns: &["Profile", "Blocked"],
+            rows: counts(&r.blocked_per_profile),
+            chart: true,
+        },
+        Section {
+            id: "mandatory_lists",
+            title: "Mandatory lists",
+            columns: &["List", "Max age", "Longest gap without sync", "Sync failures"],
+            rows: r
+                .mandatory_lists
+                .iter()
+                .map(|f| Row {
+                    key: f.list.clone(),
+                    cells: vec![
+                        f.list.clone(),
+                        duration(f.max_age_seconds),
+                        duration(f.longest_gap_seconds),
+                        f.sync_failures.to_string(),
+                    ],
+                })
+                .collect(),
+            chart: false,
+        },
+        Section {
+            id: "sync_failures",
+            title: "Sync failures",
+            columns: &["Time", "List", "Mandatory", "Reason"],
+            rows: r
+                .sync_failures
+                .iter()
+                .map(|f| Row {
+                    key: format!("{} {}", f.at, f.list),
+                    cells: vec![f.at.clone(), f.list.clone(), f.mandatory.to_string(), f.reason.clone()],
+                })
+                .collect(),
+            chart: false,
+        },
+        Section {
+            id: "profiles",
+            title: "Profiles in force",
+            columns: &["Profile", "Client networks", "Blocked categories"],
+            rows: r
+                .profiles
+                .iter()
+                .map(|profile| {
+                    let (name, clients, block) = profile_row(profile);
+                    Row {
+                        key: name.clone(),
+                        cells: vec![name, clients, block],
+                    }
+                })
+                .collect(),
+            chart: false,
+        },
+        Section {
+            id: "list_versions",
+            title: "List versions in force",
+            columns: &["List", "Version", "SHA-256", "Entries", "Since"],
+            rows: r
+                .list_versions
+                .iter()
+                .map(|v| Row {
+                    key: v.list.clone(),
+                    cells: vec![
+                        v.list.clone(),
+                        v.version.clone(),
+                        v.sha256.clone(),
+                        v.entries.to_string(),
+                        v.since.clone(),
+                    ],
+                })
+                .collect(),
+            chart: false,
+        },
+    ]
+}
+
+/// A Markdown table cell: `|` and line ends would break the table.
+fn md_cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn markdown(sections: &[Section]) -> String {
+    let mut out = String::from("# shieldns compliance report\n");
+    for section in sections {
+        let _ = writeln!(out, "\n## {}\n", section.title);
+        let _ = writeln!(out, "| {} |", section.columns.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(section.columns.len()));
+        for row in &section.rows {
+            let cells: Vec<String> = row.cells.iter().map(|c| md_cell(c)).collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
         }
-    }
-    let _ = writeln!(
-        out,
-        "\n## Mandatory lists\n\n| List | Max age | Longest gap without sync | Sync failures |\n|---|---|---|---|"
-    );
-    for f in &r.mandatory_lists {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            f.list,
-            duration(f.max_age_seconds),
-            duration(f.longest_gap_seconds),
-            f.sync_failures
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n## Sync failures\n\n| Time | List | Mandatory | Reason |\n|---|---|---|---|"
-    );
-    for f in &r.sync_failures {
-        let _ = writeln!(out, "| {} | {} | {} | {} |", f.at, f.list, f.mandatory, f.reason);
-    }
-    let _ = writeln!(
-        out,
-        "\n## Profiles in force\n\n| Profile | Client networks | Blocked categories |\n|---|---|---|"
-    );
-    for profile in &r.profiles {
-        let (name, clients, block) = profile_row(profile);
-        let _ = writeln!(out, "| {name} | {clients} | {block} |");
-    }
-    let _ = writeln!(
-        out,
-        "\n## List versions in force\n\n| List | Version | SHA-256 | Entries | Since |\n|---|---|---|---|---|"
-    );
-    for v in &r.list_versions {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} |",
-            v.list, v.version, v.sha256, v.entries, v.since
-        );
     }
     out
 }
 
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
+    if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
         text.to_owned()
     }
 }
 
-fn csv(r: &Report) -> String {
-    let mut rows: Vec<(String, String, String)> = vec![
-        ("period".into(), "from".into(), r.from.clone()),
-        ("period".into(), "to".into(), r.to.clone()),
-        (
-            "service".into(),
-            "availability_percent".into(),
-            format!("{:.3}", r.availability_percent),
-        ),
-        ("service".into(), "up_seconds".into(), r.up_seconds.to_string()),
-        ("service".into(), "period_seconds".into(), r.period_seconds.to_string()),
-        ("service".into(), "starts".into(), r.restarts.to_string()),
-        ("queries".into(), "total".into(), r.total_queries.to_string()),
-        ("blocked".into(), "total".into(), r.total_blocked.to_string()),
-        ("reloads".into(), "ok".into(), r.reloads_ok.to_string()),
-        ("reloads".into(), "failed".into(), r.reloads_failed.to_string()),
-    ];
-    for (section, map) in [
-        ("queries_per_day", &r.queries_per_day),
-        ("blocked_per_category", &r.blocked_per_category),
-        ("blocked_per_list", &r.blocked_per_list),
-        ("blocked_per_profile", &r.blocked_per_profile),
-    ] {
-        rows.extend(map.iter().map(|(k, v)| (section.to_owned(), k.clone(), v.to_string())));
-    }
-    for f in &r.mandatory_lists {
-        rows.push((
-            "mandatory_max_age_seconds".into(),
-            f.list.clone(),
-            f.max_age_seconds.map(|s| s.to_string()).unwrap_or_default(),
-        ));
-        rows.push((
-            "mandatory_longest_gap_seconds".into(),
-            f.list.clone(),
-            f.longest_gap_seconds.map(|s| s.to_string()).unwrap_or_default(),
-        ));
-    }
-    for f in &r.sync_failures {
-        rows.push(("sync_failure".into(), format!("{} {}", f.at, f.list), f.reason.clone()));
-    }
-    for profile in &r.profiles {
-        let (name, clients, block) = profile_row(profile);
-        rows.push(("profile".into(), name, format!("clients={clients}; block={block}")));
-    }
-    for v in &r.list_versions {
-        rows.push((
-            "list_version".into(),
-            v.list.clone(),
-            format!(
-                "{} sha256={} entries={} since={}",
-                v.version, v.sha256, v.entries, v.since
-            ),
-        ));
-    }
+/// `section,key,value` rows; a row of several columns puts them in its
+/// value as `Column=value; …`.
+fn csv(sections: &[Section]) -> String {
     let mut out = String::from("section,key,value\n");
-    for (section, key, value) in rows {
-        let _ = writeln!(out, "{},{},{}", csv_field(&section), csv_field(&key), csv_field(&value));
+    for section in sections {
+        for row in &section.rows {
+            let value = match row.cells.as_slice() {
+                [_, value] => value.clone(),
+                cells => section
+                    .columns
+                    .iter()
+                    .zip(cells)
+                    .skip(1)
+                    .map(|(column, cell)| format!("{column}={cell}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
+            let _ = writeln!(
+                out,
+                "{},{},{}",
+                csv_field(section.id),
+                csv_field(&row.key),
+                csv_field(&value)
+            );
+        }
     }
     out
 }
@@ -535,70 +689,120 @@ fn bar_chart(title: &str, data: &BTreeMap<String, u64>) -> String {
     svg
 }
 
-fn html(r: &Report) -> String {
-    let mut body = String::new();
-    let _ = write!(
-        body,
-        "<h1>shieldns compliance report</h1><p>Period: <b>{}</b> to <b>{}</b> (UTC, end exclusive)</p>",
-        escape(&r.from),
-        escape(&r.to)
-    );
-    let _ = write!(
-        body,
-        "<table><tr><th>Availability</th><td id=\"availability\">{:.3} %</td></tr><tr><th>Total queries</th><td id=\"total-queries\">{}</td></tr><tr><th>Blocked</th><td id=\"total-blocked\">{}</td></tr><tr><th>Starts</th><td>{}</td></tr><tr><th>Reloads ok / failed</th><td>{} / {}</td></tr></table>",
-        r.availability_percent, r.total_queries, r.total_blocked, r.restarts, r.reloads_ok, r.reloads_failed
-    );
-    body.push_str(&bar_chart("Queries per day", &r.queries_per_day));
-    body.push_str(&bar_chart("Blocked per category", &r.blocked_per_category));
-    body.push_str(&bar_chart("Blocked per list", &r.blocked_per_list));
-    body.push_str("<h2>Mandatory lists</h2><table><tr><th>List</th><th>Max age</th><th>Longest gap</th><th>Sync failures</th></tr>");
-    for f in &r.mandatory_lists {
+fn html(r: &Report, sections: &[Section]) -> String {
+    let mut body = String::from("<h1>shieldns compliance report</h1>");
+    for section in sections {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&f.list),
-            duration(f.max_age_seconds),
-            duration(f.longest_gap_seconds),
-            f.sync_failures
+            "<section id=\"{}\"><h2>{}</h2>",
+            section.id.replace('_', "-"),
+            escape(section.title)
         );
+        if section.chart {
+            let data: BTreeMap<String, u64> = section
+                .rows
+                .iter()
+                .map(|row| {
+                    (
+                        row.key.clone(),
+                        row.cells.last().and_then(|c| c.parse().ok()).unwrap_or(0),
+                    )
+                })
+                .collect();
+            body.push_str(&bar_chart(section.title, &data));
+        }
+        body.push_str("<table><tr>");
+        for column in section.columns {
+            let _ = write!(body, "<th>{}</th>", escape(column));
+        }
+        body.push_str("</tr>");
+        for row in &section.rows {
+            body.push_str("<tr>");
+            let figure = section.columns.first() == Some(&"Figure");
+            for (i, cell) in row.cells.iter().enumerate() {
+                let tag = if figure && i == 0 { "th" } else { "td" };
+                let id = if figure && i == 1 {
+                    format!(" id=\"{}\"", row.key.replace('_', "-"))
+                } else {
+                    String::new()
+                };
+                let class = if section.id == "list_versions" && i == 2 {
+                    " class=\"hash\""
+                } else {
+                    ""
+                };
+                let _ = write!(body, "<{tag}{id}{class}>{}</{tag}>", escape(cell));
+            }
+            body.push_str("</tr>");
+        }
+        body.push_str("</table></section>");
     }
-    body.push_str("</table><h2>Sync failures</h2><table><tr><th>Time</th><th>List</th><th>Reason</th></tr>");
-    for f in &r.sync_failures {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&f.at),
-            escape(&f.list),
-            escape(&f.reason)
-        );
-    }
-    body.push_str("</table><h2>Profiles in force</h2><table><tr><th>Profile</th><th>Client networks</th><th>Blocked categories</th></tr>");
-    for profile in &r.profiles {
-        let (name, clients, block) = profile_row(profile);
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&name),
-            escape(&clients),
-            escape(&block)
-        );
-    }
-    body.push_str("</table><h2>List versions in force</h2><table><tr><th>List</th><th>Version</th><th>SHA-256</th><th>Entries</th><th>Since</th></tr>");
-    for v in &r.list_versions {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td class=\"hash\">{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&v.list),
-            escape(&v.version),
-            escape(&v.sha256),
-            v.entries,
-            escape(&v.since)
-        );
-    }
-    body.push_str("</table>");
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>shieldns compliance report {from} to {to}</title><style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;color:#000}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #888;padding:.2em .6em;text-align:left}}.hash{{font-family:monospace;font-size:.8em;word-break:break-all}}figure{{margin:1em 0;page-break-inside:avoid}}@media print{{body{{margin:0}}h2{{page-break-after:avoid}}}}</style></head><body>{body}</body></html>\n",
         from = escape(&r.from),
         to = escape(&r.to)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store as the daemon writes it (the schema is the store's own).
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = crate::store::open(&dir.path().join("compliance.db")).unwrap();
+        (dir, connection)
+    }
+
+    #[test]
+    fn the_day_of_installation_is_measured_from_the_first_start() {
+        let (_dir, db) = store();
+        let day = 1_764_633_600; // 2025-12-02T00:00:00Z
+        let installed = day + 20 * 3600; // 20:00
+        let now = installed + 16 * 60;
+        db.execute(
+            "INSERT INTO runs (started, last_seen, stopped) VALUES (?1, ?2, NULL)",
+            params![installed, now],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO sync_events (at, list, mandatory, ok, reason) VALUES (?1, 'national', 1, 1, '')",
+            params![installed + 5],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO list_versions (at, list, mandatory, version, sha256, entries, version_time) VALUES (?1, 'national', 1, '1', 'ab', 3, ?1)",
+            params![installed + 5],
+        )
+        .unwrap();
+        let report = build(&db, day, day + 86_400, now).unwrap();
+        assert!(report.availability_percent > 99.0, "{report:?}");
+        assert_eq!(report.period_seconds, 16 * 60);
+        assert_eq!(report.measured_from.as_deref(), Some("2025-12-02T20:00:00Z"));
+        let gap = report.mandatory_lists[0].longest_gap_seconds.unwrap();
+        assert!(gap < 16 * 60, "the hours before installation are no gap: {gap}");
+        // Every text format states the coverage and carries every section.
+        let ids = sections(&report).iter().map(|s| s.id).collect::<Vec<_>>();
+        for format in [ReportFormat::Md, ReportFormat::Csv, ReportFormat::Html] {
+            let text = render(&report, format).unwrap();
+            assert!(text.contains("from the service's first start"), "{format:?}: {text}");
+            for (id, section) in ids.iter().zip(sections(&report)) {
+                let present = match format {
+                    ReportFormat::Md => text.contains(&format!("## {}", section.title)),
+                    ReportFormat::Html => text.contains(&format!("<section id=\"{}\">", id.replace('_', "-"))),
+                    _ => section.rows.is_empty() || text.lines().any(|l| l.starts_with(&format!("{id},"))),
+                };
+                assert!(present, "{format:?} lacks {id}");
+            }
+        }
+        // No run at all in the period: availability is not claimed.
+        let report = build(&db, day - 86_400, day, now).unwrap();
+        assert!(report.measured_from.is_none());
+        assert!(
+            render(&report, ReportFormat::Md)
+                .unwrap()
+                .contains("| Availability | n/a |")
+        );
+    }
 }

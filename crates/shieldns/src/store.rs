@@ -41,6 +41,9 @@ pub(crate) struct StorageConfig {
     /// run's heartbeat written).
     #[serde(default = "default_flush", with = "humantime_serde")]
     pub(crate) flush_interval: Duration,
+    /// The provider or school named on every compliance report.
+    #[serde(default)]
+    pub(crate) operator: Option<String>,
 }
 
 fn default_flush() -> Duration {
@@ -52,6 +55,7 @@ impl Default for StorageConfig {
         Self {
             dir: None,
             flush_interval: default_flush(),
+            operator: None,
         }
     }
 }
@@ -144,13 +148,35 @@ pub(crate) fn open(path: &Path) -> anyhow::Result<Connection> {
                  sha256 TEXT NOT NULL, entries INTEGER NOT NULL, version_time INTEGER);
              CREATE TABLE IF NOT EXISTS sync_events (
                  at INTEGER NOT NULL, list TEXT NOT NULL, mandatory INTEGER NOT NULL, ok INTEGER NOT NULL,
-                 reason TEXT NOT NULL, UNIQUE (at, list, ok));
+                 reason TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS reloads (at INTEGER NOT NULL, ok INTEGER NOT NULL, detail TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS policies (at INTEGER NOT NULL, profiles TEXT NOT NULL, lists TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS runs (
                  started INTEGER PRIMARY KEY, last_seen INTEGER NOT NULL, stopped INTEGER);",
         )
         .with_context(|| format!("cannot create the schema in {}", path.display()))?;
+    // Stores written before every check was recorded once kept one sync
+    // event per second and list (`UNIQUE (at, list, ok)`), which merged
+    // checks of the same second: drop the constraint, keep the rows.
+    let sync_schema: String = connection
+        .query_row("SELECT sql FROM sqlite_master WHERE name = 'sync_events'", [], |r| {
+            r.get(0)
+        })
+        .with_context(|| format!("cannot read the schema in {}", path.display()))?;
+    if sync_schema.contains("UNIQUE") {
+        connection
+            .execute_batch(
+                "BEGIN;
+                 CREATE TABLE sync_events_new (
+                     at INTEGER NOT NULL, list TEXT NOT NULL, mandatory INTEGER NOT NULL, ok INTEGER NOT NULL,
+                     reason TEXT NOT NULL);
+                 INSERT INTO sync_events_new SELECT at, list, mandatory, ok, reason FROM sync_events;
+                 DROP TABLE sync_events;
+                 ALTER TABLE sync_events_new RENAME TO sync_events;
+                 COMMIT;",
+            )
+            .with_context(|| format!("cannot migrate sync_events in {}", path.display()))?;
+    }
     Ok(connection)
 }
 
@@ -253,7 +279,7 @@ impl Writer {
             } => self
                 .connection
                 .execute(
-                    "INSERT OR IGNORE INTO sync_events (at, list, mandatory, ok, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO sync_events (at, list, mandatory, ok, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![at, list, mandatory, ok, reason],
                 )
                 .map(drop),
@@ -328,4 +354,35 @@ impl Writer {
 /// Now, Unix seconds.
 pub(crate) fn now() -> i64 {
     shieldns_index::Timestamp::now().as_second()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_store_keeps_its_sync_events_and_records_every_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE sync_events (
+                 at INTEGER NOT NULL, list TEXT NOT NULL, mandatory INTEGER NOT NULL, ok INTEGER NOT NULL,
+                 reason TEXT NOT NULL, UNIQUE (at, list, ok));
+             INSERT INTO sync_events VALUES (10, 'national', 1, 0, 'HTTP 404');",
+        )
+        .unwrap();
+        drop(old);
+        let db = open(&path).unwrap();
+        let insert =
+            "INSERT INTO sync_events (at, list, mandatory, ok, reason) VALUES (10, 'national', 1, 0, 'timed out')";
+        db.execute(insert, []).unwrap();
+        let rows: i64 = db
+            .query_row("SELECT COUNT(*) FROM sync_events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2, "two checks in the same second are two failures");
+        drop(db);
+        // Opening again migrates nothing more.
+        assert!(open(&path).is_ok());
+    }
 }

@@ -256,6 +256,12 @@ pub(crate) fn lists_status(source: &ConfigSource, as_json: bool) -> anyhow::Resu
         if let Some(failure) = &state.last_failure {
             outln!("    last failure: {}: {}", failure.at, failure.reason);
         }
+        if state.consecutive_failures > 0 {
+            outln!(
+                "    failed checks since the last success: {} (each counted once in shieldns_sync_failures_total and the report)",
+                state.consecutive_failures
+            );
+        }
     }
     Ok(())
 }
@@ -273,9 +279,12 @@ fn kind(list: &ListConfig) -> &'static str {
 /// list that has no verified copy yet, so a first start can serve. Lists
 /// with a copy are not fetched here: they are enforced from the cache at
 /// once and refreshed in the background.
-pub(crate) async fn prepare(config: &Config, source: &ConfigSource) -> anyhow::Result<Option<Syncer>> {
+pub(crate) async fn prepare(
+    config: &Config,
+    source: &ConfigSource,
+) -> anyhow::Result<(Option<Syncer>, Option<PassReport>)> {
     if url_lists(&config.lists).is_empty() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let mut syncer = Syncer::new(&config.sync, &source.base_dir())?;
     for error in syncer.load(&config.lists) {
@@ -292,8 +301,9 @@ pub(crate) async fn prepare(config: &Config, source: &ConfigSource) -> anyhow::R
         );
         let report = syncer.update(&missing, &[], &shieldns_sync::NoProgress).await;
         log_report(&report, &syncer);
+        return Ok((Some(syncer), Some(report)));
     }
-    Ok(Some(syncer))
+    Ok((Some(syncer), None))
 }
 
 fn log_report(report: &PassReport, syncer: &Syncer) {
@@ -450,6 +460,7 @@ impl SyncTask {
             return;
         };
         log_report(&report, syncer);
+        crate::telemetry::sync_outcomes(&report);
         let failed = report
             .outcomes
             .iter()

@@ -1,6 +1,7 @@
 //! The daemon's observability wiring: the metrics registry, the compliance
-//! store's writer, the query-log writer, and a poller that turns each
-//! list's sync state into gauges, counters and store rows.
+//! store's writer, the query-log writer, the sync task's outcomes (passed
+//! in as values: each check counted once), and a poller that turns each
+//! list's kept version into gauges and store rows.
 //!
 //! It is one process-wide value because every policy change, whichever path
 //! it takes (SIGHUP or a sync rebuild), ends in `daemon::publish`, which
@@ -12,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -51,10 +52,6 @@ struct ListTracker {
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Seen {
     version: Option<String>,
-    last_success: Option<String>,
-    last_failure: Option<String>,
-    /// File lists: modification time and size, to hash only on change.
-    file_stamp: Option<(SystemTime, u64)>,
 }
 
 /// Sets up the metrics, the store and the poller. Once per process.
@@ -117,6 +114,31 @@ pub(crate) fn before_publish(snapshot: &Arc<Snapshot>) {
     });
 }
 
+/// After a sync pass (the daemon's own, never `lists update`'s): every
+/// list checked counts once, as a success or a failure, in the metrics and
+/// the compliance store alike, so `lists status`, the counter and the
+/// report tell the same story.
+pub(crate) fn sync_outcomes(report: &shieldns_sync::PassReport) {
+    let Some(telemetry) = get() else { return };
+    let at = crate::store::now();
+    for outcome in &report.outcomes {
+        let reason = match &outcome.outcome {
+            shieldns_sync::Outcome::Failed { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        };
+        telemetry.sync_event(at, &outcome.list, outcome.mandatory, reason);
+    }
+}
+
+/// `path` list files a build refused: each counts as a failed check.
+pub(crate) fn lists_refused(refused: &[shieldns_sync::Refused]) {
+    let Some(telemetry) = get() else { return };
+    let at = crate::store::now();
+    for refused in refused {
+        telemetry.sync_event(at, &refused.list, refused.mandatory, Some(&refused.error.to_string()));
+    }
+}
+
 /// After a SIGHUP reload: count it, record it, adopt the new list set.
 pub(crate) fn reloaded(result: Result<&Config, String>, source: &ConfigSource) {
     let Some(telemetry) = get() else { return };
@@ -134,6 +156,20 @@ pub(crate) fn reloaded(result: Result<&Config, String>, source: &ConfigSource) {
 }
 
 impl Telemetry {
+    /// One list check: `reason` is `None` for a success.
+    fn sync_event(&self, at: i64, list: &str, mandatory: bool, reason: Option<&str>) {
+        if let Some(reason) = reason {
+            self.metrics.sync_failure(list, classify(reason));
+        }
+        self.send(Event::Sync {
+            at,
+            list: list.to_owned(),
+            mandatory,
+            ok: reason.is_none(),
+            reason: reason.unwrap_or_default().to_owned(),
+        });
+    }
+
     fn send(&self, event: Event) {
         if let Some(store) = &*self.store.lock().unwrap_or_else(PoisonError::into_inner) {
             store.send(event);
@@ -208,37 +244,6 @@ impl Telemetry {
                                 state.version().unwrap_or_else(|| cached.serial.to_string()),
                                 cached.sha256.clone(),
                             ));
-                        }
-                        current.last_success.clone_from(&state.last_success);
-                        current.last_failure = state.last_failure.as_ref().map(|f| f.at.clone());
-                        if current.last_success != previous.last_success
-                            && let Some(at) = status.last_success
-                        {
-                            self.send(Event::Sync {
-                                at: at as i64,
-                                list: list.name.clone(),
-                                mandatory: list.mandatory,
-                                ok: true,
-                                reason: String::new(),
-                            });
-                        }
-                        if let Some(failure) = &state.last_failure
-                            && current.last_failure != previous.last_failure
-                        {
-                            let reason = classify(&failure.reason);
-                            // Failures that happened before this process
-                            // started are history for the store, not events
-                            // of this process's counters.
-                            if !first_sight {
-                                self.metrics.sync_failure(&list.name, reason);
-                            }
-                            self.send(Event::Sync {
-                                at: parse_time(&failure.at).unwrap_or(now as f64) as i64,
-                                list: list.name.clone(),
-                                mandatory: list.mandatory,
-                                ok: false,
-                                reason: reason.to_owned(),
-                            });
                         }
                     }
                 }

@@ -56,6 +56,7 @@ listen = "127.0.0.1:@METRICS@"
 [storage]
 dir = "@STORE@"
 flush_interval = "300ms"
+operator = "Example Provincial ISP"
 "#;
 
 const FILES: &[(&str, &str)] = &[
@@ -221,6 +222,8 @@ fn known_traffic_gives_exact_counters_and_a_report_after_restart() {
 
     let markdown = report("md");
     assert!(markdown.contains("| Total queries | 9 |"), "{markdown}");
+    assert!(markdown.contains("| Operator | Example Provincial ISP |"), "{markdown}");
+    assert_eq!(json["header"]["operator"], "Example Provincial ISP", "{json:#}");
     assert!(markdown.contains("| adult | 3 |"), "{markdown}");
     let csv = report("csv");
     assert!(csv.lines().any(|l| l == "blocked_per_list,national-csam,2"), "{csv}");
@@ -273,6 +276,36 @@ fn check_in_chromium(html: &str) {
         dom.contains("<svg") && dom.contains("id=\"total-queries\">9</td>"),
         "{dom}"
     );
+    // Every section of the Markdown report, and the header a regulator
+    // needs, in the DOM Chromium built.
+    for id in [
+        "report",
+        "service",
+        "queries-per-day",
+        "blocked-per-category",
+        "blocked-per-list",
+        "blocked-per-profile",
+        "mandatory-lists",
+        "sync-failures",
+        "profiles",
+        "list-versions",
+    ] {
+        assert!(
+            dom.contains(&format!("<section id=\"{id}\">")),
+            "no section {id}: {dom}"
+        );
+    }
+    for id in [
+        "operator",
+        "host",
+        "generated-at",
+        "version",
+        "measured",
+        "up",
+        "availability",
+    ] {
+        assert!(dom.contains(&format!("id=\"{id}\">")), "no {id}: {dom}");
+    }
     run(&[
         format!("--print-to-pdf={}", pdf.display()),
         "--no-pdf-header-footer".to_owned(),

@@ -67,6 +67,13 @@ refresh = "1h"
 name = "default"
 clients = ["0.0.0.0/0", "::/0"]
 block = ["csam"]
+
+[metrics]
+listen = "127.0.0.1:@METRICS@"
+
+[storage]
+dir = "@DIR@/store"
+flush_interval = "200ms"
 "#;
 
 struct Feed {
@@ -115,6 +122,7 @@ impl Feed {
             .replace("@KEY@", &self.signer.public_key())
             .replace("@PIN@", &hex::encode(sha2::Sha256::digest(self.pinned_body.as_bytes())))
             .replace("@REFRESH@", refresh)
+            .replace("@METRICS@", &support::daemon::free_port("127.0.0.1").to_string())
     }
 }
 
@@ -276,6 +284,45 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
         assert_eq!(national_status["serial"], 2, "{fault}");
         assert_eq!(national_status["entries"], 102, "{fault}");
     }
+    // One count of those failures, told alike by `lists status`, the
+    // counter and the compliance report.
+    let failed_checks = faults.len() as u64;
+    assert_eq!(list_status(&daemon, "national")["consecutive_failures"], failed_checks);
+    let config_text = std::fs::read_to_string(daemon.path("shieldns.toml")).unwrap();
+    let metrics_port: u16 = config_text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:")?.strip_suffix('"')?.parse().ok())
+        .unwrap();
+    let counted: f64 = support::daemon::scrape(metrics_port)
+        .lines()
+        .filter(|l| l.starts_with("shieldns_sync_failures_total{") && l.contains("list=\"national\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted as u64, failed_checks);
+    std::thread::sleep(Duration::from_millis(600));
+    let today = jiff::Timestamp::now().to_string();
+    let output = shieldns(
+        &[
+            "report",
+            "--from",
+            &today[..10],
+            "--to",
+            &today[..10],
+            "--format",
+            "json",
+        ],
+        &daemon.path("shieldns.toml"),
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let national_row = report["mandatory_lists"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["list"] == "national")
+        .cloned()
+        .unwrap();
+    assert_eq!(national_row["sync_failures"], failed_checks, "{report:#}");
 
     // A pinned list whose bytes change: refused.
     feed.publish(&version_2);

@@ -282,7 +282,18 @@ pub struct Built {
     pub elapsed: Duration,
     /// `path` lists whose file was refused, each enforced from its last
     /// accepted version instead: the caller logs and counts them.
-    pub refused: Vec<SyncError>,
+    pub refused: Vec<Refused>,
+}
+
+/// A `path` list's file refused by a build (see [`Built::refused`]).
+#[derive(Debug)]
+pub struct Refused {
+    /// The list.
+    pub list: String,
+    /// Whether it is mandatory.
+    pub mandatory: bool,
+    /// Why.
+    pub error: SyncError,
 }
 
 /// Reads every list and builds a snapshot. Blocking (file I/O and CPU):
@@ -313,7 +324,11 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             if let Err(error) = local::keep(list, &path, cache_dir, false) {
                 // The last accepted version, if there is one, stays in force.
                 match CachedCopy::find_in(list, cache_dir) {
-                    Ok(_) => refused.push(error),
+                    Ok(_) => refused.push(Refused {
+                        list: list.name.clone(),
+                        mandatory: list.mandatory,
+                        error,
+                    }),
                     Err(_) => return Err(error),
                 }
             }
