@@ -11,6 +11,8 @@ use shieldns_index::{BlockResponse, Hit, LocalData, Matched, Profile, RuleAction
 pub(crate) const EDE_OPTION: u16 = 15;
 /// EDE info code 3: Stale Answer.
 pub(crate) const EDE_STALE_ANSWER: u16 = 3;
+/// EDE info code 0: Other (the text says what).
+pub(crate) const EDE_OTHER: u16 = 0;
 /// EDE info code 6: DNSSEC Bogus.
 pub(crate) const EDE_DNSSEC_BOGUS: u16 = 6;
 /// EDE info code 9: DNSKEY Missing.

@@ -21,15 +21,16 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use shieldns_index::{BypassDefence, Dns64, Hit, ProfileId, ProfilePolicy, Snapshot, Timestamp, Verdict};
 use shieldns_metrics::{Discard, LoggedBlock, Metrics, PolicyAction, QueryEvent};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::answer::{
     self, BlockAnswer, EDE_BLOCKED, EDE_FILTERED, EDE_NO_REACHABLE_AUTHORITY, EDE_NOT_AUTHORITATIVE, EDE_OPTION,
-    EDE_STALE_ANSWER, Ede,
+    EDE_OTHER, EDE_STALE_ANSWER, Ede,
 };
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer, Caches, FailureCache};
 use crate::config::ServerConfig;
 use crate::discard::Discards;
+use crate::failure_log::{FailureKind, FailureLog};
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamFailure};
 
 /// TTL of answers served stale (RFC 8767 §4 recommends 30 s).
@@ -57,6 +58,8 @@ struct Inner {
     in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
     discards: Arc<Discards>,
+    /// Upstream failures, logged at most once a minute per kind.
+    failure_log: FailureLog,
     clock: Clock,
 }
 
@@ -190,6 +193,7 @@ impl ShieldHandler {
                 in_flight: AtomicUsize::new(0),
                 metrics,
                 discards,
+                failure_log: FailureLog::new(),
                 clock,
             }),
         }
@@ -452,26 +456,23 @@ impl ShieldHandler {
             }) if asked.checking_disabled => (*answer, None),
             Err(failure) => {
                 if let (Some(entry), Some(true)) = (&cached, cache.map(|c| c.config().serve_stale)) {
-                    warn!(%qname, ?failure, "upstream failed; serving stale answer");
+                    self.inner
+                        .failure_log
+                        .note(FailureKind::ServedStale, qname, failure.reason());
                     return (
                         aged(entry, STALE_ANSWER_TTL, true),
                         Some((EDE_STALE_ANSWER, String::from("upstream unreachable"))),
                     );
                 }
-                let ede = match failure {
-                    UpstreamFailure::Bogus { code, reason, .. } => {
-                        debug!(%qname, reason, "DNSSEC validation failed");
-                        Some((code, reason))
-                    }
+                let (kind, ede) = match failure {
+                    UpstreamFailure::Bogus { code, reason, .. } => (FailureKind::Bogus, (code, reason)),
                     UpstreamFailure::Unreachable(reason) => {
-                        debug!(%qname, reason, "no reachable authority");
-                        Some((EDE_NO_REACHABLE_AUTHORITY, reason))
+                        (FailureKind::Unreachable, (EDE_NO_REACHABLE_AUTHORITY, reason))
                     }
-                    UpstreamFailure::Failed(reason) => {
-                        debug!(%qname, reason, "upstream failed");
-                        None
-                    }
+                    UpstreamFailure::Failed(reason) => (FailureKind::Failed, (EDE_OTHER, reason)),
                 };
+                self.inner.failure_log.note(kind, qname, &ede.1);
+                let ede = Some(ede);
                 let answer = UpstreamAnswer {
                     rcode: ResponseCode::ServFail,
                     answers: vec![],

@@ -17,6 +17,7 @@ mod cache;
 pub mod config;
 mod discard;
 mod error;
+mod failure_log;
 mod fastpath;
 mod handler;
 mod packet_cache;

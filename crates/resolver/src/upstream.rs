@@ -84,6 +84,13 @@ pub(crate) enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
+    /// Why, in words.
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            Self::Bogus { reason, .. } | Self::Unreachable(reason) | Self::Failed(reason) => reason,
+        }
+    }
+
     /// The failure without any bogus data (what the failure cache keeps and
     /// hands out).
     pub(crate) fn clone_reason(&self) -> Self {

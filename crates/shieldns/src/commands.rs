@@ -116,6 +116,17 @@ pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
     for warning in built.snapshot.warnings() {
         outln!("warning: {warning}");
     }
+    for name in &built.not_downloaded {
+        let mandatory = config.lists.iter().any(|l| &l.name == name && l.mandatory);
+        outln!(
+            "warning: list `{name}` has no verified copy yet ({}); `shieldns lists update` downloads it now",
+            if mandatory {
+                "mandatory: the daemon downloads it before serving and does not start without it"
+            } else {
+                "enforced empty until its first download"
+            }
+        );
+    }
     outln!(
         "snapshot: {} rules, {} distinct names, {} index bytes, built in {} ms",
         built.snapshot.rule_count(),

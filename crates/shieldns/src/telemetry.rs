@@ -188,10 +188,16 @@ impl Telemetry {
     pub(crate) fn spawn_poller(&'static self) {
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(POLL);
+            // After a suspend or a clock jump, one poll, not a burst of the
+            // missed ones.
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                if tokio::task::spawn_blocking(move || self.poll()).await.is_err() {
-                    warn!("list status poll panicked");
+                match tokio::task::spawn_blocking(move || self.poll()).await {
+                    Ok(()) => {}
+                    // The runtime is shutting down: nothing to report.
+                    Err(error) if error.is_cancelled() => return,
+                    Err(_) => warn!("list status poll panicked; polling again in {} s", POLL.as_secs()),
                 }
             }
         });

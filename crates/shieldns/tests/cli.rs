@@ -417,6 +417,31 @@ block = ["adult", "social"]
         "{stderr}"
     );
     assert!(!stderr.contains("untagged"), "{stderr}");
+    // A `url` list not downloaded yet is reported, not fatal.
+    let config = write(
+        dir.path(),
+        "remote.toml",
+        &format!(
+            "{base}\n[[list]]\nname = \"national\"\ncategory = \"csam\"\nformat = \"domains\"\nurl = \"https://127.0.0.1:9/national.txt\"\nmandatory = true\n\n[sync]\ncache_dir = \"never-synced\"\n"
+        ),
+    );
+    let output = shieldns(&["check-config", "--config", &config]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains(
+            "warning: list `national` has no verified copy yet (mandatory: the daemon downloads it before serving"
+        ),
+        "{text}"
+    );
+    assert!(
+        !dir.path().join("never-synced").exists(),
+        "check-config wrote the cache"
+    );
     // Each cause is said once.
     let config = write(dir.path(), "missing.toml", &base.replace("games.txt", "nowhere.txt"));
     let stderr = String::from_utf8_lossy(&shieldns(&["check-config", "--config", &config]).stderr).into_owned();

@@ -264,9 +264,19 @@ fn serves_stale_answers_when_the_upstream_fails() {
         "{out}\n{}",
         daemon.log_text()
     );
-    // A name never cached fails cleanly.
+    // A name never cached fails cleanly, saying why, and the log says so
+    // (once a minute at most, with a count).
     let out = daemon.dig(&["+time=5", "www.example.test", "A"]);
     assert_eq!(status(&out), "SERVFAIL", "{out}");
+    assert!(
+        ede(&out).is_some_and(|e| e.starts_with("; EDE: 22 (No Reachable Authority)")),
+        "{out}"
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("upstream: 1 queries answered SERVFAIL: no reachable authority or forwarder"),
+        "{log}"
+    );
 }
 
 #[test]

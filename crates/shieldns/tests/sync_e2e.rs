@@ -419,24 +419,40 @@ fn a_restart_with_the_publisher_down_enforces_the_cached_lists() {
 
     // A first start with no cached copy and no publisher cannot enforce the
     // mandatory list: it refuses to start, naming the list.
+    // (A first boot: the cache directory does not exist yet.)
     let empty_cache = tempfile::tempdir().unwrap();
+    let first_cache = empty_cache.path().join("lists");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shieldns.toml");
     let port = support::daemon::free_port("127.0.0.1");
     std::fs::write(
         &path,
         config
-            .replace(
-                &cache.path().display().to_string(),
-                &empty_cache.path().display().to_string(),
-            )
-            .replace("@PORT@", &port.to_string()),
+            .replace(&cache.path().display().to_string(), &first_cache.display().to_string())
+            .replace("@PORT@", &port.to_string())
+            .replace("@DIR@", &dir.path().display().to_string()),
     )
     .unwrap();
     let output = shieldns(&["run"], &path);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("list `national`: no verified copy"), "{stderr}");
+    assert!(!stderr.contains("cannot record"), "{stderr}");
+    // The failed first download is on record for the operator.
+    let status = shieldns(&["lists", "status", "--json"], &path);
+    let all: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let national_row = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["list"] == "national")
+        .unwrap();
+    assert!(
+        national_row["last_failure"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("download from")),
+        "{national_row}"
+    );
 }
 
 #[test]

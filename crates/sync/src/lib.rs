@@ -261,7 +261,8 @@ pub struct PolicySources<'a> {
 pub enum FileLists<'a> {
     /// Read each file under the loading rules and keep nothing: the
     /// one-shot commands (`check-config`, `explain`), which say what the
-    /// files hold now.
+    /// files hold now. A `url` list not downloaded yet, mandatory or not,
+    /// is reported in [`Built::not_downloaded`] rather than failing.
     Read,
     /// Keep each accepted file in `cache_dir` and enforce the kept version,
     /// falling back to it when a file is refused: the daemon.
@@ -283,6 +284,10 @@ pub struct Built {
     /// `path` lists whose file was refused, each enforced from its last
     /// accepted version instead: the caller logs and counts them.
     pub refused: Vec<Refused>,
+    /// `url` lists with no verified copy yet, built empty (mandatory ones
+    /// only under [`FileLists::Read`]: the daemon refuses to start without
+    /// them).
+    pub not_downloaded: Vec<String>,
 }
 
 /// A `path` list's file refused by a build (see [`Built::refused`]).
@@ -314,6 +319,7 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             .sum(),
     );
     let mut refused = Vec::new();
+    let mut not_downloaded = Vec::new();
     for list in sources.lists {
         if let (ListSource::File(path), FileLists::Keep { cache_dir }) = (&list.source, sources.files) {
             let path = if path.is_absolute() {
@@ -349,8 +355,10 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
                 // list ids aligned with the configuration) until its first
                 // verified download, rather than keeping the resolver from
                 // starting. A mandatory list without a copy fails the build.
-                Err(SyncError::NotCached { .. }) if !list.mandatory => {
+                Err(SyncError::NotCached { .. }) if !list.mandatory || matches!(sources.files, FileLists::Read) => {
+                    not_downloaded.push(list.name.clone());
                     policy.allow_empty = true;
+                    policy.mandatory = false;
                     (
                         Vec::new(),
                         format!(
@@ -389,6 +397,7 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
         lists: loads,
         elapsed: started.elapsed(),
         refused,
+        not_downloaded,
     })
 }
 

@@ -437,12 +437,14 @@ fn a_list_never_downloaded_is_empty_unless_mandatory() {
     let text = "[sync]\ncache_dir = \"cache\"\n[[list]]\nname = \"feed\"\nformat = \"domains\"\nurl = \"https://127.0.0.1:9/feed.txt\"\n";
     let mut config: Config = toml::from_str(text).unwrap();
     config.sync.attach(&mut config.lists, dir.path());
+    let cache_dir = dir.path().join("cache");
+    // As the daemon builds.
     let sources = |lists| PolicySources {
         lists,
         profiles: &[],
         allow: &[],
         base_dir: dir.path(),
-        files: shieldns_sync::FileLists::Read,
+        files: shieldns_sync::FileLists::Keep { cache_dir: &cache_dir },
     };
     let built = build_snapshot(sources(&config.lists)).unwrap();
     assert_eq!(built.lists[0].rules, 0);
@@ -457,4 +459,11 @@ fn a_list_never_downloaded_is_empty_unless_mandatory() {
     let error = build_snapshot(sources(&mandatory)).unwrap_err();
     assert!(matches!(error, SyncError::NotCached { .. }), "{error}");
     assert!(error.to_string().contains("list `feed`: no verified copy"), "{error}");
+    // As `check-config` builds: reported, not fatal.
+    let built = build_snapshot(PolicySources {
+        files: shieldns_sync::FileLists::Read,
+        ..sources(&mandatory)
+    })
+    .unwrap();
+    assert_eq!(built.not_downloaded, ["feed"]);
 }
