@@ -37,6 +37,6 @@ pub use jiff::Timestamp;
 pub use policy::{BlockResponse, ListAction, ListId, ListPolicy, Profile, ProfileConfig, ProfileId};
 pub use snapshot::{
     Hit, IndexError, ListInfo, Matched, NameWarmer, REJECTED_EXAMPLES, REJECTED_TEXT_CHARS, RejectedLine, Snapshot,
-    SnapshotBuilder, UNMATCHED_PROFILE, Verdict, check_list,
+    SnapshotBuilder, UNMATCHED_PROFILE, Verdict, check_list, check_list_from,
 };
 pub use suffix::MAX_LISTS;

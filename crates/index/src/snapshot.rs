@@ -1020,6 +1020,28 @@ pub fn check_list(policy: ListPolicy, text: &[u8]) -> Result<ListInfo, IndexErro
     check.finish()
 }
 
+/// [`check_list`] reading the list from `reader` (a file): line-local
+/// formats are checked 128 KiB at a time, so a big list is never held
+/// whole (adblock and RPZ are read whole, as the builder reads them).
+/// Returns the info and the bytes read.
+pub fn check_list_from<R: std::io::Read>(policy: ListPolicy, mut reader: R) -> Result<(ListInfo, u64), IndexError> {
+    let format = policy.format;
+    let failed = |name: &str, error: std::io::Error| IndexError::Read {
+        name: name.to_owned(),
+        reason: error.to_string(),
+    };
+    if !crate::format::is_line_local(format) {
+        let mut text = Vec::new();
+        reader.read_to_end(&mut text).map_err(|e| failed(&policy.name, e))?;
+        let bytes = text.len() as u64;
+        return check_list(policy, &text).map(|info| (info, bytes));
+    }
+    let name = policy.name.clone();
+    let mut check = CheckSink::new(policy);
+    let bytes = crate::format::parse_chunked(format, &mut reader, &mut check).map_err(|e| failed(&name, e))?;
+    check.finish().map(|info| (info, bytes))
+}
+
 /// The loading rules every list goes through, shared by the builder and
 /// [`check_list`]: counts, the first rejected lines (cut and escaped), the
 /// single-label guard, and the verdict on the whole list.

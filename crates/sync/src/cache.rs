@@ -190,6 +190,70 @@ pub(crate) fn store_version(
     Ok((file, signature_file))
 }
 
+/// A new version being written to the cache as it is read (a `path`
+/// list's file): a temporary file that [`Staged::commit`] syncs and renames
+/// to its content-derived name, and that is deleted if it is dropped
+/// uncommitted.
+pub(crate) struct Staged {
+    dir: PathBuf,
+    list: String,
+    path: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl Staged {
+    pub(crate) fn create(dir: &Path, list: &str) -> Result<Self, SyncError> {
+        let path = dir.join(format!(".{list}.{}.staged", std::process::id()));
+        let cache_error = |path: &Path, cause| SyncError::Cache {
+            list: list.to_owned(),
+            path: path.to_path_buf(),
+            cause,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| cache_error(dir, e))?;
+        let file = File::create(&path).map_err(|e| cache_error(&path, e))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            list: list.to_owned(),
+            path,
+            file,
+            committed: false,
+        })
+    }
+
+    /// The file being written.
+    pub(crate) fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Syncs the data and renames it to `NAME-<16 hex of sha256>.list`; the
+    /// state file, written after, commits it. Returns the file name.
+    pub(crate) fn commit(mut self, sha256_hex: &str) -> Result<String, SyncError> {
+        let name = format!("{}-{}.list", self.list, sha256_hex.get(..16).unwrap_or(sha256_hex));
+        let target = self.dir.join(&name);
+        let result = (|| {
+            self.file.sync_all()?;
+            std::fs::rename(&self.path, &target)?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        result.map_err(|cause| SyncError::Cache {
+            list: self.list.clone(),
+            path: target,
+            cause,
+        })?;
+        self.committed = true;
+        Ok(name)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Deletes versions of `list` other than the current one. Best effort: a
 /// leftover file costs disk, never correctness.
 pub(crate) fn remove_stale(dir: &Path, list: &str, keep: &CachedVersion) {

@@ -341,6 +341,39 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             loads.push(add_kept(&mut builder, list, cache_dir, &path)?);
             continue;
         }
+        if let ListSource::File(path) = &list.source
+            && shieldns_index::format::is_line_local(list.format)
+        {
+            // Read mode: parsed as it is read (see
+            // `SnapshotBuilder::add_list_from`), under the same rules;
+            // adblock and RPZ, read whole anyway, go through `read_list`,
+            // which sizes the buffer to the file once.
+            let path = if path.is_absolute() {
+                path.clone()
+            } else {
+                sources.base_dir.join(path)
+            };
+            let (mut reader, _) = local::open(list, &path)?;
+            let (info, bytes) =
+                builder
+                    .add_list_from(list.policy(), &mut reader)
+                    .map_err(|cause| SyncError::Index {
+                        file: Some(path.clone()),
+                        cause,
+                    })?;
+            if bytes > list.max_bytes {
+                return Err(local::too_large(list, &path));
+            }
+            loads.push(ListLoad {
+                name: list.name.clone(),
+                source: path.display().to_string(),
+                bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+                rules: info.counts.rules,
+                rejected: info.counts.rejected,
+                rejected_examples: info.rejected_examples.clone(),
+            });
+            continue;
+        }
         let mut policy = list.policy();
         let (bytes, source, file) = match &list.source {
             // A `url` list's cached copy is parsed as it is read, like a

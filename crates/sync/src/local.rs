@@ -35,42 +35,15 @@ pub enum Kept {
     },
 }
 
-/// Reads a list file under the loading rules' first two: a regular file
+/// Opens a list file under the loading rules' first two: a regular file
 /// (not a device, FIFO or directory: `/dev/zero` would never end) of at
-/// most the list's `max_bytes`.
-pub fn read_file(list: &ListConfig, path: &Path) -> Result<Vec<u8>, SyncError> {
-    let mut bytes = Vec::new();
-    read_into(list, path, &mut bytes)?;
-    Ok(bytes)
-}
-
-/// The sha256 of a list file under the same rules, read 64 KiB at a time
-/// (an unchanged file is never held whole).
-fn file_digest(list: &ListConfig, path: &Path) -> Result<String, SyncError> {
-    let mut hasher = sha2::Sha256::new();
-    read_into(list, path, &mut HashWriter(&mut hasher))?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-struct HashWriter<'a>(&'a mut sha2::Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Writes a list file's bytes to `out` under the rules above; `Vec`
-/// outputs are sized to the file first.
-fn read_into(list: &ListConfig, path: &Path, out: &mut dyn std::io::Write) -> Result<(), SyncError> {
-    let read_error = |source| SyncError::Read {
+/// most the list's `max_bytes`. Returns it with a reader capped one byte
+/// past `max_bytes` (the file may grow while it is read) and its length.
+pub(crate) fn open(list: &ListConfig, path: &Path) -> Result<(std::io::Take<std::fs::File>, u64), SyncError> {
+    let read_error = |cause| SyncError::Read {
         list: list.name.clone(),
         path: path.to_path_buf(),
-        cause: source,
+        cause,
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
     let metadata = file.metadata().map_err(read_error)?;
@@ -80,21 +53,70 @@ fn read_into(list: &ListConfig, path: &Path, out: &mut dyn std::io::Write) -> Re
             path: path.to_path_buf(),
         });
     }
-    let too_large = || SyncError::FileTooLarge {
+    if metadata.len() > list.max_bytes {
+        return Err(too_large(list, path));
+    }
+    Ok((file.take(list.max_bytes.saturating_add(1)), metadata.len()))
+}
+
+pub(crate) fn too_large(list: &ListConfig, path: &Path) -> SyncError {
+    SyncError::FileTooLarge {
         list: list.name.clone(),
         path: path.to_path_buf(),
         max_bytes: list.max_bytes,
-    };
-    if metadata.len() > list.max_bytes {
-        return Err(too_large());
     }
-    // The file may grow while it is read: read one byte past the cap to
-    // tell.
-    let copied = std::io::copy(&mut file.take(list.max_bytes.saturating_add(1)), out).map_err(read_error)?;
-    if copied > list.max_bytes {
-        return Err(too_large());
+}
+
+fn read_error(list: &ListConfig, path: &Path, cause: std::io::Error) -> SyncError {
+    SyncError::Read {
+        list: list.name.clone(),
+        path: path.to_path_buf(),
+        cause,
     }
-    Ok(())
+}
+
+/// Reads a list file whole under the rules of [`open`] (the one-shot
+/// commands; the daemon streams, see [`keep`]).
+pub fn read_file(list: &ListConfig, path: &Path) -> Result<Vec<u8>, SyncError> {
+    let (mut reader, len) = open(list, path)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    reader.read_to_end(&mut bytes).map_err(|e| read_error(list, path, e))?;
+    if bytes.len() as u64 > list.max_bytes {
+        return Err(too_large(list, path));
+    }
+    Ok(bytes)
+}
+
+/// The sha256 of a list file under the rules of [`open`], read a buffer at
+/// a time (an unchanged file is never held whole).
+fn file_digest(list: &ListConfig, path: &Path) -> Result<String, SyncError> {
+    let (mut reader, _) = open(list, path)?;
+    let mut hasher = sha2::Sha256::new();
+    let read = std::io::copy(&mut reader, &mut hasher).map_err(|e| read_error(list, path, e))?;
+    if read > list.max_bytes {
+        return Err(too_large(list, path));
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// What the check of a changed file reads passes through: hashed, and
+/// copied to the staging file that becomes the kept version.
+struct Tee<'a, R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    copy: &'a mut std::fs::File,
+    read: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Tee<'_, R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        let chunk = buffer.get(..read).unwrap_or_default();
+        self.hasher.update(chunk);
+        std::io::Write::write_all(self.copy, chunk)?;
+        self.read += read as u64;
+        Ok(read)
+    }
 }
 
 /// Takes the file at `path` through the loading rules and, if it passes,
@@ -156,7 +178,10 @@ pub fn keep(list: &ListConfig, path: &Path, cache_dir: &Path, forced: bool) -> R
 }
 
 /// The rules themselves: `None` when the file is the version in force,
-/// else the new version, its data file written (the state commits it).
+/// else the new version, its data file written (the state commits it). The
+/// file is read twice at most: hashed (unchanged: done), then checked as it
+/// is copied to the cache, a buffer at a time, so a reload never holds a
+/// big list's text beside the index in force.
 fn accept(
     list: &ListConfig,
     path: &Path,
@@ -169,11 +194,26 @@ fn accept(
     {
         return Ok(None);
     }
-    let bytes = read_file(list, path)?;
-    let digest = hex::encode(sha2::Sha256::digest(&bytes));
-    let entries = crate::syncer::count_entries(list, &bytes)?;
+    let (reader, _) = open(list, path)?;
+    let mut staged = cache::Staged::create(cache_dir, &list.name)?;
+    let mut tee = Tee {
+        inner: reader,
+        hasher: sha2::Sha256::new(),
+        copy: staged.file(),
+        read: 0,
+    };
+    let checked = shieldns_index::check_list_from(list.policy(), &mut tee);
+    std::io::copy(&mut tee, &mut std::io::sink()).map_err(|e| read_error(list, path, e))?;
+    let (read, digest) = (tee.read, hex::encode(tee.hasher.finalize()));
+    if read > list.max_bytes {
+        return Err(too_large(list, path));
+    }
+    let entries = match checked {
+        Ok((info, _)) => info.counts.rules,
+        Err(error) => return Err(crate::syncer::refused_version(list, &error)),
+    };
     crate::syncer::shrink_guard(list, kept, entries, forced)?;
-    let (file, _) = cache::store_version(cache_dir, &list.name, &digest, &bytes, None)?;
+    let file = staged.commit(&digest)?;
     Ok(Some(CachedVersion {
         file,
         signature_file: None,
@@ -182,7 +222,7 @@ fn accept(
         last_modified: None,
         fetched_at: cache::now(),
         entries,
-        bytes: bytes.len() as u64,
+        bytes: read,
         serial: 0,
         soa_serial: None,
     }))

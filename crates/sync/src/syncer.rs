@@ -562,20 +562,22 @@ impl<'a> Verifier<'a> {
 /// empty, nothing valid, mostly malformed, single-label names) and counts
 /// its rules. Garbage, an HTML error page or an empty file is refused.
 pub(crate) fn count_entries(list: &ListConfig, body: &[u8]) -> Result<u64, SyncError> {
-    match shieldns_index::check_list(list.policy(), body) {
-        Ok(info) => Ok(info.counts.rules),
-        Err(error) => {
-            // The index names the list too; say it once.
-            let reason = error.to_string();
-            let prefix = format!("list `{}`: ", list.name);
-            Err(SyncError::NoEntries {
-                list: list.name.clone(),
-                format: list.format.to_string(),
-                reason: reason
-                    .strip_prefix(&prefix)
-                    .map_or_else(|| reason.clone(), str::to_owned),
-            })
-        }
+    shieldns_index::check_list(list.policy(), body)
+        .map(|info| info.counts.rules)
+        .map_err(|error| refused_version(list, &error))
+}
+
+/// The error for a new version the loading rules refused.
+pub(crate) fn refused_version(list: &ListConfig, error: &shieldns_index::IndexError) -> SyncError {
+    // The index names the list too; say it once.
+    let reason = error.to_string();
+    let prefix = format!("list `{}`: ", list.name);
+    SyncError::NoEntries {
+        list: list.name.clone(),
+        format: list.format.to_string(),
+        reason: reason
+            .strip_prefix(&prefix)
+            .map_or_else(|| reason.clone(), str::to_owned),
     }
 }
 

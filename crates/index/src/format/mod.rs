@@ -61,7 +61,7 @@ const CHUNK: usize = 1 << 17;
 /// Whether every line of `format` parses on its own, so the list can be
 /// parsed in pieces. Adblock is not (`$badfilter` anywhere disables a rule
 /// anywhere), nor is RPZ (`$ORIGIN`, `$TTL`, owner inheritance, brackets).
-pub(crate) fn is_line_local(format: ListFormat) -> bool {
+pub fn is_line_local(format: ListFormat) -> bool {
     !matches!(format, ListFormat::Adblock | ListFormat::Rpz)
 }
 
