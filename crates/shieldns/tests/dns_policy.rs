@@ -1,4 +1,4 @@
-//! End-to-end tests of the child-protection policy (issue 6): safe search,
+//! End-to-end tests of the child-protection policy: safe search,
 //! schedules, CNAME cloaking, answer-IP lists, rebinding protection, bypass
 //! defences, blocked query types and DNS64, each allowed once and blocked or
 //! rewritten once, verified with `dig` against the real binary.
