@@ -241,6 +241,19 @@ pub struct ListLoad {
     pub rejected_examples: Vec<shieldns_index::RejectedLine>,
 }
 
+impl ListLoad {
+    fn new(list: &ListConfig, source: String, bytes: usize, info: &shieldns_index::ListInfo) -> Self {
+        Self {
+            name: list.name.clone(),
+            source,
+            bytes,
+            rules: info.counts.rules,
+            rejected: info.counts.rejected,
+            rejected_examples: info.rejected_examples.clone(),
+        }
+    }
+}
+
 /// Everything a snapshot is built from.
 #[derive(Clone, Copy, Debug)]
 pub struct PolicySources<'a> {
@@ -364,14 +377,12 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             if bytes > list.max_bytes {
                 return Err(local::too_large(list, &path));
             }
-            loads.push(ListLoad {
-                name: list.name.clone(),
-                source: path.display().to_string(),
-                bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
-                rules: info.counts.rules,
-                rejected: info.counts.rejected,
-                rejected_examples: info.rejected_examples.clone(),
-            });
+            loads.push(ListLoad::new(
+                list,
+                path.display().to_string(),
+                usize::try_from(bytes).unwrap_or(usize::MAX),
+                info,
+            ));
             continue;
         }
         let mut policy = list.policy();
@@ -409,14 +420,7 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             file: file.clone(),
             cause: source,
         })?;
-        loads.push(ListLoad {
-            name: list.name.clone(),
-            source,
-            bytes: bytes.len(),
-            rules: info.counts.rules,
-            rejected: info.counts.rejected,
-            rejected_examples: info.rejected_examples.clone(),
-        });
+        loads.push(ListLoad::new(list, source, bytes.len(), info));
     }
     for profile in sources.profiles {
         builder.add_profile(profile.clone());
@@ -609,14 +613,12 @@ fn add_cached(builder: &mut SnapshotBuilder, list: &ListConfig, remote: &RemoteL
     // of it; read on regardless, in case a format ever stops early.
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| copy.read_error(list, source))?;
     copy.check_digest(list, reader.verifier.finish()?)?;
-    Ok(ListLoad {
-        name: list.name.clone(),
-        source: copy.describe(remote),
-        bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
-        rules: info.counts.rules,
-        rejected: info.counts.rejected,
-        rejected_examples: info.rejected_examples.clone(),
-    })
+    Ok(ListLoad::new(
+        list,
+        copy.describe(remote),
+        usize::try_from(bytes).unwrap_or(usize::MAX),
+        info,
+    ))
 }
 
 /// Adds a `path` list's kept version (see [`local`]) to `builder`, parsing
@@ -643,14 +645,12 @@ fn add_kept(
         })?;
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| copy.read_error(list, source))?;
     copy.check_digest(list, reader.hasher.finalize().into())?;
-    Ok(ListLoad {
-        name: list.name.clone(),
-        source: format!("{} (kept copy, serial {})", path.display(), copy.current.serial),
-        bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
-        rules: info.counts.rules,
-        rejected: info.counts.rejected,
-        rejected_examples: info.rejected_examples.clone(),
-    })
+    Ok(ListLoad::new(
+        list,
+        format!("{} (kept copy, serial {})", path.display(), copy.current.serial),
+        usize::try_from(bytes).unwrap_or(usize::MAX),
+        info,
+    ))
 }
 
 /// Hashes what a build reads from a kept copy.

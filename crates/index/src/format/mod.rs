@@ -317,6 +317,19 @@ pub(crate) fn emit_names(
 mod tests {
     use super::*;
 
+    /// A block list's policy, all flags off.
+    fn test_policy(name: &str, format: ListFormat) -> crate::ListPolicy {
+        crate::ListPolicy {
+            name: name.into(),
+            category: None,
+            format,
+            action: crate::ListAction::Block,
+            mandatory: false,
+            allow_empty: false,
+            allow_tld_rules: false,
+        }
+    }
+
     /// Every outcome, as text, in order.
     #[derive(Default)]
     struct Recording(Vec<String>);
@@ -397,15 +410,7 @@ mod tests {
             ),
         ] {
             let text = format!("{bad}{good}");
-            let mut policy = crate::ListPolicy {
-                name: "l".into(),
-                category: None,
-                format,
-                action: crate::ListAction::Block,
-                mandatory: false,
-                allow_empty: false,
-                allow_tld_rules: false,
-            };
+            let mut policy = test_policy("l", format);
             let info = crate::check_list(policy.clone(), text.as_bytes()).unwrap();
             assert_eq!((info.counts.accepted, info.counts.rejected), (4, 3), "{format:?}");
             assert!(
@@ -423,15 +428,7 @@ mod tests {
 
     #[test]
     fn a_hosts_line_keeps_its_valid_names_and_reports_the_stray_token() {
-        let policy = crate::ListPolicy {
-            name: "l".into(),
-            category: None,
-            format: ListFormat::Hosts,
-            action: crate::ListAction::Block,
-            mandatory: false,
-            allow_empty: false,
-            allow_tld_rules: false,
-        };
+        let policy = test_policy("l", ListFormat::Hosts);
         let info = crate::check_list(policy, b"0.0.0.0 xxxhindi.to en\n0.0.0.0 a.example bad_name!\n").unwrap();
         assert_eq!(info.counts.rules, 2);
         assert_eq!(info.counts.rejected, 2);
@@ -479,15 +476,7 @@ mod tests {
             ListFormat::Adblock,
             ListFormat::Rpz,
         ] {
-            let policy = crate::ListPolicy {
-                name: "junk".into(),
-                category: None,
-                format,
-                action: crate::ListAction::Block,
-                mandatory: false,
-                allow_empty: false,
-                allow_tld_rules: false,
-            };
+            let policy = test_policy("junk", format);
             let error = crate::check_list(policy, &garbage).unwrap_err().to_string();
             assert!(
                 error.contains("are not") || error.contains("none of its"),
@@ -495,15 +484,7 @@ mod tests {
             );
             assert!(!error.chars().any(char::is_control), "{format:?}: {error:?}");
         }
-        let policy = crate::ListPolicy {
-            name: "few".into(),
-            category: None,
-            format: ListFormat::Domains,
-            action: crate::ListAction::Block,
-            mandatory: false,
-            allow_empty: false,
-            allow_tld_rules: false,
-        };
+        let policy = test_policy("few", ListFormat::Domains);
         let info = crate::check_list(policy, b"a.example\nb.example\n\x1b[2Jbad\x07\xff.example\n").unwrap();
         let shown = &info.rejected_examples[0].text;
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
