@@ -14,13 +14,42 @@ use tracing::warn;
 /// One log line per kind per this interval at most.
 const LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// One kind of event logged at most once per [`LOG_INTERVAL`] with the
+/// count since the last line; lock-free, one thread wins each interval's
+/// line. Shared with the upstream failure log.
 #[derive(Debug, Default)]
-struct Kind {
-    /// Discards since the last line.
+pub(crate) struct LogGate {
+    /// Events since the last line.
     unlogged: AtomicU64,
-    /// When the last line was written, in milliseconds since `started`
-    /// plus one (0: never).
+    /// When the last line was written, in milliseconds since the owner's
+    /// start plus one (0: never).
     logged_at: AtomicU64,
+}
+
+impl LogGate {
+    /// Counts one event; when this call should write the line, returns the
+    /// count to report and "since start" or "in the last minute".
+    pub(crate) fn note(&self, started: Instant) -> Option<(u64, &'static str)> {
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let now = u64::try_from(started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = self.logged_at.load(Ordering::Relaxed);
+        let interval = u64::try_from(LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < interval {
+            return None;
+        }
+        self.logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        let count = self.unlogged.swap(0, Ordering::Relaxed);
+        Some((count, if last == 0 { "since start" } else { "in the last minute" }))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn unlogged(&self) -> u64 {
+        self.unlogged.load(Ordering::Relaxed)
+    }
 }
 
 /// Counts and logs discards; shared by every transport.
@@ -28,7 +57,7 @@ struct Kind {
 pub(crate) struct Discards {
     metrics: Arc<Metrics>,
     started: Instant,
-    kinds: [Kind; Discard::ALL.len()],
+    kinds: [LogGate; Discard::ALL.len()],
 }
 
 impl Discards {
@@ -51,28 +80,10 @@ impl Discards {
         else {
             return;
         };
-        kind.unlogged.fetch_add(1, Ordering::Relaxed);
-        let now = u64::try_from(self.started.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let last = kind.logged_at.load(Ordering::Relaxed);
-        let interval = u64::try_from(LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
-        if last != 0 && now.saturating_sub(last) < interval {
+        let Some((count, since)) = kind.note(self.started) else {
             return;
-        }
-        // One thread wins the interval's line.
-        if kind
-            .logged_at
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        let count = kind.unlogged.swap(0, Ordering::Relaxed);
-        let (what, since) = (
-            describe(reason),
-            if last == 0 { "since start" } else { "in the last minute" },
-        );
+        };
+        let what = describe(reason);
         warn!(reason = reason.label(), count, latest_source = %source, "{what}: {count} {since} (logged at most once a minute)");
     }
 }
@@ -114,7 +125,7 @@ mod tests {
         );
         // The first malformed one was logged (its count taken); the next
         // four wait for the interval.
-        assert_eq!(discards.kinds[1].unlogged.load(Ordering::Relaxed), 4);
-        assert_eq!(discards.kinds[0].unlogged.load(Ordering::Relaxed), 0);
+        assert_eq!(discards.kinds[1].unlogged(), 4);
+        assert_eq!(discards.kinds[0].unlogged(), 0);
     }
 }

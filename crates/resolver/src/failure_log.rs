@@ -3,16 +3,14 @@
 //! outage of the forwarders or of an authority is seen at once without one
 //! line per failed query.
 //!
-//! Key design decision: lock-free, like `discard`: a counter and the time
-//! of the last line per kind, and one thread wins each interval's line.
+//! Key design decision: lock-free, through `discard`'s `LogGate`: a counter
+//! and the time of the last line per kind, one thread wins each line.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::warn;
 
-/// One log line per kind per this interval at most.
-const LOG_INTERVAL: Duration = Duration::from_secs(60);
+use crate::discard::LogGate;
 
 /// What went wrong upstream, by the EDE it is answered with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,18 +38,11 @@ impl FailureKind {
     }
 }
 
-#[derive(Debug, Default)]
-struct Kind {
-    unlogged: AtomicU64,
-    /// Milliseconds since `started` plus one of the last line (0: never).
-    logged_at: AtomicU64,
-}
-
 /// The handler's failure log.
 #[derive(Debug)]
 pub(crate) struct FailureLog {
     started: Instant,
-    kinds: [Kind; FailureKind::ALL.len()],
+    kinds: [LogGate; FailureKind::ALL.len()],
 }
 
 impl FailureLog {
@@ -72,24 +63,9 @@ impl FailureLog {
         let Some(slot) = self.kinds.get(index) else {
             return false;
         };
-        slot.unlogged.fetch_add(1, Ordering::Relaxed);
-        let now = u64::try_from(self.started.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let last = slot.logged_at.load(Ordering::Relaxed);
-        let interval = u64::try_from(LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
-        if last != 0 && now.saturating_sub(last) < interval {
+        let Some((count, since)) = slot.note(self.started) else {
             return false;
-        }
-        if slot
-            .logged_at
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
-        let count = slot.unlogged.swap(0, Ordering::Relaxed);
-        let since = if last == 0 { "since start" } else { "in the last minute" };
+        };
         warn!(
             count,
             latest = %qname,
@@ -112,6 +88,6 @@ mod tests {
             assert!(!log.note(FailureKind::Unreachable, &"b.example.", "no answer from any forwarder"));
         }
         assert!(log.note(FailureKind::Bogus, &"c.example.", "signature expired"));
-        assert_eq!(log.kinds[0].unlogged.load(Ordering::Relaxed), 9);
+        assert_eq!(log.kinds[0].unlogged(), 9);
     }
 }
