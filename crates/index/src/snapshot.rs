@@ -335,9 +335,11 @@ impl Snapshot {
 
     /// A snapshot with no lists and only the fallback profile.
     pub fn empty() -> Self {
-        // An empty builder has no lists or profiles, so none of the build's
-        // checks can fail; the fallback below is never taken.
-        SnapshotBuilder::new().build().unwrap_or_else(|_| unreachable_empty())
+        // Invariant: every `IndexError` `build` can return names a list or a
+        // profile at fault, and an empty builder has neither.
+        SnapshotBuilder::new()
+            .build()
+            .expect("an empty builder has no list or profile that could fail")
     }
 
     /// The lists, in configuration order (a [`ListId`] indexes this).
@@ -361,7 +363,8 @@ impl Snapshot {
         self.profiles
             .get(usize::from(id.0))
             .or_else(|| self.profiles.last())
-            .unwrap_or_else(|| unreachable_no_profile())
+            // Invariant: `build` always pushes the fallback profile.
+            .expect("every snapshot holds the fallback profile")
     }
 
     /// Non-fatal findings of the build (e.g. a category no list provides).
@@ -602,20 +605,6 @@ fn saturate_u8(value: usize) -> u8 {
     u8::try_from(value).unwrap_or(u8::MAX)
 }
 
-#[cold]
-fn unreachable_empty() -> Snapshot {
-    // Kept out of line: `SnapshotBuilder::build` on an empty builder has no
-    // error path (see the variants of IndexError), so this is dead code that
-    // exists only to avoid an `unwrap`.
-    std::process::abort()
-}
-
-#[cold]
-fn unreachable_no_profile() -> &'static Profile {
-    // Every snapshot holds at least the fallback profile (see `build`).
-    std::process::abort()
-}
-
 /// Builds a [`Snapshot`] from lists and profiles, off the hot path.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
@@ -741,7 +730,8 @@ impl SnapshotBuilder {
         parse(&mut sink)?;
         let info = sink.check.finish()?;
         self.lists.push(info);
-        Ok(self.lists.last().unwrap_or_else(|| unreachable_list()))
+        // Invariant: pushed on the line above.
+        Ok(self.lists.last().expect("the list just pushed"))
     }
 
     /// Adds a profile.
@@ -996,12 +986,6 @@ where
         merged.insert(prefix, rule);
     }
     merged
-}
-
-#[cold]
-fn unreachable_list() -> &'static ListInfo {
-    // `add_list` pushes right before reading the last element.
-    std::process::abort()
 }
 
 /// The implicit profile for clients outside every configured profile: only
