@@ -238,7 +238,10 @@ impl TryFrom<RawListConfig> for ListConfig {
                     "needs `path` (a file or builtin:NAME), `url` (https://) or `source` (axfr://)".into(),
                 ));
             }
-            (None, None, Some(source)) => ListSource::Remote(Box::new(transfer(&raw, source).map_err(fail)?)),
+            (None, None, Some(source)) => {
+                check_cache_name(&raw.name).map_err(fail)?;
+                ListSource::Remote(Box::new(transfer(&raw, source).map_err(fail)?))
+            }
             (Some(path), _, _) => {
                 let remote_only = [
                     ("refresh", raw.refresh.is_some()),
@@ -251,10 +254,16 @@ impl TryFrom<RawListConfig> for ListConfig {
                 }
                 match path.to_str().and_then(|p| p.strip_prefix(BUILTIN_PREFIX)) {
                     Some(builtin) => ListSource::Builtin(builtin.to_owned()),
-                    None => ListSource::File(path.clone()),
+                    None => {
+                        check_cache_name(&raw.name).map_err(fail)?;
+                        ListSource::File(path.clone())
+                    }
                 }
             }
-            (None, Some(url), _) => ListSource::Remote(Box::new(remote(&raw, url).map_err(fail)?)),
+            (None, Some(url), _) => {
+                check_cache_name(&raw.name).map_err(fail)?;
+                ListSource::Remote(Box::new(remote(&raw, url).map_err(fail)?))
+            }
         };
         if raw.mandatory && raw.allow_empty {
             return Err(fail(
@@ -284,21 +293,23 @@ impl TryFrom<RawListConfig> for ListConfig {
     }
 }
 
-/// Checks and converts the download keys of a `url` list.
-fn remote(raw: &RawListConfig, url: &str) -> Result<RemoteList, String> {
-    // The name becomes the cached file's name, so it must be a plain file
-    // name on every system.
-    let safe_name = !raw.name.is_empty()
-        && !raw.name.starts_with('.')
-        && raw
-            .name
+/// A `url` or `path` list's name names its files in `sync.cache_dir`
+/// (`NAME.json`, `NAME-<hash>.list`), so it must be a plain file name on
+/// every system: never a path out of the cache.
+fn check_cache_name(name: &str) -> Result<(), String> {
+    let safe = !name.is_empty()
+        && !name.starts_with('.')
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !safe_name {
-        return Err(
-            "a list with a `url` needs a name of letters, digits, `-`, `_` and `.` (it names the cached file)".into(),
-        );
+    if safe {
+        return Ok(());
     }
+    Err("a list with a `path` or `url` needs a name of letters, digits, `-`, `_` and `.` (it names its files in sync.cache_dir)".into())
+}
+
+/// Checks and converts the download keys of a `url` list.
+fn remote(raw: &RawListConfig, url: &str) -> Result<RemoteList, String> {
     let url = parse_url("url", url)?;
     let signature_url = match &raw.signature_url {
         Some(_) if raw.minisign.is_none() => return Err("`signature_url` needs `minisign` (the public key)".into()),

@@ -415,7 +415,10 @@ fn list_keys_are_checked_and_errors_name_the_list() {
         parse("[[list]]\nname = \"x\"\nformat = \"domains\"\nurl = \"https://127.0.0.1/a\"\nrefrsh = \"1h\"\n");
     assert!(unknown.contains("refrsh"), "{unknown}");
     let name = parse("[[list]]\nname = \"../x\"\nformat = \"domains\"\nurl = \"https://127.0.0.1/a\"\n");
-    assert!(name.contains("names the cached file"), "{name}");
+    assert!(name.contains("names its files in sync.cache_dir"), "{name}");
+    // A `path` list's name names its kept copy: no way out of the cache.
+    let name = parse("[[list]]\nname = \"../../etc/x\"\nformat = \"domains\"\npath = \"x.txt\"\n");
+    assert!(name.contains("names its files in sync.cache_dir"), "{name}");
     let line = parse("[sync]\n\n[[list]]\nname = \"x\"\nformat = \"domains\"\n");
     assert!(line.contains("line 3"), "the error names the table's line: {line}");
 
