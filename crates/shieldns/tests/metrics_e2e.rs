@@ -199,10 +199,12 @@ fn known_traffic_gives_exact_counters_and_a_report_after_restart() {
     assert_eq!(json["blocked_per_profile"]["staff"], 1, "{json:#}");
     assert_eq!(json["restarts"], 2, "{json:#}");
     assert_eq!(json["reloads_ok"], 1, "{json:#}");
-    // The store was created today: the hours before the first start are
-    // not downtime (they were 99.9 % of the day), only the restart's gap is.
+    // The store was created seconds ago: the hours of the day before the
+    // first start are not downtime (counted, availability was under 0.1 %).
+    // The store keeps whole seconds, so over a span of a few seconds with a
+    // restart in it the figure is coarse: a third or more.
     let availability = json["availability_percent"].as_f64().unwrap();
-    assert!(availability > 50.0 && availability <= 100.0, "{json:#}");
+    assert!(availability > 20.0 && availability <= 100.0, "{json:#}");
     assert!(
         json["measured_from"]
             .as_str()
