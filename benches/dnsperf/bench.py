@@ -216,6 +216,9 @@ def start_shieldns(work, threads, lists):
         for index, path in enumerate(lists):
             f.write(f'[[list]]\nname = "bench{index}"\ncategory = "adult"\nformat = "domains"\npath = "{path}"\n')
         f.write('[[profile]]\nname = "all"\nclients = ["0.0.0.0/0"]\nblock = ["adult"]\n')
+        # `path` lists are kept in sync.cache_dir: a fresh one per start, so a
+        # smaller list after a bigger one is not refused as a shrink.
+        f.write(f'[sync]\ncache_dir = "{work}/kept-{len(os.listdir(work))}"\n')
     log = open(f"{work}/shieldns.log", "w")
     env = dict(os.environ, RUST_LOG="warn,shieldns=info", TOKIO_WORKER_THREADS=str(threads))
     proc = subprocess.Popen(PIN["server"] + [f"{ROOT}/target/release/shieldns", "run", "--config",

@@ -120,8 +120,10 @@ def main():
             f.write(f'[server]\nlisten = ["{SHIELD_IP}:{PORT}"]\nallow = ["127.0.0.0/8"]\n'
                     f'[upstream]\nmode = "forward"\nforward = ["127.0.30.1:53"]\ntimeout_ms = 500\n'
                     f'dnssec = false\nresolve_local_zones = ["test."]\n'
-                    + (f'[sync]\ncache_dir = "{work}/cache"\nconnect_timeout = "200ms"\nretries = 0\n'
-                       if args.source == "url" else "")
+                    # Every `path` list is kept in sync.cache_dir too: in the
+                    # work directory, never the system default.
+                    + f'[sync]\ncache_dir = "{work}/cache"\n'
+                    + ('connect_timeout = "200ms"\nretries = 0\n' if args.source == "url" else "")
                     + f'[[list]]\nname = "bench"\ncategory = "adult"\nformat = "domains"\n'
                     + (f'path = "{work}/list.txt"\n' if args.source == "file" else f'url = "{url}"\n')
                     + f'[[list]]\nname = "local"\nformat = "rpz"\npath = "{work}/local.rpz"\n'

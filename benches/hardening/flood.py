@@ -102,6 +102,9 @@ path = "{work}/blocked.txt"
 name = "default"
 clients = ["0.0.0.0/0"]
 block = ["adult"]
+
+[sync]
+cache_dir = "{work}/kept"
 """
 
 
