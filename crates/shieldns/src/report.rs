@@ -453,7 +453,7 @@ fn sections(r: &Report) -> Vec<Section> {
         ),
         None => "none: the service had not started by the period's end".to_owned(),
     };
-    let availability = if r.measured_from.is_some() {
+    let availability = if r.measured_from.is_some() && r.period_seconds > 0 {
         format!("{:.3} %", r.availability_percent)
     } else {
         "n/a".to_owned()
