@@ -129,10 +129,9 @@ pub fn keep(list: &ListConfig, path: &Path, cache_dir: &Path, forced: bool) -> R
         ..ListState::default()
     });
     let source = format!("file://{}", path.display());
-    let kept = state
-        .current
-        .as_ref()
-        .filter(|c| state.url == source && cache_dir.join(&c.file).is_file());
+    // The list's name is its identity: a `path` moved to another file is
+    // still held to the version in force (a smaller file needs `--force`).
+    let kept = state.current.as_ref().filter(|c| cache_dir.join(&c.file).is_file());
     let result = accept(list, path, cache_dir, kept, forced);
     if matches!(result, Ok(None)) && state.consecutive_failures == 0 && state.last_success.is_some() {
         // A reload of an unchanged file records nothing new.

@@ -470,3 +470,55 @@ fn a_list_never_downloaded_is_empty_unless_mandatory() {
     .unwrap();
     assert_eq!(built.not_downloaded, ["feed"]);
 }
+
+#[test]
+fn a_path_list_is_held_to_its_version_in_force_wherever_its_file_moves() {
+    use shieldns_sync::local::{Kept, keep};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("kept");
+    std::fs::write(dir.path().join("a.txt"), names("a", 100)).unwrap();
+    std::fs::write(dir.path().join("b.txt"), names("b", 10)).unwrap();
+    let list_at = |file: &str| -> ListConfig {
+        let text = format!("[[list]]\nname = \"adult\"\nformat = \"domains\"\npath = \"{file}\"\n");
+        let config: Config = toml::from_str(&text).unwrap();
+        config.lists.into_iter().next().unwrap()
+    };
+    let (a, b) = (list_at("a.txt"), list_at("b.txt"));
+    let accepted = keep(&a, &dir.path().join("a.txt"), &cache, false).unwrap();
+    assert!(
+        matches!(
+            accepted,
+            Kept::Accepted {
+                entries: 100,
+                previous: None
+            }
+        ),
+        "{accepted:?}"
+    );
+    assert!(matches!(
+        keep(&a, &dir.path().join("a.txt"), &cache, false).unwrap(),
+        Kept::Unchanged
+    ));
+    // The same list pointed at a tenth of the entries: refused, then forced.
+    let error = keep(&b, &dir.path().join("b.txt"), &cache, false).unwrap_err();
+    assert!(error.to_string().contains("from 100 to 10 entries"), "{error}");
+    let forced = keep(&b, &dir.path().join("b.txt"), &cache, true).unwrap();
+    assert!(
+        matches!(
+            forced,
+            Kept::Accepted {
+                entries: 10,
+                previous: Some(100)
+            }
+        ),
+        "{forced:?}"
+    );
+    // Nothing but the kept version and the state is left in the cache.
+    let mut files: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].starts_with("adult-") && files[1] == "adult.json", "{files:?}");
+}
