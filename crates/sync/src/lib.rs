@@ -335,11 +335,8 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
     let mut not_downloaded = Vec::new();
     for list in sources.lists {
         if let (ListSource::File(path), FileLists::Keep { cache_dir }) = (&list.source, sources.files) {
-            let path = if path.is_absolute() {
-                path.clone()
-            } else {
-                sources.base_dir.join(path)
-            };
+            // Relative to the configuration; `join` keeps an absolute path.
+            let path = sources.base_dir.join(path);
             if let Err(error) = local::keep(list, &path, cache_dir, false) {
                 // The last accepted version, if there is one, stays in force.
                 match CachedCopy::find_in(list, cache_dir) {
@@ -361,11 +358,8 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             // `SnapshotBuilder::add_list_from`), under the same rules;
             // adblock and RPZ, read whole anyway, go through `read_list`,
             // which sizes the buffer to the file once.
-            let path = if path.is_absolute() {
-                path.clone()
-            } else {
-                sources.base_dir.join(path)
-            };
+            // Relative to the configuration; `join` keeps an absolute path.
+            let path = sources.base_dir.join(path);
             let (mut reader, _) = local::open(list, &path)?;
             let (info, bytes) =
                 builder
@@ -470,11 +464,8 @@ fn estimated_lines(list: &ListConfig, base_dir: &Path) -> usize {
 pub fn read_list(list: &ListConfig, base_dir: &Path) -> Result<(Vec<u8>, String, Option<PathBuf>), SyncError> {
     match &list.source {
         ListSource::File(path) => {
-            let path = if path.is_absolute() {
-                path.clone()
-            } else {
-                base_dir.join(path)
-            };
+            // Relative to the configuration; `join` keeps an absolute path.
+            let path = base_dir.join(path);
             let bytes = local::read_file(list, &path)?;
             Ok((bytes, path.display().to_string(), Some(path)))
         }
@@ -630,13 +621,9 @@ fn add_kept(
     cache_dir: &Path,
     path: &Path,
 ) -> Result<ListLoad, SyncError> {
-    use sha2::Digest as _;
     let copy = CachedCopy::find_in(list, cache_dir)?;
     let file = std::fs::File::open(&copy.path).map_err(|source| copy.read_error(list, source))?;
-    let mut reader = HashingReader {
-        inner: file,
-        hasher: sha2::Sha256::new(),
-    };
+    let mut reader = local::HashingReader::new(file, None);
     let (info, bytes) = builder
         .add_list_from(list.policy(), &mut reader)
         .map_err(|source| SyncError::Index {
@@ -644,26 +631,11 @@ fn add_kept(
             cause: source,
         })?;
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| copy.read_error(list, source))?;
-    copy.check_digest(list, reader.hasher.finalize().into())?;
+    copy.check_digest(list, reader.finish().1)?;
     Ok(ListLoad::new(
         list,
         format!("{} (kept copy, serial {})", path.display(), copy.current.serial),
         usize::try_from(bytes).unwrap_or(usize::MAX),
         info,
     ))
-}
-
-/// Hashes what a build reads from a kept copy.
-struct HashingReader<R> {
-    inner: R,
-    hasher: sha2::Sha256,
-}
-
-impl<R: std::io::Read> std::io::Read for HashingReader<R> {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        use sha2::Digest as _;
-        let read = self.inner.read(buffer)?;
-        self.hasher.update(buffer.get(..read).unwrap_or_default());
-        Ok(read)
-    }
 }

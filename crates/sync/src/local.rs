@@ -99,21 +99,41 @@ fn file_digest(list: &ListConfig, path: &Path) -> Result<String, SyncError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// What the check of a changed file reads passes through: hashed, and
-/// copied to the staging file that becomes the kept version.
-struct Tee<'a, R> {
+/// A reader whose bytes are hashed (sha256) and, when given a file, copied
+/// to it as they pass: the check of a changed file copies it to the staging
+/// file that becomes the kept version, and a build hashes the kept copy it
+/// parses.
+pub(crate) struct HashingReader<'a, R> {
     inner: R,
     hasher: sha2::Sha256,
-    copy: &'a mut std::fs::File,
+    copy: Option<&'a mut std::fs::File>,
     read: u64,
 }
 
-impl<R: std::io::Read> std::io::Read for Tee<'_, R> {
+impl<'a, R> HashingReader<'a, R> {
+    pub(crate) fn new(inner: R, copy: Option<&'a mut std::fs::File>) -> Self {
+        Self {
+            inner,
+            hasher: sha2::Sha256::new(),
+            copy,
+            read: 0,
+        }
+    }
+
+    /// The bytes read and their sha256.
+    pub(crate) fn finish(self) -> (u64, [u8; 32]) {
+        (self.read, self.hasher.finalize().into())
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<'_, R> {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         let read = self.inner.read(buffer)?;
         let chunk = buffer.get(..read).unwrap_or_default();
         self.hasher.update(chunk);
-        std::io::Write::write_all(self.copy, chunk)?;
+        if let Some(copy) = &mut self.copy {
+            std::io::Write::write_all(copy, chunk)?;
+        }
         self.read += read as u64;
         Ok(read)
     }
@@ -195,15 +215,11 @@ fn accept(
     }
     let (reader, _) = open(list, path)?;
     let mut staged = cache::Staged::create(cache_dir, &list.name)?;
-    let mut tee = Tee {
-        inner: reader,
-        hasher: sha2::Sha256::new(),
-        copy: staged.file(),
-        read: 0,
-    };
+    let mut tee = HashingReader::new(reader, Some(staged.file()));
     let checked = shieldns_index::check_list_from(list.policy(), &mut tee);
     std::io::copy(&mut tee, &mut std::io::sink()).map_err(|e| read_error(list, path, e))?;
-    let (read, digest) = (tee.read, hex::encode(tee.hasher.finalize()));
+    let (read, digest) = tee.finish();
+    let digest = hex::encode(digest);
     if read > list.max_bytes {
         return Err(too_large(list, path));
     }
