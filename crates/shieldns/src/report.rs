@@ -138,8 +138,7 @@ pub(crate) fn run(source: &ConfigSource, from: &str, to: &str, format: ReportFor
         .with_context(|| format!("cannot open {}", path.display()))?;
     let (start, end) = period(from, to)?;
     let now = shieldns_index::Timestamp::now().as_second();
-    let mut report = build(&connection, start, end, now)?;
-    report.header = Header::new(config.storage.operator.as_deref(), now);
+    let report = build(&connection, start, end, now, config.storage.operator.as_deref())?;
     std::io::Write::write_all(&mut std::io::stdout().lock(), render(&report, format)?.as_bytes())?;
     Ok(())
 }
@@ -168,8 +167,9 @@ fn iso(at: i64) -> String {
 }
 
 /// Computes the report for `[start, end)`; `now` caps the period (a report
-/// on the current half-year counts time up to now).
-pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64) -> anyhow::Result<Report> {
+/// on the current half-year counts time up to now). `operator` is
+/// `storage.operator`, named in the header.
+pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64, operator: Option<&str>) -> anyhow::Result<Report> {
     let horizon = end.min(now).max(start);
     let first_start: Option<i64> = db.query_row("SELECT MIN(started) FROM runs", [], |r| r.get(0))?;
     let measured_from = first_start
@@ -349,7 +349,7 @@ pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64) -> anyhow::
     }
 
     Ok(Report {
-        header: Header::new(None, now),
+        header: Header::new(operator, now),
         from: iso(start),
         to: iso(end),
         measured_from: measured_from.map(iso),
@@ -776,7 +776,7 @@ mod tests {
             params![installed + 5],
         )
         .unwrap();
-        let report = build(&db, day, day + 86_400, now).unwrap();
+        let report = build(&db, day, day + 86_400, now, None).unwrap();
         assert!(report.availability_percent > 99.0, "{report:?}");
         assert_eq!(report.period_seconds, 16 * 60);
         assert_eq!(report.measured_from.as_deref(), Some("2025-12-02T20:00:00Z"));
@@ -797,7 +797,7 @@ mod tests {
             }
         }
         // No run at all in the period: availability is not claimed.
-        let report = build(&db, day - 86_400, day, now).unwrap();
+        let report = build(&db, day - 86_400, day, now, None).unwrap();
         assert!(report.measured_from.is_none());
         assert!(
             render(&report, ReportFormat::Md)
