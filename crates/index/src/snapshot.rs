@@ -486,46 +486,34 @@ impl Snapshot {
         let Some(info) = self.list(list) else {
             return (false, "no such list".into());
         };
+        // Whether it applies is read from the very sets `decide_at` uses;
+        // only the words are worked out here.
+        let applies = Self::enabled_at(profile, at).contains(list.0);
         let policy = &info.policy;
-        if policy.mandatory {
-            return (true, "mandatory: enforced for every client".into());
-        }
-        if policy.action == ListAction::Allow {
-            return (true, "an allowlist: applies to every profile".into());
-        }
-        let Some(category) = &policy.category else {
-            return (true, "no category: applies to every profile".into());
+        let why = match &policy.category {
+            _ if policy.mandatory => "mandatory: enforced for every client".to_owned(),
+            _ if policy.action == ListAction::Allow => "an allowlist: applies to every profile".to_owned(),
+            None => "no category: applies to every profile".to_owned(),
+            Some(category) if profile.enabled.contains(list.0) => {
+                format!("profile `{}` blocks category `{category}`", profile.name)
+            }
+            Some(category) => {
+                let mut schedules = profile.schedules.iter().filter(|s| s.lists.contains(list.0));
+                let open = schedules.clone().find(|s| s.is_active(at));
+                match open.or_else(|| schedules.next()) {
+                    Some(schedule) if applies => format!(
+                        "profile `{}` blocks category `{category}` in its schedule {} {}, open at {at}",
+                        profile.name, schedule.time, schedule.time_zone
+                    ),
+                    Some(schedule) => format!(
+                        "profile `{}` blocks category `{category}` only in its schedule {} {}, closed at {at}",
+                        profile.name, schedule.time, schedule.time_zone
+                    ),
+                    None => format!("profile `{}` does not block category `{category}`", profile.name),
+                }
+            }
         };
-        if profile.categories.contains(category) {
-            return (true, format!("profile `{}` blocks category `{category}`", profile.name));
-        }
-        let schedules: Vec<&Schedule> = profile
-            .schedules
-            .iter()
-            .filter(|s| s.categories.contains(category))
-            .collect();
-        if let Some(open) = schedules.iter().find(|s| s.is_active(at)) {
-            return (
-                true,
-                format!(
-                    "profile `{}` blocks category `{category}` in its schedule {} {}, open at {at}",
-                    profile.name, open.time, open.time_zone
-                ),
-            );
-        }
-        match schedules.first() {
-            Some(closed) => (
-                false,
-                format!(
-                    "profile `{}` blocks category `{category}` only in its schedule {} {}, closed at {at}",
-                    profile.name, closed.time, closed.time_zone
-                ),
-            ),
-            None => (
-                false,
-                format!("profile `{}` does not block category `{category}`", profile.name),
-            ),
-        }
+        (applies, why)
     }
 
     /// The schedules of a profile whose window is open at `at`.
