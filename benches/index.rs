@@ -119,21 +119,21 @@ fn bench_index(c: &mut Criterion) {
         }
         assert!(
             hits.iter()
-                .all(|h| matches!(snapshot.decide(h, profile), Verdict::Block(_)))
+                .all(|h| matches!(snapshot.verdict(h, profile), Verdict::Block(_)))
         );
-        assert!(misses.iter().all(|m| snapshot.decide(m, profile) == Verdict::Pass));
+        assert!(misses.iter().all(|m| snapshot.verdict(m, profile) == Verdict::Pass));
         let mut group = c.benchmark_group(format!("lookup/{n}"));
         let mut i = 0;
         group.bench_function("hit", |b| {
             b.iter(|| {
                 i = (i + 1) & 1023;
-                black_box(snapshot.decide(black_box(&hits[i]), profile))
+                black_box(snapshot.verdict(black_box(&hits[i]), profile))
             });
         });
         group.bench_function("miss", |b| {
             b.iter(|| {
                 i = (i + 1) & 1023;
-                black_box(snapshot.decide(black_box(&misses[i]), profile))
+                black_box(snapshot.verdict(black_box(&misses[i]), profile))
             });
         });
         group.finish();

@@ -23,6 +23,7 @@ pub use format::parse;
 pub use rule::{LineCounts, LineRejection, ListFormat, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope};
 
 pub mod childsafe;
+mod decide;
 mod digest;
 mod pattern;
 pub mod policy;
@@ -32,6 +33,7 @@ mod suffix;
 pub use childsafe::{
     BypassDefence, Dns64, ProfilePolicy, Rebinding, SafeSearch, SafeSearchRewrite, Schedule, bypass_defence,
 };
+pub use decide::{Decision, ede};
 pub use digest::name_digest;
 pub use jiff::Timestamp;
 pub use policy::{BlockResponse, ListAction, ListId, ListPolicy, Profile, ProfileConfig, ProfileId};

@@ -380,9 +380,9 @@ impl Snapshot {
             .unwrap_or_else(|| self.fallback_profile())
     }
 
-    /// Decides a normalized query name (lower case, no trailing dot) for a
-    /// profile. Never allocates, never fails.
-    pub fn decide(&self, name: &str, profile: ProfileId) -> Verdict {
+    /// The lists' verdict on a normalized query name (lower case, no
+    /// trailing dot) for a profile now. Never allocates, never fails.
+    pub fn verdict(&self, name: &str, profile: ProfileId) -> Verdict {
         self.decide_at(name, profile, Timestamp::now())
     }
 
@@ -563,9 +563,9 @@ impl Snapshot {
     /// (Blocked) otherwise.
     pub fn ede_code(&self, hit: &Hit) -> u16 {
         match self.list(hit.list) {
-            Some(list) if list.policy.mandatory => 16,
-            Some(list) if list.policy.category.is_some() => 17,
-            _ => 15,
+            Some(list) if list.policy.mandatory => crate::ede::CENSORED,
+            Some(list) if list.policy.category.is_some() => crate::ede::FILTERED,
+            _ => crate::ede::BLOCKED,
         }
     }
 

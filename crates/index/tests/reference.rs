@@ -118,7 +118,7 @@ proptest! {
         let profile = snapshot.profile_for("192.0.2.1".parse().unwrap());
         for query in &queries {
             let expected = reference(&lists, &blocked, query);
-            let got = match snapshot.decide(query, profile) {
+            let got = match snapshot.verdict(query, profile) {
                 Verdict::Pass => ("pass", None),
                 Verdict::Allow(hit) => ("allow", Some((usize::from(hit.list.0), hit.line))),
                 Verdict::Block(hit) => {

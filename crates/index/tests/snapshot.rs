@@ -103,7 +103,7 @@ fn mandatory_lists_beat_allowlists_and_apply_to_every_profile() {
     let snapshot = build();
     for client in ["192.0.2.1", "10.9.9.9", "10.1.2.3", "2001:db8::1"] {
         let profile = snapshot.profile_for(client.parse().unwrap());
-        let Verdict::Block(hit) = snapshot.decide("www.csam.example.com", profile) else {
+        let Verdict::Block(hit) = snapshot.verdict("www.csam.example.com", profile) else {
             panic!("{client}")
         };
         assert_eq!(snapshot.ede_code(&hit), 16);
@@ -116,7 +116,7 @@ fn mandatory_lists_beat_allowlists_and_apply_to_every_profile() {
             }
         );
         // A hashed mandatory list reports the parent whose digest matched.
-        let Verdict::Block(hit) = snapshot.decide("a.b.hashed.example.com", profile) else {
+        let Verdict::Block(hit) = snapshot.verdict("a.b.hashed.example.com", profile) else {
             panic!()
         };
         assert_eq!(hit.matched, Matched::Digest { labels: 3 });
@@ -129,33 +129,33 @@ fn rpz_triggers_and_actions() {
     let snapshot = build();
     let all = snapshot.profile_for("192.0.2.1".parse().unwrap());
     assert_eq!(
-        kind(snapshot.decide("exact.example.com", all)).0,
+        kind(snapshot.verdict("exact.example.com", all)).0,
         "allow",
         "allowlist beats a category block"
     );
     assert_eq!(
-        kind(snapshot.decide("x.drop.example.com", all)),
+        kind(snapshot.verdict("x.drop.example.com", all)),
         ("pass", None),
         "RPZ names are exact"
     );
     assert_eq!(
-        kind(snapshot.decide("wild.example.com", all)),
+        kind(snapshot.verdict("wild.example.com", all)),
         ("pass", None),
         "*.x does not cover x in RPZ"
     );
     assert_eq!(
-        kind(snapshot.decide("a.b.wild.example.com", all)),
+        kind(snapshot.verdict("a.b.wild.example.com", all)),
         ("block", Some(RuleAction::Block))
     );
     assert_eq!(
-        kind(snapshot.decide("nodata.example.com", all)),
+        kind(snapshot.verdict("nodata.example.com", all)),
         ("block", Some(RuleAction::NoData))
     );
     assert_eq!(
-        kind(snapshot.decide("drop.example.com", all)),
+        kind(snapshot.verdict("drop.example.com", all)),
         ("block", Some(RuleAction::Drop))
     );
-    let Verdict::Block(hit) = snapshot.decide("local.example.com", all) else {
+    let Verdict::Block(hit) = snapshot.verdict("local.example.com", all) else {
         panic!()
     };
     assert_eq!(hit.action, RuleAction::Rewrite);
@@ -166,7 +166,7 @@ fn rpz_triggers_and_actions() {
             LocalData::Aaaa("2001:db8::1".parse().unwrap())
         ]
     );
-    let Verdict::Block(hit) = snapshot.decide("cname.example.com", all) else {
+    let Verdict::Block(hit) = snapshot.verdict("cname.example.com", all) else {
         panic!()
     };
     assert_eq!(
@@ -210,34 +210,34 @@ fn adblock_exceptions_important_and_patterns() {
     let snapshot = build();
     let all = snapshot.profile_for("192.0.2.1".parse().unwrap());
     assert_eq!(
-        kind(snapshot.decide("x.ads.example.org", all)).0,
+        kind(snapshot.verdict("x.ads.example.org", all)).0,
         "allow",
         "the allowlist covers ads.example.org"
     );
-    assert_eq!(kind(snapshot.decide("ok.ads.example.org", all)).0, "allow");
+    assert_eq!(kind(snapshot.verdict("ok.ads.example.org", all)).0, "allow");
     assert_eq!(
-        kind(snapshot.decide("forced.example.org", all)),
+        kind(snapshot.verdict("forced.example.org", all)),
         ("block", Some(RuleAction::BlockImportant))
     );
-    let Verdict::Block(hit) = snapshot.decide("cdn42.example.org", all) else {
+    let Verdict::Block(hit) = snapshot.verdict("cdn42.example.org", all) else {
         panic!("wildcard pattern")
     };
     assert_eq!(hit.matched, Matched::Pattern);
     assert_eq!(
-        kind(snapshot.decide("track7.example.net", all)).0,
+        kind(snapshot.verdict("track7.example.net", all)).0,
         "block",
         "regex rule"
     );
-    assert_eq!(kind(snapshot.decide("tracker.example.net", all)).0, "pass");
-    assert_eq!(kind(snapshot.decide("exact.example.org", all)).0, "block");
+    assert_eq!(kind(snapshot.verdict("tracker.example.net", all)).0, "pass");
+    assert_eq!(kind(snapshot.verdict("exact.example.org", all)).0, "block");
     assert_eq!(
-        kind(snapshot.decide("www.exact.example.org", all)).0,
+        kind(snapshot.verdict("www.exact.example.org", all)).0,
         "pass",
         "|x^ is exact"
     );
     // The `lan` profile does not block ads.
     let lan = snapshot.profile_for("10.9.9.9".parse().unwrap());
-    assert_eq!(kind(snapshot.decide("cdn42.example.org", lan)).0, "pass");
+    assert_eq!(kind(snapshot.verdict("cdn42.example.org", lan)).0, "pass");
 }
 
 #[test]

@@ -556,8 +556,8 @@ impl Metrics {
 
     fn count_blocked(&self, ede: u16, blocks: u64) {
         let index = match ede {
-            16 => 1,
-            17 => 2,
+            shieldns_index::ede::CENSORED => 1,
+            shieldns_index::ede::FILTERED => 2,
             _ => 0,
         };
         if let Some(counter) = self.blocked_by_ede.get(index) {

@@ -6,7 +6,7 @@
 //! and a query never sees half of a reload.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
@@ -16,22 +16,21 @@ use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::AAAA;
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
-use shieldns_index::{BypassDefence, Dns64, Hit, ProfileId, ProfilePolicy, Snapshot, Timestamp, Verdict};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::Request;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+use shieldns_index::{BypassDefence, Decision, Dns64, Hit, ProfileId, ProfilePolicy, Snapshot, Timestamp, Verdict, ede};
 use shieldns_metrics::{Discard, LoggedBlock, Metrics, PolicyAction, QueryEvent};
 use tracing::debug;
 
-use crate::answer::{
-    self, BlockAnswer, EDE_BLOCKED, EDE_FILTERED, EDE_NO_REACHABLE_AUTHORITY, EDE_NOT_AUTHORITATIVE, EDE_OPTION,
-    EDE_OTHER, EDE_STALE_ANSWER, Ede,
-};
+use crate::answer::{self, BlockAnswer, Ede};
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer, Caches, FailureCache};
 use crate::config::ServerConfig;
 use crate::discard::Discards;
 use crate::failure_log::{FailureKind, FailureLog};
 use crate::upstream::{Upstream, UpstreamAnswer, UpstreamFailure};
+use crate::wire::{self, Asked, BlockForm, EDE_OPTION, EdeText, NameBuf};
 
 /// TTL of answers served stale (RFC 8767 §4 recommends 30 s).
 const STALE_ANSWER_TTL: u32 = 30;
@@ -97,6 +96,8 @@ struct QueryContext<'a> {
     profile: ProfileId,
     qname: &'a Name,
     name: NameBuf,
+    /// The labels of the question name, which a block's SOA counts from.
+    labels: u8,
     now: Timestamp,
     observed: &'a Observed,
 }
@@ -119,9 +120,9 @@ enum Blocked {
     Policy(PolicyAction),
 }
 
-/// What the client asked of the resolution besides the question.
+/// What the client wants of the resolution besides the question.
 #[derive(Clone, Copy, Debug)]
-struct Asked {
+struct Wanted {
     /// CD: bogus data is wanted rather than SERVFAIL.
     checking_disabled: bool,
     /// RD: without it, the cache only.
@@ -137,12 +138,20 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// What the policy path decided, computed synchronously from the query's
-/// snapshot.
-enum Decision {
-    /// A block, or a rewrite (RPZ local data, safe search) to follow.
-    Block(BlockAnswer),
-    Resolve,
+/// An encoded answer and its response code (for the metrics and the log);
+/// no bytes when nothing is sent (a drop).
+struct Replied {
+    bytes: Option<Vec<u8>>,
+    rcode: u16,
+}
+
+impl Replied {
+    fn nothing(rcode: ResponseCode) -> Self {
+        Self {
+            bytes: None,
+            rcode: u16::from(rcode),
+        }
+    }
 }
 
 /// The clock policy decisions use: real time, optionally shifted so that
@@ -204,53 +213,57 @@ impl ShieldHandler {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
-    /// The policy decision for a query, in precedence order: list verdicts
-    /// (mandatory, allow, block, schedules), bypass defences, blocked query
-    /// types, safe search.
-    fn decide(&self, query: &QueryContext<'_>, qtype: RecordType) -> Decision {
+    /// The answer [`Snapshot::decide`] gives instead of resolving, if any:
+    /// a list block or the profile's own policy, counted and marked for the
+    /// log.
+    fn decide(&self, query: &QueryContext<'_>, qtype: RecordType) -> Option<BlockAnswer> {
         let snapshot = &*query.snapshot;
         let profile = snapshot.profile(query.profile);
         let name = query.name.as_str();
         let qname = query.qname;
-        match snapshot.decide_at(name, query.profile, query.now) {
-            Verdict::Block(hit) => {
+        let (ttl, labels) = (profile.block_ttl, query.labels);
+        let policy = match snapshot.decide(query.profile, name, u16::from(qtype), query.now) {
+            Decision::Resolve(_) => return None,
+            Decision::List(hit) => {
                 let list = snapshot.list(hit.list).map_or("?", |l| l.policy.name.as_str());
                 debug!(client = %query.client, name, list, line = hit.line, "blocked");
                 self.count_list_block(query, &hit);
-                return Decision::Block(answer::block_answer(snapshot, profile, &hit, qname, qtype, None));
+                let soa_labels = wire::matched_labels(&hit, labels);
+                return Some(answer::block_answer(snapshot, profile, &hit, qname, qtype, soa_labels, None));
             }
-            Verdict::Allow(_) | Verdict::Pass => {}
-        }
-        let ttl = profile.block_ttl;
-        let decision = match profile.policy_for(name, u16::from(qtype)) {
-            None => return Decision::Resolve,
-            Some(ProfilePolicy::Bypass(defence)) => {
-                let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::Bypass));
-                self.inner.metrics.policy(PolicyAction::Bypass);
-                match defence {
-                    BypassDefence::Nxdomain(what) => answer::nxdomain(
-                        qname,
-                        ttl,
-                        (EDE_FILTERED, format!("policy=bypass-protection reason={what}")),
-                    ),
-                    BypassDefence::Nodata(what) => answer::nodata(
-                        qname,
-                        ttl,
-                        (EDE_FILTERED, format!("policy=bypass-protection reason={what}")),
-                    ),
-                }
-            }
-            Some(ProfilePolicy::BlockedQueryType) => {
-                let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::QueryType));
-                self.inner.metrics.policy(PolicyAction::QueryType);
-                answer::nodata(qname, ttl, (EDE_FILTERED, format!("policy=block-qtypes type={qtype}")))
-            }
-            Some(ProfilePolicy::SafeSearch(rewrite)) => {
+            Decision::Policy(policy) => policy,
+        };
+        let ede = (ede::FILTERED, Decision::policy_text(policy, &qtype));
+        let (action, answer) = match policy {
+            ProfilePolicy::Bypass(BypassDefence::Nxdomain(_)) => (
+                PolicyAction::Bypass,
+                BlockAnswer::Block {
+                    form: BlockForm::nxdomain(ttl, labels),
+                    ede,
+                },
+            ),
+            ProfilePolicy::Bypass(BypassDefence::Nodata(_)) => (
+                PolicyAction::Bypass,
+                BlockAnswer::Block {
+                    form: BlockForm::nodata(ttl, labels),
+                    ede,
+                },
+            ),
+            ProfilePolicy::BlockedQueryType => (
+                PolicyAction::QueryType,
+                BlockAnswer::Block {
+                    form: BlockForm::nodata(ttl, labels),
+                    ede,
+                },
+            ),
+            ProfilePolicy::SafeSearch(rewrite) => {
                 self.inner.metrics.policy(PolicyAction::SafeSearch);
-                answer::cname(qname, rewrite.target, ttl)
+                return Some(answer::cname(qname, rewrite.target, ttl));
             }
         };
-        Decision::Block(decision)
+        let _ = query.observed.blocked.set(Blocked::Policy(action));
+        self.inner.metrics.policy(action);
+        Some(answer)
     }
 
     /// Checks an upstream answer for this client: every name in its CNAME
@@ -272,12 +285,15 @@ impl ShieldHandler {
                         self.count_list_block(query, &hit);
                         self.inner.metrics.policy(PolicyAction::CnameInspection);
                         let extra = format!("cname={}", name.as_str());
+                        // The SOA is owned by the question name, not by
+                        // the target that matched.
                         return Some(answer::block_answer(
                             snapshot,
                             profile,
                             &hit,
                             qname,
                             qtype,
+                            query.labels,
                             Some(&extra),
                         ));
                     }
@@ -298,6 +314,7 @@ impl ShieldHandler {
                     &hit,
                     qname,
                     qtype,
+                    query.labels,
                     Some(&extra),
                 ));
             }
@@ -307,8 +324,9 @@ impl ShieldHandler {
                 debug!(client = %query.client, %qname, %address, "rebinding answer blocked");
                 self.inner.metrics.policy(PolicyAction::Rebinding);
                 let _ = query.observed.blocked.set(Blocked::Policy(PolicyAction::Rebinding));
-                let ede = (EDE_BLOCKED, format!("policy=rebinding-protection ip={address}"));
-                return Some(answer::policy_block(profile, qname, qtype, ede));
+                let ede = (ede::BLOCKED, format!("policy=rebinding-protection ip={address}"));
+                let form = BlockForm::for_profile(profile, u16::from(qtype), query.labels);
+                return Some(BlockAnswer::Block { form, ede });
             }
         }
         None
@@ -322,7 +340,7 @@ impl ShieldHandler {
         query: &QueryContext<'_>,
         dns64: Dns64,
         dnssec_ok: bool,
-        asked: Asked,
+        wanted: Wanted,
     ) -> Result<(UpstreamAnswer, Option<Ede>), BlockAnswer> {
         let qname = query.qname;
         let key = CacheKey {
@@ -330,7 +348,7 @@ impl ShieldHandler {
             qtype: RecordType::AAAA,
             dnssec_ok,
         };
-        let (answer, ede) = self.resolve(key, qname, RecordType::AAAA, asked).await;
+        let (answer, ede) = self.resolve(key, qname, RecordType::AAAA, wanted).await;
         let has_aaaa = answer
             .answers
             .iter()
@@ -343,7 +361,7 @@ impl ShieldHandler {
             qtype: RecordType::A,
             dnssec_ok,
         };
-        let (a_answer, a_ede) = self.resolve(key, qname, RecordType::A, asked).await;
+        let (a_answer, a_ede) = self.resolve(key, qname, RecordType::A, wanted).await;
         if a_answer.rcode != ResponseCode::NoError {
             return Ok((answer, ede));
         }
@@ -390,7 +408,7 @@ impl ShieldHandler {
         key: CacheKey,
         qname: &Name,
         qtype: RecordType,
-        asked: Asked,
+        wanted: Wanted,
     ) -> (UpstreamAnswer, Option<Ede>) {
         let now = Instant::now();
         let cache = self.inner.cache.as_ref();
@@ -406,7 +424,7 @@ impl ShieldHandler {
             return (aged(entry, remaining, false), None);
         }
         self.inner.metrics.cache_miss();
-        if !asked.recursion_desired {
+        if !wanted.recursion_desired {
             // RD=0: answers come from the cache only (RFC 1034 §4.3.1); the
             // resolver is authoritative for nothing, hence EDE 20.
             let answer = UpstreamAnswer {
@@ -418,12 +436,12 @@ impl ShieldHandler {
             };
             return (
                 answer,
-                Some((EDE_NOT_AUTHORITATIVE, String::from("recursion not desired; not cached"))),
+                Some((ede::NOT_AUTHORITATIVE, String::from("recursion not desired; not cached"))),
             );
         }
         // A CD client may be owed the data of a bogus answer, so it always
         // asks; everyone else gets a recent failure at once.
-        let failures = self.inner.failures.as_ref().filter(|_| !asked.checking_disabled);
+        let failures = self.inner.failures.as_ref().filter(|_| !wanted.checking_disabled);
         let remembered = failures.and_then(|failures| failures.get(&key));
         let resolved = match remembered {
             Some(failure) => Err(UpstreamFailure::clone_reason(&failure)),
@@ -453,7 +471,7 @@ impl ShieldHandler {
             }
             Err(UpstreamFailure::Bogus {
                 answer: Some(answer), ..
-            }) if asked.checking_disabled => (*answer, None),
+            }) if wanted.checking_disabled => (*answer, None),
             Err(failure) => {
                 if let (Some(entry), Some(true)) = (&cached, cache.map(|c| c.config().serve_stale)) {
                     self.inner
@@ -461,15 +479,15 @@ impl ShieldHandler {
                         .note(FailureKind::ServedStale, qname, failure.reason());
                     return (
                         aged(entry, STALE_ANSWER_TTL, true),
-                        Some((EDE_STALE_ANSWER, String::from("upstream unreachable"))),
+                        Some((ede::STALE_ANSWER, String::from("upstream unreachable"))),
                     );
                 }
                 let (kind, ede) = match failure {
                     UpstreamFailure::Bogus { code, reason, .. } => (FailureKind::Bogus, (code, reason)),
                     UpstreamFailure::Unreachable(reason) => {
-                        (FailureKind::Unreachable, (EDE_NO_REACHABLE_AUTHORITY, reason))
+                        (FailureKind::Unreachable, (ede::NO_REACHABLE_AUTHORITY, reason))
                     }
-                    UpstreamFailure::Failed(reason) => (FailureKind::Failed, (EDE_OTHER, reason)),
+                    UpstreamFailure::Failed(reason) => (FailureKind::Failed, (ede::OTHER, reason)),
                 };
                 self.inner.failure_log.note(kind, qname, &ede.1);
                 let ede = Some(ede);
@@ -493,9 +511,9 @@ impl ShieldHandler {
         block: BlockAnswer,
         qtype: RecordType,
         dnssec_ok: bool,
-        asked: Asked,
+        wanted: Wanted,
     ) -> BlockAnswer {
-        let BlockAnswer::Respond {
+        let BlockAnswer::Records {
             rcode,
             mut answers,
             authorities,
@@ -507,7 +525,7 @@ impl ShieldHandler {
         let target = match answers.last().map(|r| &r.data) {
             Some(RData::CNAME(cname)) if qtype != RecordType::CNAME => cname.0.clone(),
             _ => {
-                return BlockAnswer::Respond {
+                return BlockAnswer::Records {
                     rcode,
                     answers,
                     authorities,
@@ -520,9 +538,9 @@ impl ShieldHandler {
             qtype,
             dnssec_ok,
         };
-        let (resolved, _) = self.resolve(key, &target, qtype, asked).await;
+        let (resolved, _) = self.resolve(key, &target, qtype, wanted).await;
         answers.extend(resolved.answers);
-        BlockAnswer::Respond {
+        BlockAnswer::Records {
             rcode: resolved.rcode,
             answers,
             authorities,
@@ -568,47 +586,55 @@ fn ede_option(info_code: u16, extra_text: &str) -> EdnsOption {
     EdnsOption::Unknown(EDE_OPTION, data)
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for ShieldHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
+impl ShieldHandler {
+    /// Answers one query that a transport screened ([`wire::screen_header`]:
+    /// a header with QR=0): the encoded answer to send, or `None` when
+    /// nothing is sent. Over UDP (`protocol`) the answer is truncated to the
+    /// client's payload size. Counts the query and logs it.
+    pub(crate) async fn respond(&self, packet: Vec<u8>, peer: SocketAddr, protocol: Protocol) -> Option<Vec<u8>> {
+        let header = match packet.get(..4) {
+            Some(&[id0, id1, flags0, flags1]) => [id0, id1, flags0, flags1],
+            _ => return None,
+        };
+        let request = match Request::from_bytes(packet, peer, protocol) {
+            Ok(request) => request,
+            Err(error) => {
+                // The header is readable, the rest is not: FORMERR.
+                debug!(%error, %peer, "malformed query");
+                self.inner.discards.note(Discard::Malformed, peer.ip().to_canonical());
+                return Some(wire::formerr([header[0], header[1], header[2]]).to_vec());
+            }
+        };
         let started = Instant::now();
         let observed = Observed::default();
-        let info = self.answer(request, response_handle, &observed).await;
-        let datagram = request.protocol().is_datagram();
-        let rcode = u16::from(info.response_code);
+        let replied = self.answer(&request, header, &observed).await;
+        let datagram = protocol.is_datagram();
         let query = observed.query.get().map(|(snapshot, profile)| (&**snapshot, *profile));
-        self.inner.metrics.query(query, datagram, rcode, started.elapsed());
+        self.inner
+            .metrics
+            .query(query, datagram, replied.rcode, started.elapsed());
         let blocked = observed.blocked.get().copied();
         if self.inner.metrics.logs(blocked.is_some()) {
-            self.log(request, &observed, blocked, rcode, started);
+            self.log(&request, &observed, blocked, replied.rcode, started);
         }
-        info
+        replied.bytes
     }
-}
 
-impl ShieldHandler {
-    /// Answers one request (the body of `handle_request`, which counts and
-    /// logs what this records in `observed`).
-    async fn answer<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-        observed: &Observed,
-    ) -> ResponseInfo {
+    /// Answers one request (the body of [`Self::respond`], which counts and
+    /// logs what this records in `observed`): wire → decide → block, or
+    /// cache and upstream → answer checks → encode. `header` is the query's
+    /// first four bytes, which a block answer echoes.
+    async fn answer(&self, request: &Request, header: [u8; 4], observed: &Observed) -> Replied {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&self.inner.in_flight);
         let client = request.src().ip();
+        let datagram = request.protocol().is_datagram();
         if request.metadata.message_type == hickory_proto::op::MessageType::Response {
             // Never answer an answer. Every transport screens them out
             // before parsing (`fastpath::screen_header`); this is the
             // backstop for one that did not.
             self.inner.discards.note(Discard::Response, client);
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = ResponseCode::Refused;
-            return ResponseInfo::from(hickory_proto::op::Header {
-                metadata,
-                counts: Default::default(),
-            });
+            return Replied::nothing(ResponseCode::Refused);
         }
         // The one snapshot load of this query, and the access list before
         // anything else is looked at: a refused source learns nothing from
@@ -620,19 +646,19 @@ impl ShieldHandler {
             metadata.response_code = ResponseCode::Refused;
             metadata.recursion_desired = request.metadata.recursion_desired;
             let response = MessageResponseBuilder::new(&request.queries, None).build_no_records(metadata);
-            return send(&mut response_handle, response, request).await;
+            return encode(response, datagram);
         };
 
         // Answer with EDNS only when asked with EDNS (RFC 6891 §7), with our
         // payload limit, which also bounds the UDP response size.
         let mut response_edns = request.edns.as_ref().map(|edns| {
             let mut ours = Edns::new();
-            ours.set_max_payload(edns.max_payload().clamp(512, self.inner.udp_payload.max(512)));
+            ours.set_max_payload(wire::response_payload(edns.max_payload(), self.inner.udp_payload));
             ours.set_dnssec_ok(edns.flags().dnssec_ok);
             ours
         });
         let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
-        let asked = Asked {
+        let wanted = Wanted {
             checking_disabled: request.metadata.checking_disabled,
             recursion_desired: request.metadata.recursion_desired,
         };
@@ -646,7 +672,7 @@ impl ShieldHandler {
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.response_code = ResponseCode::BADVERS;
             let response = MessageResponseBuilder::new(&request.queries, Some(&edns)).build_no_records(metadata);
-            return send(&mut response_handle, response, request).await;
+            return encode(response, datagram);
         }
         let query = match request.request_info() {
             Ok(info) if request.metadata.op_code == OpCode::Query => info.query.original().clone(),
@@ -662,12 +688,12 @@ impl ShieldHandler {
                 metadata.response_code = ResponseCode::NotImp;
                 let response =
                     MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build_no_records(metadata);
-                return send(&mut response_handle, response, request).await;
+                return encode(response, datagram);
             }
             _ => {
                 let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
                     .error_msg(&request.metadata, ResponseCode::FormErr);
-                return send(&mut response_handle, response, request).await;
+                return encode(response, datagram);
             }
         };
         let qname = query.name().clone();
@@ -703,14 +729,27 @@ impl ShieldHandler {
                 std::iter::empty(),
                 std::iter::empty(),
             );
-            return send(&mut response_handle, response, request).await;
+            return encode(response, datagram);
         }
         if let Some(rcode) = refusal {
             let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
                 .error_msg(&request.metadata, rcode);
-            return send(&mut response_handle, response, request).await;
+            return encode(response, datagram);
         }
 
+        // The question as a block answer echoes it: hickory's encoding of
+        // the parsed question, uncompressed and in the client's case.
+        let mut question = Vec::with_capacity(64);
+        let edns = response_edns.as_ref().map(|e| (e.max_payload(), e.flags().dnssec_ok));
+        let asked = match query.emit(&mut BinEncoder::new(&mut question)) {
+            Ok(()) => Asked::new(header, &question, edns),
+            Err(_) => None,
+        };
+        let Some(asked) = asked else {
+            let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
+                .error_msg(&request.metadata, ResponseCode::FormErr);
+            return encode(response, datagram);
+        };
         let mut name = NameBuf::default();
         // A name that does not fit in 255 bytes cannot have come off the
         // wire; it stays empty and matches no list.
@@ -722,17 +761,13 @@ impl ShieldHandler {
             client,
             qname: &qname,
             name,
+            labels: asked.labels,
             now: self.inner.clock.now(),
             observed,
         };
-        match self.decide(&query, qtype) {
-            Decision::Block(block) => {
-                let block = self.follow_rewrite_cname(block, qtype, dnssec_ok, asked).await;
-                return self
-                    .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
-                    .await;
-            }
-            Decision::Resolve => {}
+        if let Some(block) = self.decide(&query, qtype) {
+            let block = self.follow_rewrite_cname(block, qtype, dnssec_ok, wanted).await;
+            return send_block(block, metadata, response_edns.as_mut(), request, &asked);
         }
 
         let dns64 = query
@@ -741,13 +776,9 @@ impl ShieldHandler {
             .dns64
             .filter(|_| qtype == RecordType::AAAA);
         let (mut answer, ede) = match dns64 {
-            Some(dns64) => match self.resolve_dns64(&query, dns64, dnssec_ok, asked).await {
+            Some(dns64) => match self.resolve_dns64(&query, dns64, dnssec_ok, wanted).await {
                 Ok(resolved) => resolved,
-                Err(block) => {
-                    return self
-                        .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
-                        .await;
-                }
+                Err(block) => return send_block(block, metadata, response_edns.as_mut(), request, &asked),
             },
             None => {
                 let key = CacheKey {
@@ -755,13 +786,11 @@ impl ShieldHandler {
                     qtype,
                     dnssec_ok,
                 };
-                self.resolve(key, &qname, qtype, asked).await
+                self.resolve(key, &qname, qtype, wanted).await
             }
         };
         if let Some(block) = self.check_answer(&query, qtype, &answer.answers) {
-            return self
-                .send_block(block, metadata, response_edns.as_mut(), request, &mut response_handle)
-                .await;
+            return send_block(block, metadata, response_edns.as_mut(), request, &asked);
         }
         // Owner names in the case the client asked (the engine was asked in
         // lower case); the encoder then points them at the question.
@@ -785,7 +814,7 @@ impl ShieldHandler {
             std::iter::empty(),
             std::iter::empty(),
         );
-        send(&mut response_handle, response, request).await
+        encode(response, datagram)
     }
 }
 
@@ -843,53 +872,59 @@ impl ShieldHandler {
             blocked,
         });
     }
+}
 
-    async fn send_block<R: ResponseHandler>(
-        &self,
-        block: BlockAnswer,
-        mut metadata: Metadata,
-        edns: Option<&mut Edns>,
-        request: &Request,
-        response_handle: &mut R,
-    ) -> ResponseInfo {
-        match block {
-            BlockAnswer::Drop => {
-                // Nothing is sent; the info describes the dropped query.
-                metadata.response_code = ResponseCode::Refused;
-                ResponseInfo::from(hickory_proto::op::Header {
-                    metadata,
-                    counts: Default::default(),
-                })
+/// Encodes a block (or sends nothing for a drop): a [`BlockForm`] through
+/// the wire codec, the records of a rewrite through hickory.
+fn send_block(
+    block: BlockAnswer,
+    mut metadata: Metadata,
+    edns: Option<&mut Edns>,
+    request: &Request,
+    asked: &Asked<'_>,
+) -> Replied {
+    let datagram = request.protocol().is_datagram();
+    match block {
+        // Nothing is sent; the query counts as refused.
+        BlockAnswer::Drop => Replied::nothing(ResponseCode::Refused),
+        BlockAnswer::Block { form, ede: (code, text) } => {
+            let mut bytes = Vec::with_capacity(128);
+            wire::write_block(&mut bytes, asked, &form, (code, EdeText::plain(&text)));
+            let opt = asked.edns.map(|(payload, dnssec_ok)| (payload, [0, 0, if dnssec_ok { 0x80 } else { 0 }, 0]));
+            Replied {
+                bytes: fit(bytes, datagram, opt),
+                rcode: u16::from(form.rcode()),
             }
-            BlockAnswer::Respond {
-                rcode,
-                answers,
-                authorities,
-                ede,
-            } => {
-                metadata.response_code = rcode;
-                let edns = edns.map(|edns| {
-                    if let Some((code, text)) = &ede {
-                        edns.options_mut().insert(ede_option(*code, text));
-                    }
-                    &*edns
-                });
-                let response = MessageResponseBuilder::new(&request.queries, edns).build(
-                    metadata,
-                    answers.iter(),
-                    std::iter::empty(),
-                    authorities.iter(),
-                    std::iter::empty(),
-                );
-                send(response_handle, response, request).await
-            }
+        }
+        BlockAnswer::Records {
+            rcode,
+            answers,
+            authorities,
+            ede,
+        } => {
+            metadata.response_code = rcode;
+            let edns = edns.map(|edns| {
+                if let Some((code, text)) = &ede {
+                    edns.options_mut().insert(ede_option(*code, text));
+                }
+                &*edns
+            });
+            let response = MessageResponseBuilder::new(&request.queries, edns).build(
+                metadata,
+                answers.iter(),
+                std::iter::empty(),
+                authorities.iter(),
+                std::iter::empty(),
+            );
+            encode(response, datagram)
         }
     }
 }
 
-async fn send<'a, R: ResponseHandler>(
-    response_handle: &mut R,
-    response: hickory_server::zone_handler::MessageResponse<
+/// Encodes a response built with hickory; over UDP it is fitted to the
+/// client's payload size ([`fit`]).
+fn encode<'a>(
+    response: MessageResponse<
         '_,
         'a,
         impl Iterator<Item = &'a Record> + Send + 'a,
@@ -897,54 +932,40 @@ async fn send<'a, R: ResponseHandler>(
         impl Iterator<Item = &'a Record> + Send + 'a,
         impl Iterator<Item = &'a Record> + Send + 'a,
     >,
-    request: &Request,
-) -> ResponseInfo {
-    match response_handle.send_response(response).await {
-        Ok(info) => info,
+    datagram: bool,
+) -> Replied {
+    let opt = response.edns().map(|edns| {
+        let ttl_high = [
+            edns.rcode_high(),
+            edns.version(),
+            if edns.flags().dnssec_ok { 0x80 } else { 0 },
+            0,
+        ];
+        (edns.max_payload(), ttl_high)
+    });
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(u16::MAX);
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => Replied {
+            bytes: fit(bytes, datagram, opt),
+            rcode: u16::from(info.response_code),
+        },
         Err(error) => {
-            debug!(%error, client = %request.src(), "failed to send response");
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(hickory_proto::op::Header {
-                metadata,
-                counts: Default::default(),
-            })
+            debug!(%error, "cannot encode a response");
+            Replied::nothing(ResponseCode::ServFail)
         }
     }
 }
 
-/// A stack buffer for a query name in presentation form, lower case and
-/// without the trailing dot, so the policy check needs no heap allocation.
-struct NameBuf {
-    bytes: [u8; 256],
-    len: usize,
-}
-
-impl Default for NameBuf {
-    fn default() -> Self {
-        Self {
-            bytes: [0; 256],
-            len: 0,
-        }
+/// An answer as sent: over UDP, when it is larger than the client takes
+/// (RFC 1035 §4.2.1: 512 bytes without EDNS, else the payload size of the
+/// answer's OPT, `opt`), TC with the question alone and the OPT, never a
+/// part of an RRset (RFC 2181 §9); the client asks again over TCP.
+fn fit(bytes: Vec<u8>, datagram: bool, opt: Option<(u16, [u8; 4])>) -> Option<Vec<u8>> {
+    let limit = opt.map_or(512, |(payload, _)| usize::from(payload));
+    if !datagram || bytes.len() <= limit {
+        return Some(bytes);
     }
-}
-
-impl NameBuf {
-    fn as_str(&self) -> &str {
-        let bytes = self.bytes.get(..self.len).unwrap_or_default();
-        let text = std::str::from_utf8(bytes).unwrap_or_default();
-        text.strip_suffix('.').unwrap_or(text)
-    }
-}
-
-impl std::fmt::Write for NameBuf {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        for (to, from) in slot.iter_mut().zip(s.bytes()) {
-            *to = from.to_ascii_lowercase();
-        }
-        self.len = end;
-        Ok(())
-    }
+    wire::truncated(&bytes, opt)
 }

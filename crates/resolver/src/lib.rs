@@ -23,9 +23,12 @@ mod handler;
 mod packet_cache;
 mod ratelimit;
 mod server;
+mod tally;
 mod tcp;
+mod udp;
 mod unbound;
 mod upstream;
+mod wire;
 
 pub use config::{CacheConfig, RateLimitConfig, ServerConfig, UpstreamConfig, UpstreamEngine, UpstreamMode};
 pub use error::ResolverError;

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use crate::fastpath::{EDE_OPTION, Query, TYPE_OPT};
+use crate::wire::{EDE_OPTION, Query, TYPE_OPT};
 
 /// Answers per set. Four tags fill half a cache line, and four candidates
 /// keep the least-recently-used choice close to a global one.
@@ -546,7 +546,13 @@ fn record_ttls(bytes: &[u8], question_end: usize) -> Option<(TtlOffsets, bool)> 
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::{Name, RecordType};
+
     use super::*;
+    use crate::wire::test_support::{parse, query_bytes};
 
     #[test]
     fn a_header_reads_back_as_written_in_its_fixed_size() {
@@ -570,4 +576,144 @@ mod tests {
         assert_eq!(Header::decode(&bytes[..HEADER - 1]), None);
         assert!(header.expired(86_400 * 1_000_000_000) && !header.expired(86_400 * 1_000_000_000 - 1));
     }
+
+    #[test]
+    fn cached_packets_get_the_new_id_case_and_aged_ttls() {
+        let mut cache = PacketCache::new(100, 1 << 20);
+        let query_packet = query_bytes("www.example.com.", RecordType::A, false);
+        let mut response = Message::from_vec(&query_packet).unwrap();
+        response.metadata.message_type = hickory_proto::op::MessageType::Response;
+        response.add_answer(hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii("www.example.com.").unwrap(),
+            300,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
+        ));
+        let bytes = response.to_vec().unwrap();
+        let query = parse(&query_packet).unwrap();
+        let key = PacketKey {
+            generation: 7,
+            profile: 0,
+            name: b"www.example.com".to_vec(),
+            qtype: 1,
+            edns: false,
+            dnssec_ok: false,
+        };
+        // The slow path offers the answer; the thread stores it when it next
+        // wakes, before answering.
+        cache.filler.clone().offer(key, bytes, query.question_end);
+        let mut again = query_bytes("WWW.example.com.", RecordType::A, false);
+        again[0] = 0x99;
+        let question = parse(&again).unwrap();
+        let query = Query {
+            packet: &again,
+            question: &question,
+        };
+        let mut out = Vec::new();
+        let lookup = |generation| CacheLookup { generation, profile: 0 };
+        let later = |seconds| Instant::now() + Duration::from_secs(seconds);
+        assert!(
+            !cache.answer(&query, lookup(7), 1232, later(0), &mut out),
+            "not stored before the thread takes the arrivals"
+        );
+        cache.store_arrivals();
+        assert!(
+            !cache.answer(&query, lookup(8), 1232, later(0), &mut out),
+            "another snapshot generation misses"
+        );
+        assert!(cache.answer(&query, lookup(7), 1232, later(100), &mut out));
+        let message = Message::from_vec(&out).unwrap();
+        assert_eq!(message.metadata.id, 0x9934);
+        assert_eq!(message.queries[0].name().to_ascii(), "WWW.example.com.");
+        assert_eq!(message.answers[0].ttl, 200, "aged by the 100 s since it was stored");
+        out.clear();
+        assert!(
+            !cache.answer(&query, lookup(7), 1232, later(300), &mut out),
+            "expired with its TTL"
+        );
+    }
+
+    /// An encoded answer to `name` (A, 192.0.2.1, TTL 300) and its key.
+    fn answer_for(name: &str) -> (PacketKey, Vec<u8>, usize) {
+        let query_packet = query_bytes(name, RecordType::A, false);
+        let mut response = Message::from_vec(&query_packet).unwrap();
+        response.metadata.message_type = hickory_proto::op::MessageType::Response;
+        response.add_answer(hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            300,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
+        ));
+        let key = PacketKey {
+            generation: 1,
+            profile: 0,
+            name: name.trim_end_matches('.').as_bytes().to_vec(),
+            qtype: 1,
+            edns: false,
+            dnssec_ok: false,
+        };
+        (
+            key,
+            response.to_vec().unwrap(),
+            parse(&query_packet).unwrap().question_end,
+        )
+    }
+
+    #[test]
+    fn a_full_set_evicts_its_least_recently_used_answer() {
+        // Four answers make one set: every name shares it.
+        let mut cache = PacketCache::new(4, 1 << 20);
+        let names = ["a.example.", "b.example.", "c.example.", "d.example.", "e.example."];
+        let hit = |cache: &mut PacketCache, name: &str| {
+            let packet = query_bytes(name, RecordType::A, false);
+            let question = parse(&packet).unwrap();
+            let query = Query {
+                packet: &packet,
+                question: &question,
+            };
+            let lookup = CacheLookup {
+                generation: 1,
+                profile: 0,
+            };
+            cache.answer(&query, lookup, 512, Instant::now(), &mut Vec::new())
+        };
+        for name in &names[..4] {
+            let (key, bytes, question_end) = answer_for(name);
+            cache.filler.offer(key, bytes, question_end);
+        }
+        cache.store_arrivals();
+        assert!(names[..4].iter().all(|name| hit(&mut cache, name)));
+        assert!(!hit(&mut cache, names[4]));
+        // `a` answered last, so `b` is now the least recently used.
+        assert!(hit(&mut cache, names[0]));
+        let (key, bytes, question_end) = answer_for(names[4]);
+        cache.filler.offer(key, bytes, question_end);
+        cache.store_arrivals();
+        assert!(hit(&mut cache, names[4]), "the new answer is stored");
+        assert!(!hit(&mut cache, names[1]), "the least recently used answer made room");
+        assert!(hit(&mut cache, names[0]) && hit(&mut cache, names[2]) && hit(&mut cache, names[3]));
+        // The same key replaces its own answer rather than another's.
+        let (key, bytes, question_end) = answer_for(names[0]);
+        cache.filler.offer(key, bytes, question_end);
+        cache.store_arrivals();
+        assert!(names.iter().filter(|name| hit(&mut cache, name)).count() == 4);
+    }
+
+    #[test]
+    fn the_packet_cache_stays_within_its_byte_budget() {
+        let (_, bytes, _) = answer_for("n0.example.");
+        // Room for about three answers, in a cache with slots for 4096.
+        let budget = 3 * (bytes.len() + 39 + 16 + 64);
+        let mut cache = PacketCache::new(4096, u64::try_from(budget).unwrap());
+        for i in 0..200 {
+            let (key, bytes, question_end) = answer_for(&format!("n{i}.example."));
+            cache.filler.offer(key, bytes, question_end);
+            cache.store_arrivals();
+            assert!(
+                cache.stored_bytes() <= budget,
+                "{} > {budget} after {i}",
+                cache.stored_bytes()
+            );
+        }
+        assert!(cache.stored_bytes() > 0, "answers are still cached");
+    }
+
 }

@@ -23,11 +23,12 @@ use crate::cache::{AnswerCache, Caches, FailureCache};
 use crate::config::{CacheConfig, ServerConfig, UpstreamConfig};
 use crate::discard::Discards;
 use crate::error::ResolverError;
-use crate::fastpath::{self, FastPath};
+use crate::fastpath::FastPath;
 use crate::handler::{Clock, ShieldHandler};
 use crate::packet_cache::PacketCache;
 use crate::ratelimit::RateLimiter;
 use crate::tcp;
+use crate::udp;
 use crate::upstream::Upstream;
 
 /// A running resolver.
@@ -137,7 +138,7 @@ pub async fn start(
         let packets = PacketCache::new(per_socket, bytes_per_socket);
         let thread = std::thread::Builder::new()
             .name(format!("shieldns-udp-{number}"))
-            .spawn(move || fastpath::serve_thread(socket, packets, fast, handler, runtime, stop));
+            .spawn(move || udp::serve_thread(socket, packets, fast, handler, runtime, stop));
         match thread {
             Ok(thread) => udp_threads.push(thread),
             Err(source) => {
@@ -272,7 +273,7 @@ fn bind_udp(address: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket
     if reuse_port {
         socket.set_reuse_port(true).map_err(error)?;
     }
-    socket.set_read_timeout(Some(fastpath::STOP_CHECK)).map_err(error)?;
+    socket.set_read_timeout(Some(udp::STOP_CHECK)).map_err(error)?;
     socket.bind(&address.into()).map_err(error)?;
     Ok(socket.into())
 }

@@ -18,10 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
 use shieldns_index::Snapshot;
 use shieldns_metrics::{Discard, Metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::debug;
 
 use crate::discard::Discards;
-use crate::fastpath::{formerr, screen_header};
+use crate::wire::screen_header;
 use crate::handler::ShieldHandler;
 
 /// The TCP limits, from `[server]` (the total already fitted to the
@@ -233,55 +230,18 @@ async fn answer(shared: &Shared, message: Vec<u8>, peer: SocketAddr, answers: mp
         shared.discards.note(reason, peer.ip().to_canonical());
         return;
     }
-    let header = message.get(..3).map(|h| [h[0], h[1], h[2]]);
-    match Request::from_bytes(message, peer, Protocol::Tcp) {
-        Ok(request) => {
-            let responder = TcpResponder { answers };
-            shared.handler.handle_request::<_, TokioTime>(&request, responder).await;
-        }
-        Err(error) => {
-            debug!(%error, %peer, "malformed query over TCP");
-            shared.discards.note(Discard::Malformed, peer.ip().to_canonical());
-            if let Some(header) = header {
-                let mut framed = vec![0, 12];
-                framed.extend_from_slice(&formerr(header));
-                let _ = answers.send(framed).await;
-            }
-        }
-    }
-}
-
-/// Hands the handler's answer, length-prefixed, to the connection's writer.
-#[derive(Clone)]
-struct TcpResponder {
-    answers: mpsc::Sender<Vec<u8>>,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for TcpResponder {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-            impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-        let mut message = Vec::with_capacity(512);
-        let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut message);
-        encoder.set_max_size(u16::MAX);
-        let info = response.destructive_emit(&mut encoder)?;
-        // The encoder stops at its maximum size, so the length fits.
-        let length = u16::try_from(message.len()).unwrap_or(u16::MAX);
-        let mut framed = Vec::with_capacity(message.len() + 2);
-        framed.extend_from_slice(&length.to_be_bytes());
-        framed.extend_from_slice(&message);
-        if self.answers.send(framed).await.is_err() {
-            debug!("a TCP answer was ready after its connection closed");
-        }
-        Ok(info)
+    let Some(message) = shared.handler.respond(message, peer, Protocol::Tcp).await else {
+        return;
+    };
+    // An answer is at most 65,535 bytes (the encoder stops there).
+    let Ok(length) = u16::try_from(message.len()) else {
+        debug!(%peer, "a TCP answer too large to frame");
+        return;
+    };
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&length.to_be_bytes());
+    framed.extend_from_slice(&message);
+    if answers.send(framed).await.is_err() {
+        debug!("a TCP answer was ready after its connection closed");
     }
 }

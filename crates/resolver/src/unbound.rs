@@ -15,7 +15,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, Record, RecordType};
 use shieldns_unbound::{Answer, Resolver, Settings};
 
-use crate::answer::{EDE_DNSKEY_MISSING, EDE_DNSSEC_BOGUS, EDE_RRSIGS_MISSING, EDE_STALE_ANSWER};
+use shieldns_index::ede;
 use crate::config::{CacheConfig, UpstreamConfig, UpstreamMode};
 use crate::error::ResolverError;
 use crate::upstream::{UpstreamAnswer, UpstreamFailure};
@@ -152,7 +152,7 @@ impl UnboundEngine {
             && elapsed + Duration::from_millis(50) >= STALE_CLIENT_TIMEOUT
             && parsed.answers.iter().all(|record| record.ttl == STALE_REPLY_TTL);
         if stale {
-            parsed.ede = Some((EDE_STALE_ANSWER, String::from("upstream unreachable")));
+            parsed.ede = Some((ede::STALE_ANSWER, String::from("upstream unreachable")));
         }
         Ok(parsed)
     }
@@ -162,11 +162,11 @@ impl UnboundEngine {
 fn bogus_code(reason: &str) -> u16 {
     let reason = reason.to_ascii_lowercase();
     if reason.contains("no signatures") || reason.contains("no dnssec records") || reason.contains("missing rrsig") {
-        EDE_RRSIGS_MISSING
+        ede::RRSIGS_MISSING
     } else if reason.contains("dnskey") && (reason.contains("no keys") || reason.contains("could not fetch")) {
-        EDE_DNSKEY_MISSING
+        ede::DNSKEY_MISSING
     } else {
-        EDE_DNSSEC_BOGUS
+        ede::DNSSEC_BOGUS
     }
 }
 

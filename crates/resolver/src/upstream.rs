@@ -231,7 +231,7 @@ impl Upstream {
                         let text = error.to_string();
                         if text.to_ascii_lowercase().contains("bogus") {
                             Err(UpstreamFailure::Bogus {
-                                code: crate::answer::EDE_DNSSEC_BOGUS,
+                                code: shieldns_index::ede::DNSSEC_BOGUS,
                                 reason: text,
                                 answer: None,
                             })
@@ -307,7 +307,7 @@ fn from_recursor(message: Message, qname: &Name) -> Result<UpstreamAnswer, Upstr
     let records = || answer.answers.iter().chain(&answer.authorities);
     if records().any(|r| r.proof == Proof::Bogus) {
         return Err(UpstreamFailure::Bogus {
-            code: crate::answer::EDE_DNSSEC_BOGUS,
+            code: shieldns_index::ede::DNSSEC_BOGUS,
             reason: "DNSSEC validation failed".into(),
             answer: None,
         });

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde_json::json;
 use shieldns_index::{
-    BypassDefence, Hit, ListAction, ListFormat, ListPolicy, Matched, Profile, ProfilePolicy, RuleAction,
-    SnapshotBuilder, Timestamp, Verdict,
+    BypassDefence, Decision, Hit, ListAction, ListFormat, ListPolicy, Matched, ProfilePolicy, RuleAction,
+    SnapshotBuilder, Timestamp,
 };
 use shieldns_sync::{Built, FileLists, PolicySources, build_snapshot};
 
@@ -151,48 +151,35 @@ struct PolicyVerdict {
     verdict: &'static str,
     policy: &'static str,
     reason: String,
-    ede: Option<u16>,
     rewrite_to: Option<&'static str>,
 }
 
-/// The same precedence as the resolver's policy path: list verdicts, then
-/// bypass defences, blocked query types and safe search.
-fn profile_policy(profile: &Profile, name: &str, qtype: &str, list_verdict: &Verdict) -> Option<PolicyVerdict> {
-    if matches!(list_verdict, Verdict::Block(_)) {
-        return None;
-    }
-    // An unknown type name blocks no query type but still meets the other
-    // policies, as before.
-    let qtype_code = shieldns_index::childsafe::qtype_code(qtype).unwrap_or(0);
-    Some(match profile.policy_for(name, qtype_code)? {
-        ProfilePolicy::Bypass(defence) => {
-            let reason = match defence {
-                BypassDefence::Nxdomain(what) => format!("NXDOMAIN ({what})"),
-                BypassDefence::Nodata(what) => format!("NODATA ({what})"),
-            };
-            PolicyVerdict {
+impl PolicyVerdict {
+    fn new(policy: ProfilePolicy, qtype: &str) -> Self {
+        match policy {
+            ProfilePolicy::Bypass(defence) => Self {
                 verdict: "block",
                 policy: "bypass_protection",
-                reason,
-                ede: Some(17),
+                reason: match defence {
+                    BypassDefence::Nxdomain(what) => format!("NXDOMAIN ({what})"),
+                    BypassDefence::Nodata(what) => format!("NODATA ({what})"),
+                },
                 rewrite_to: None,
-            }
+            },
+            ProfilePolicy::BlockedQueryType => Self {
+                verdict: "block",
+                policy: "block_qtypes",
+                reason: format!("NODATA for {}", qtype.to_ascii_uppercase()),
+                rewrite_to: None,
+            },
+            ProfilePolicy::SafeSearch(rewrite) => Self {
+                verdict: "rewrite",
+                policy: "safe_search",
+                reason: format!("{} safe search", rewrite.engine),
+                rewrite_to: Some(rewrite.target),
+            },
         }
-        ProfilePolicy::BlockedQueryType => PolicyVerdict {
-            verdict: "block",
-            policy: "block_qtypes",
-            reason: format!("NODATA for {}", qtype.to_ascii_uppercase()),
-            ede: Some(17),
-            rewrite_to: None,
-        },
-        ProfilePolicy::SafeSearch(rewrite) => PolicyVerdict {
-            verdict: "rewrite",
-            policy: "safe_search",
-            reason: format!("{} safe search", rewrite.engine),
-            ede: None,
-            rewrite_to: Some(rewrite.target),
-        },
-    })
+    }
 }
 
 pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Result<()> {
@@ -206,30 +193,36 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
     let at = query.at.unwrap_or_else(Timestamp::now);
     let profile_id = snapshot.profile_for(client);
     let profile = snapshot.profile(profile_id);
-    let verdict = snapshot.decide_at(&name, profile_id, at);
+    // An unknown type name blocks no query type but still meets the other
+    // policies.
+    let qtype_code = shieldns_index::childsafe::qtype_code(&query.qtype).unwrap_or(0);
+    // The decision the resolver makes for this query.
+    let decision = snapshot.decide(profile_id, &name, qtype_code, at);
     let allowed = snapshot.client_allowed(client);
-    let policy = profile_policy(profile, &name, &query.qtype, &verdict);
-    let (kind, hit) = match verdict {
-        Verdict::Pass => ("allow", None),
-        Verdict::Allow(hit) => ("allow", Some(hit)),
-        Verdict::Block(hit) if hit.action == RuleAction::Rewrite => ("rewrite", Some(hit)),
-        Verdict::Block(hit) => ("block", Some(hit)),
+    let ede = decision.ede_code(snapshot);
+    let (kind, policy, hit) = match decision {
+        Decision::Resolve(hit) => ("allow", None, hit),
+        Decision::List(hit) if hit.action == RuleAction::Rewrite => ("rewrite", None, Some(hit)),
+        Decision::List(hit) => ("block", None, Some(hit)),
+        Decision::Policy(policy) => {
+            let policy = PolicyVerdict::new(policy, &query.qtype);
+            (policy.verdict, Some(policy), None)
+        }
     };
-    let kind = policy.as_ref().map_or(kind, |p| p.verdict);
     // A client outside the access list is refused before any list.
     let (kind, policy, hit) = if allowed {
         (kind, policy, hit)
     } else {
         ("refused", None, None)
     };
-    let detail = hit.map(|hit| HitDetail::new(&hit, &config, source, snapshot, &name));
+    let detail = hit.map(|hit| HitDetail::new(&hit, &config, source, &name));
     // Every list that matched, and whether it counts for this client now.
     let matches: Vec<(HitDetail, bool, String)> = snapshot
         .all_matches(&name)
         .iter()
         .map(|hit| {
             let (applies, why) = snapshot.list_applies(hit.list, profile_id, at);
-            (HitDetail::new(hit, &config, source, snapshot, &name), applies, why)
+            (HitDetail::new(hit, &config, source, &name), applies, why)
         })
         .collect();
     // A hit whose category only an open schedule blocks names that schedule.
@@ -243,11 +236,7 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
             .flatten()
             .map(|s| format!("{} {}", s.time, s.time_zone))
     });
-    let ede = match &policy {
-        Some(policy) => policy.ede,
-        None if kind != "allow" => detail.as_ref().map(|d| d.ede),
-        None => None,
-    };
+    let ede = ede.filter(|_| allowed);
     if query.json {
         let value = json!({
             "name": name,
@@ -329,7 +318,7 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
         }
     }
     if let Some(ede) = ede {
-        outln!("ede:      {ede} ({})", ede_name(ede));
+        outln!("ede:      {ede} ({})", shieldns_index::ede::name(ede));
     }
     if !matches.is_empty() {
         outln!("matches:");
@@ -346,15 +335,6 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
     Ok(())
 }
 
-fn ede_name(code: u16) -> &'static str {
-    match code {
-        15 => "Blocked",
-        16 => "Censored",
-        17 => "Filtered",
-        _ => "Other",
-    }
-}
-
 /// Everything `explain` reports about a hit.
 struct HitDetail {
     list: String,
@@ -363,11 +343,10 @@ struct HitDetail {
     line: u32,
     rule: Option<String>,
     matched_name: String,
-    ede: u16,
 }
 
 impl HitDetail {
-    fn new(hit: &Hit, config: &Config, source: &ConfigSource, snapshot: &shieldns_index::Snapshot, name: &str) -> Self {
+    fn new(hit: &Hit, config: &Config, source: &ConfigSource, name: &str) -> Self {
         let list_config = config.lists.get(usize::from(hit.list.0));
         // Provenance is (list, line); the rule text is re-read from the
         // list's source rather than kept in memory for every rule.
@@ -393,7 +372,6 @@ impl HitDetail {
             line: hit.line,
             rule,
             matched_name,
-            ede: snapshot.ede_code(hit),
         }
     }
 }
