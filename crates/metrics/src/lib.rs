@@ -1,5 +1,4 @@
-//! shieldns-metrics: the live metrics of the resolver and the daemon, and
-//! the hook the query log is fed through.
+//! shieldns-metrics: the live metrics of the resolver and the daemon.
 //!
 //! Key design decision: the hot path never hashes a label set. Fixed label
 //! sets (rcode, protocol, EDE, cache result) are resolved once when
@@ -12,14 +11,12 @@
 //!
 //! The `prometheus` crate (named in the design) was measured against
 //! `prometheus-client` on the hot path (`cargo bench -p shieldns-metrics`,
-//! figures in ARCHITECTURE.md) and kept.
+//! figures in benches/RESULTS.md) and kept.
 
-mod querylog;
 mod tables;
 
 use std::collections::HashMap;
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -29,7 +26,6 @@ use prometheus::{
 };
 use shieldns_index::{ListId, ProfileId, Snapshot};
 
-pub use querylog::{LoggedBlock, QueryEvent};
 pub use tables::{NO_PROFILE, SUPERSEDED};
 use tables::{ProfileCounters, Table, Tables};
 
@@ -43,9 +39,6 @@ pub enum MetricsError {
         /// Why.
         reason: String,
     },
-    /// The query-log hook was installed twice.
-    #[error("metrics: the query log is already attached")]
-    QueryLogAttached,
 }
 
 impl From<prometheus::Error> for MetricsError {
@@ -219,7 +212,6 @@ pub struct Metrics {
     log_dropped: IntCounter,
     log_written: IntCounter,
     store_dropped: IntCounter,
-    query_log: OnceLock<querylog::QueryLogHook>,
 }
 
 /// Buckets from 50 µs to ~6.5 s: a cache hit answers in tens of
@@ -415,7 +407,6 @@ impl Metrics {
             log_dropped: log.with_label_values(&["dropped"]),
             log_written: log.with_label_values(&["written"]),
             store_dropped,
-            query_log: OnceLock::new(),
             registry,
         })
     }
@@ -699,35 +690,14 @@ impl Metrics {
         self.store_dropped.inc();
     }
 
-    /// Counts query-log events written by the writer.
-    pub fn log_written(&self, events: u64) {
-        self.log_written.inc_by(events);
-    }
-
-    /// Attaches the query log: returns the receiving end of a bounded queue
-    /// of `capacity` events the writer drains. Once per process.
-    pub fn attach_query_log(&self, capacity: usize, blocked_only: bool) -> Result<Receiver<QueryEvent>, MetricsError> {
-        let (hook, receiver) = querylog::QueryLogHook::new(
-            capacity,
-            blocked_only,
+    /// The counters of `shieldns_querylog_events_total`: queued, dropped
+    /// (queue full) and written, for the query log to count with.
+    pub fn query_log_counters(&self) -> [IntCounter; 3] {
+        [
             self.log_queued.clone(),
             self.log_dropped.clone(),
-        );
-        self.query_log.set(hook).map_err(|_| MetricsError::QueryLogAttached)?;
-        Ok(receiver)
-    }
-
-    /// Whether a query with this outcome is logged (false when the log is
-    /// off), so the handler builds an event only when one is wanted.
-    pub fn logs(&self, blocked: bool) -> bool {
-        self.query_log.get().is_some_and(|hook| hook.wants(blocked))
-    }
-
-    /// Queues a query-log event; never waits.
-    pub fn log(&self, event: QueryEvent) {
-        if let Some(hook) = self.query_log.get() {
-            hook.submit(event);
-        }
+            self.log_written.clone(),
+        ]
     }
 
     /// The profile name a query's table knows, for the query log.
@@ -998,35 +968,5 @@ mod tests {
         metrics.set_lists(vec![status("a")]);
         let text = metrics.render().unwrap();
         assert!(!text.contains(r#"list="b""#), "{text}");
-    }
-
-    #[test]
-    fn query_log_drops_and_counts_when_full() {
-        let metrics = Metrics::new().unwrap();
-        assert!(!metrics.logs(true));
-        let receiver = metrics.attach_query_log(2, true).unwrap();
-        assert!(metrics.logs(true) && !metrics.logs(false));
-        let event = QueryEvent {
-            time: SystemTime::now(),
-            response_time: SystemTime::now(),
-            client: "127.0.0.1:5000".parse().unwrap(),
-            server: None,
-            datagram: true,
-            name: "a.test".into(),
-            qtype: 1,
-            id: 7,
-            rcode: 3,
-            profile: Arc::from("default"),
-            blocked: None,
-        };
-        for _ in 0..5 {
-            metrics.log(event.clone());
-        }
-        assert_eq!(receiver.try_iter().count(), 2);
-        let text = metrics.render().unwrap();
-        assert!(
-            text.contains(r#"shieldns_querylog_events_total{result="dropped"} 3"#),
-            "{text}"
-        );
     }
 }

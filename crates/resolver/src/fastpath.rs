@@ -22,6 +22,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use shieldns_index::{Decision, ListId, ProfileId, Snapshot};
 use shieldns_metrics::{Discard, Metrics};
+use shieldns_querylog::QueryLog;
 
 use crate::discard::Discards;
 use crate::handler::Clock;
@@ -54,6 +55,9 @@ pub(crate) struct FastPath {
     pub(crate) clock: Clock,
     pub(crate) udp_payload: u16,
     pub(crate) metrics: Arc<Metrics>,
+    /// The query log, when it is on: queries it wants go to the handler,
+    /// which builds the event.
+    pub(crate) query_log: Option<QueryLog>,
     /// Bounds the UDP queries the full handler works on at once.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     pub(crate) discards: Arc<Discards>,
@@ -67,7 +71,13 @@ impl FastPath {
     /// What the policy says about `query` from `client` before the lists
     /// are asked, and (for a cacheable query) where its answer may sit in
     /// the packet cache: the first step of a batch.
-    pub(crate) fn route(&self, packets: &PacketCache, query: &Query<'_>, profile_id: ProfileId, snapshot: &Snapshot) -> Route {
+    pub(crate) fn route(
+        &self,
+        packets: &PacketCache,
+        query: &Query<'_>,
+        profile_id: ProfileId,
+        snapshot: &Snapshot,
+    ) -> Route {
         let profile = snapshot.profile(profile_id);
         // DNS64 synthesis is the handler's: its answers are not one
         // upstream answer.
@@ -81,7 +91,8 @@ impl FastPath {
         // A CD query may be answered with data that failed validation, which
         // must never reach the packet cache a non-CD query is answered from.
         let checking_disabled = query.packet.get(3).is_some_and(|flags| flags & 0x10 != 0);
-        let cacheable = profile.schedules.is_empty() && !self.metrics.logs(false) && !checking_disabled;
+        let cacheable =
+            profile.schedules.is_empty() && !QueryLog::logs(self.query_log.as_ref(), false) && !checking_disabled;
         let lookup = CacheLookup {
             generation: snapshot.generation(),
             profile: profile_id.index(),
@@ -140,7 +151,7 @@ impl FastPath {
         match snapshot.decide(profile_id, query.name.as_str(), query.qtype, at) {
             // Queries the query log wants go through the handler, which
             // builds the log event.
-            Decision::List(_) if self.metrics.logs(true) => Outcome::Slow(None),
+            Decision::List(_) if QueryLog::logs(self.query_log.as_ref(), true) => Outcome::Slow(None),
             Decision::List(hit) => {
                 let soa_labels = wire::matched_labels(&hit, query.labels);
                 match BlockForm::for_rule(profile, hit.action, query.qtype, soa_labels) {
@@ -212,7 +223,6 @@ pub(crate) fn screen(packet: &[u8], client: IpAddr, snapshot: &Snapshot) -> Resu
         }
     })
 }
-
 
 #[cfg(test)]
 mod tests {

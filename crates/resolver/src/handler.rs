@@ -20,8 +20,11 @@ use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
-use shieldns_index::{BypassDefence, Decision, Dns64, Hit, ProfileId, ProfilePolicy, Snapshot, Timestamp, Verdict, ede};
-use shieldns_metrics::{Discard, LoggedBlock, Metrics, PolicyAction, QueryEvent};
+use shieldns_index::{
+    BypassDefence, Decision, Dns64, Hit, ProfileId, ProfilePolicy, Snapshot, Timestamp, Verdict, ede,
+};
+use shieldns_metrics::{Discard, Metrics, PolicyAction};
+use shieldns_querylog::{LoggedBlock, QueryEvent, QueryLog};
 use tracing::debug;
 
 use crate::answer::{self, BlockAnswer, Ede};
@@ -56,10 +59,21 @@ struct Inner {
     chaos: Chaos,
     in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
+    /// The query log, when it is on.
+    query_log: Option<QueryLog>,
     discards: Arc<Discards>,
     /// Upstream failures, logged at most once a minute per kind.
     failure_log: FailureLog,
     clock: Clock,
+}
+
+/// Where the handler reports what it did.
+#[derive(Debug)]
+pub(crate) struct Reports {
+    pub(crate) metrics: Arc<Metrics>,
+    /// The query log, when it is on.
+    pub(crate) query_log: Option<QueryLog>,
+    pub(crate) discards: Arc<Discards>,
 }
 
 /// The CHAOS-class names shieldns answers when configured to.
@@ -184,10 +198,14 @@ impl ShieldHandler {
         upstream: Upstream,
         caches: Caches,
         server: &ServerConfig,
-        metrics: Arc<Metrics>,
-        discards: Arc<Discards>,
+        reports: Reports,
         clock: Clock,
     ) -> Self {
+        let Reports {
+            metrics,
+            query_log,
+            discards,
+        } = reports;
         Self {
             inner: Arc::new(Inner {
                 snapshot,
@@ -201,6 +219,7 @@ impl ShieldHandler {
                 },
                 in_flight: AtomicUsize::new(0),
                 metrics,
+                query_log,
                 discards,
                 failure_log: FailureLog::new(),
                 clock,
@@ -229,7 +248,9 @@ impl ShieldHandler {
                 debug!(client = %query.client, name, list, line = hit.line, "blocked");
                 self.count_list_block(query, &hit);
                 let soa_labels = wire::matched_labels(&hit, labels);
-                return Some(answer::block_answer(snapshot, profile, &hit, qname, qtype, soa_labels, None));
+                return Some(answer::block_answer(
+                    snapshot, profile, &hit, qname, qtype, soa_labels, None,
+                ));
             }
             Decision::Policy(policy) => policy,
         };
@@ -436,7 +457,10 @@ impl ShieldHandler {
             };
             return (
                 answer,
-                Some((ede::NOT_AUTHORITATIVE, String::from("recursion not desired; not cached"))),
+                Some((
+                    ede::NOT_AUTHORITATIVE,
+                    String::from("recursion not desired; not cached"),
+                )),
             );
         }
         // A CD client may be owed the data of a bogus answer, so it always
@@ -614,7 +638,7 @@ impl ShieldHandler {
             .metrics
             .query(query, datagram, replied.rcode, started.elapsed());
         let blocked = observed.blocked.get().copied();
-        if self.inner.metrics.logs(blocked.is_some()) {
+        if QueryLog::logs(self.inner.query_log.as_ref(), blocked.is_some()) {
             self.log(&request, &observed, blocked, replied.rcode, started);
         }
         replied.bytes
@@ -832,6 +856,9 @@ impl ShieldHandler {
     /// Queues a query-log event. Only reached when the log is on; the
     /// event's strings are built here, never when it is off.
     fn log(&self, request: &Request, observed: &Observed, blocked: Option<Blocked>, rcode: u16, started: Instant) {
+        let Some(query_log) = &self.inner.query_log else {
+            return;
+        };
         let response_time = SystemTime::now();
         let (name, qtype) = match request.request_info() {
             Ok(info) => {
@@ -858,7 +885,7 @@ impl ShieldHandler {
             }
             None => (Arc::from(shieldns_metrics::NO_PROFILE), None),
         };
-        self.inner.metrics.log(QueryEvent {
+        query_log.submit(QueryEvent {
             time: response_time.checked_sub(started.elapsed()).unwrap_or(response_time),
             response_time,
             client: request.src(),
@@ -887,10 +914,15 @@ fn send_block(
     match block {
         // Nothing is sent; the query counts as refused.
         BlockAnswer::Drop => Replied::nothing(ResponseCode::Refused),
-        BlockAnswer::Block { form, ede: (code, text) } => {
+        BlockAnswer::Block {
+            form,
+            ede: (code, text),
+        } => {
             let mut bytes = Vec::with_capacity(128);
             wire::write_block(&mut bytes, asked, &form, (code, EdeText::plain(&text)));
-            let opt = asked.edns.map(|(payload, dnssec_ok)| (payload, [0, 0, if dnssec_ok { 0x80 } else { 0 }, 0]));
+            let opt = asked
+                .edns
+                .map(|(payload, dnssec_ok)| (payload, [0, 0, if dnssec_ok { 0x80 } else { 0 }, 0]));
             Replied {
                 bytes: fit(bytes, datagram, opt),
                 rcode: u16::from(form.rcode()),

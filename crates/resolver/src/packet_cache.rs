@@ -715,5 +715,4 @@ mod tests {
         }
         assert!(cache.stored_bytes() > 0, "answers are still cached");
     }
-
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use shieldns_index::Snapshot;
 use shieldns_metrics::Metrics;
+use shieldns_querylog::QueryLog;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
@@ -24,7 +25,7 @@ use crate::config::{CacheConfig, ServerConfig, UpstreamConfig};
 use crate::discard::Discards;
 use crate::error::ResolverError;
 use crate::fastpath::FastPath;
-use crate::handler::{Clock, ShieldHandler};
+use crate::handler::{Clock, Reports, ShieldHandler};
 use crate::packet_cache::PacketCache;
 use crate::ratelimit::RateLimiter;
 use crate::tcp;
@@ -60,6 +61,7 @@ pub async fn start(
     cache: &CacheConfig,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
+    query_log: Option<QueryLog>,
     clock: Clock,
 ) -> Result<RunningResolver, ResolverError> {
     if server.listen.is_empty() {
@@ -85,6 +87,7 @@ pub async fn start(
         clock,
         udp_payload: server.udp_payload,
         metrics: metrics.clone(),
+        query_log: query_log.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(server.max_in_flight.max(1))),
         discards: discards.clone(),
         rate_limit: server.rate_limit.as_ref().map(RateLimiter::new),
@@ -98,8 +101,11 @@ pub async fn start(
             failures: FailureCache::new(cache),
         },
         server,
-        metrics.clone(),
-        discards.clone(),
+        Reports {
+            metrics: metrics.clone(),
+            query_log,
+            discards: discards.clone(),
+        },
         clock,
     );
     // Every socket is bound before the first thread or task starts, so a

@@ -84,4 +84,3 @@ impl Tally {
         self.flushed_at = now;
     }
 }
-

@@ -27,8 +27,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::debug;
 
 use crate::discard::Discards;
-use crate::wire::screen_header;
 use crate::handler::ShieldHandler;
+use crate::wire::screen_header;
 
 /// The TCP limits, from `[server]` (the total already fitted to the
 /// descriptor limit).

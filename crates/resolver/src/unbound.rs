@@ -15,10 +15,10 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, Record, RecordType};
 use shieldns_unbound::{Answer, Resolver, Settings};
 
-use shieldns_index::ede;
 use crate::config::{CacheConfig, UpstreamConfig, UpstreamMode};
 use crate::error::ResolverError;
 use crate::upstream::{UpstreamAnswer, UpstreamFailure};
+use shieldns_index::ede;
 
 /// The IANA root trust anchors (root-anchors.xml): KSK-2017 and KSK-2024.
 pub(crate) const IANA_ROOT_ANCHORS: [&str; 2] = [

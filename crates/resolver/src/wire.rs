@@ -48,7 +48,10 @@ impl Default for NameBuf {
 }
 
 impl NameBuf {
-    pub(crate) const EMPTY: Self = Self { bytes: [0; 256], len: 0 };
+    pub(crate) const EMPTY: Self = Self {
+        bytes: [0; 256],
+        len: 0,
+    };
 
     pub(crate) fn clear(&mut self) {
         self.len = 0;
@@ -242,8 +245,6 @@ pub(crate) fn parse_into(packet: &[u8], question: &mut Question) -> Option<()> {
     question.dnssec_ok = dnssec_ok;
     Some(())
 }
-
-
 
 //------------ Block answers --------------------------------------------------
 
@@ -536,8 +537,6 @@ const BLOCK_SOA_RECORD: [u8; 10 + BLOCK_SOA_NAMES.len() + 20] = {
     record
 };
 
-
-
 /// The OPT record with the EDE option: INFO-CODE then EXTRA-TEXT (RFC
 /// 8914 §2).
 fn write_opt_with_ede(out: &mut Vec<u8>, payload: u16, dnssec_ok: bool, (code, text): (u16, EdeText<'_>)) {
@@ -660,7 +659,6 @@ pub(crate) fn question_end(message: &[u8]) -> Option<usize> {
     (message.len() >= at + 4).then_some(at + 4)
 }
 
-
 /// Queries built with hickory and parsed back, for this crate's tests.
 #[cfg(test)]
 pub(crate) mod test_support {
@@ -687,7 +685,6 @@ pub(crate) mod test_support {
         }
         message.to_vec().unwrap()
     }
-
 }
 
 #[cfg(test)]
@@ -802,5 +799,4 @@ mod tests {
         );
         assert_eq!(message.authorities.len(), 1);
     }
-
 }

@@ -35,7 +35,7 @@ pub(crate) struct Config {
     #[serde(default)]
     pub(crate) storage: crate::store::StorageConfig,
     #[serde(default)]
-    pub(crate) query_log: crate::querylog::QueryLogConfig,
+    pub(crate) query_log: shieldns_querylog::QueryLogConfig,
 }
 
 /// `[metrics]`.

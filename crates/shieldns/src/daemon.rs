@@ -62,19 +62,26 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     crate::telemetry::before_publish(&first);
     // The one ArcSwap: the resolver loads from it, reloads store into it.
     let snapshot = Arc::new(ArcSwap::new(first));
+    let [queued, dropped, written] = metrics.query_log_counters();
+    let counters = shieldns_querylog::Counters {
+        queued,
+        dropped,
+        written,
+    };
+    let query_log = shieldns_querylog::start(&config.query_log, &source.base_dir(), counters)?;
     let mut resolver = shieldns_resolver::start(
         &config.server,
         &config.upstream,
         &config.cache,
         snapshot.clone(),
         metrics.clone(),
+        query_log,
         policy_clock()?,
     )
     .await?;
     if let Some(address) = config.metrics.listen {
         crate::exporter::spawn(address, config.metrics.allow.clone(), metrics.clone()).await?;
     }
-    crate::querylog::start(&config.query_log, &source.base_dir(), &metrics)?;
     telemetry.spawn_poller();
     info!(config = %source.describe(), "shieldns ready");
     let (sync, mut rebuilds) = crate::sync_wiring::spawn(syncer, &config, &source);

@@ -18,7 +18,6 @@ mod commands;
 mod config;
 mod daemon;
 mod exporter;
-mod querylog;
 mod report;
 mod store;
 mod sync_wiring;
