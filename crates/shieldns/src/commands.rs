@@ -376,6 +376,32 @@ impl HitDetail {
     }
 }
 
+/// `shieldns report`: the compliance report of a period, from the store.
+pub(crate) fn report(
+    source: &ConfigSource,
+    from: &str,
+    to: &str,
+    format: shieldns_compliance::report::ReportFormat,
+) -> anyhow::Result<()> {
+    use shieldns_compliance::report;
+    let config = source.load()?;
+    let Some(path) = config.storage.database(&source.base_dir()) else {
+        bail!(
+            "storage.dir is not set in {}: there is no compliance store to report from",
+            source.describe()
+        );
+    };
+    let connection = report::open_read_only(&path)?;
+    let (start, end) = report::period(from, to)?;
+    let now = Timestamp::now().as_second();
+    let report = report::build(&connection, start, end, now, config.storage.operator.as_deref())?;
+    std::io::Write::write_all(
+        &mut std::io::stdout().lock(),
+        report::render(&report, format)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
 pub(crate) fn lists_check(file: &Path, format: ListFormat, as_json: bool) -> anyhow::Result<()> {
     // A device or FIFO (`/dev/zero`) would be read forever.
     let metadata = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;

@@ -33,7 +33,7 @@ pub(crate) struct Config {
     #[serde(default)]
     pub(crate) sync: SyncConfig,
     #[serde(default)]
-    pub(crate) storage: crate::store::StorageConfig,
+    pub(crate) storage: shieldns_compliance::StorageConfig,
     #[serde(default)]
     pub(crate) query_log: shieldns_querylog::QueryLogConfig,
 }

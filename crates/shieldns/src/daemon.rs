@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
+use shieldns_compliance::Recorder;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::commands::{Builder, build};
 use crate::config::{Config, ConfigSource};
+use crate::policy::Policy;
 
 pub(crate) fn run(source: ConfigSource) -> anyhow::Result<()> {
     init_logging();
@@ -48,20 +49,15 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
             .await
             .context("policy build panicked")??
     };
-    log_build(&built);
-    // Metrics, the compliance store and the list status poller; the first
-    // snapshot's metric handles are resolved before anything can load it.
-    let telemetry = crate::telemetry::init(&config, &source)?;
-    // What happened before telemetry existed is counted now.
+    // Metrics and the compliance store; the first snapshot's metric handles
+    // are resolved before anything can load it.
+    let metrics = Arc::new(shieldns_metrics::Metrics::new()?);
+    let recorder = Arc::new(Recorder::start(&config.storage, &source.base_dir(), metrics.clone())?);
+    let policy = Policy::new(built, &config.lists, recorder.clone());
+    // The checks of the first pass, which ran before the recorder existed.
     if let Some(report) = &first_pass {
-        crate::telemetry::sync_outcomes(report);
+        recorder.sync_checked(report);
     }
-    crate::telemetry::lists_refused(&built.refused);
-    let metrics = telemetry.metrics.clone();
-    let first = Arc::new(built.snapshot);
-    crate::telemetry::before_publish(&first);
-    // The one ArcSwap: the resolver loads from it, reloads store into it.
-    let snapshot = Arc::new(ArcSwap::new(first));
     let [queued, dropped, written] = metrics.query_log_counters();
     let counters = shieldns_querylog::Counters {
         queued,
@@ -73,7 +69,7 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
         &config.server,
         &config.upstream,
         &config.cache,
-        snapshot.clone(),
+        policy.snapshot().clone(),
         metrics.clone(),
         query_log,
         policy_clock()?,
@@ -82,9 +78,8 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     if let Some(address) = config.metrics.listen {
         crate::exporter::spawn(address, config.metrics.allow.clone(), metrics.clone()).await?;
     }
-    telemetry.spawn_poller();
     info!(config = %source.describe(), "shieldns ready");
-    let (sync, mut rebuilds) = crate::sync_wiring::spawn(syncer, &config, &source);
+    let (sync, mut rebuilds) = crate::sync_wiring::spawn(syncer, &config, &source, recorder.clone());
     // The latest configuration read: sync rebuilds use its lists.
     let mut policy_config = config.clone();
 
@@ -94,14 +89,14 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                if let Some(new) = reload(&source, &config, &snapshot).await {
+                if let Some(new) = reload(&source, &config, &policy).await {
                     // SIGHUP also runs a sync pass (see README, `[sync]`).
                     sync.reconfigure(&new, &source);
                     policy_config = new;
                 }
             }
             Some(request) = rebuilds.recv() => {
-                crate::sync_wiring::rebuild(request, &source, &policy_config, &snapshot).await;
+                crate::sync_wiring::rebuild(request, &source, &policy_config, &policy).await;
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -114,7 +109,7 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     info!("stopping: finishing in-flight queries");
     resolver.shutdown().await?;
     // Final rollup flush and the stop time (availability in reports).
-    if tokio::task::spawn_blocking(move || telemetry.stop()).await.is_err() {
+    if tokio::task::spawn_blocking(move || recorder.stop()).await.is_err() {
         error!("the compliance store did not record the stop");
     }
     info!("stopped");
@@ -126,11 +121,7 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
 /// it in with one store. Any failure keeps the running snapshot and logs
 /// why. Returns the configuration if it could be read, even when the build
 /// failed, so sync can fetch lists it names that are not cached yet.
-async fn reload(
-    source: &ConfigSource,
-    running: &Config,
-    snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>,
-) -> Option<Config> {
+async fn reload(source: &ConfigSource, running: &Config, policy: &Policy) -> Option<Config> {
     info!(config = %source.describe(), "SIGHUP: reloading configuration and lists");
     let task_source = source.clone();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -139,74 +130,42 @@ async fn reload(
         anyhow::Ok((config, built))
     })
     .await;
-    match outcome {
+    let recorder = policy.recorder();
+    let (config, failure) = match outcome {
         // SIGHUP is the operator's change, applied whole or not at all: a
         // refused list file fails it (at start and on sync rebuilds the
         // refused list's kept version is enforced instead).
         Ok(Ok((config, Ok(built)))) if !built.refused.is_empty() => {
-            crate::telemetry::lists_refused(&built.refused);
+            recorder.lists_refused(&built.refused);
             let why = built
                 .refused
                 .iter()
                 .map(|refused| refused.error.to_string())
                 .collect::<Vec<_>>()
                 .join("; ");
-            crate::telemetry::reloaded(Err(why.clone()), source);
-            error!("reload failed, previous policy stays in force: {why}");
-            Some(config)
+            (Some(config), Some(why))
         }
         Ok(Ok((config, Ok(built)))) => {
             if config.server != running.server || config.upstream != running.upstream || config.cache != running.cache {
                 warn!("[server], [upstream] and [cache] changes take effect only after a restart");
             }
-            publish(built, snapshot);
-            crate::telemetry::reloaded(Ok(&config), source);
-            info!("reload complete: new policy in force");
-            Some(config)
+            policy.publish(built, &config.lists);
+            (Some(config), None)
         }
-        Ok(Ok((config, Err(error)))) => {
-            crate::telemetry::reloaded(Err(format!("{error:#}")), source);
-            error!("reload failed, previous policy stays in force: {error:#}");
-            Some(config)
-        }
-        Ok(Err(error)) => {
-            crate::telemetry::reloaded(Err(format!("{error:#}")), source);
-            error!("reload failed, previous policy stays in force: {error:#}");
-            None
-        }
-        Err(error) => {
-            crate::telemetry::reloaded(Err(error.to_string()), source);
-            error!("reload failed, previous policy stays in force: {error}");
-            None
+        Ok(Ok((config, Err(error)))) => (Some(config), Some(format!("{error:#}"))),
+        Ok(Err(error)) => (None, Some(format!("{error:#}"))),
+        Err(error) => (None, Some(error.to_string())),
+    };
+    match failure {
+        None => info!("reload complete: new policy in force"),
+        Some(why) => {
+            error!("reload failed, previous policy stays in force: {why}");
+            recorder.reloaded(Err(why));
+            return config;
         }
     }
-}
-
-/// How long `publish` waits to be the last holder of a replaced snapshot.
-const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Publishes a built snapshot: one swap. Every policy change (SIGHUP, list
-/// sync) ends here.
-pub(crate) fn publish(built: shieldns_sync::Built, snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>) {
-    log_build(&built);
-    crate::telemetry::lists_refused(&built.refused);
-    let new = Arc::new(built.snapshot);
-    // Metric handles first, so no query sees a snapshot without its table.
-    crate::telemetry::before_publish(&new);
-    let old = snapshot.swap(new);
-    // Free the old index here, not on a query worker that happens to drop
-    // the last reference: the UDP threads' snapshot caches let go of it at
-    // their next datagram or receive timeout (100 ms), so waiting until
-    // this reference is the only one frees it here as soon as possible.
-    // Queries still in flight may hold it longer; after the wait, whoever
-    // is last frees it.
-    tokio::task::spawn_blocking(move || {
-        let waited = std::time::Instant::now();
-        while Arc::strong_count(&old) > 1 && waited.elapsed() < RELEASE_WAIT {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        drop(old);
-    });
+    recorder.reloaded(Ok(()));
+    config
 }
 
 /// The policy clock (schedules). `SHIELDNS_CLOCK=<RFC 3339 time>` starts it
@@ -223,28 +182,4 @@ fn policy_clock() -> anyhow::Result<shieldns_resolver::Clock> {
         }
         Err(_) => Ok(shieldns_resolver::Clock::default()),
     }
-}
-
-fn log_build(built: &shieldns_sync::Built) {
-    for list in &built.lists {
-        info!(list = %list.name, source = %list.source, rules = list.rules, rejected = list.rejected, "list loaded");
-        for example in list.rejected_examples.iter().take(3) {
-            warn!(list = %list.name, line = example.line, reason = %example.reason, text = %example.text.trim(), "rejected line");
-        }
-    }
-    for refused in &built.refused {
-        error!(
-            "list file refused, its last accepted version stays in force: {}",
-            refused.error
-        );
-    }
-    for warning in built.snapshot.warnings() {
-        warn!("{warning}");
-    }
-    info!(
-        rules = built.snapshot.rule_count(),
-        index_bytes = built.snapshot.index_bytes(),
-        elapsed_ms = u64::try_from(built.elapsed.as_millis()).unwrap_or(u64::MAX),
-        "policy built"
-    );
 }

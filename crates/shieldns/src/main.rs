@@ -18,16 +18,15 @@ mod commands;
 mod config;
 mod daemon;
 mod exporter;
-mod report;
-mod store;
+mod policy;
 mod sync_wiring;
-mod telemetry;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shieldns_compliance::report::ReportFormat as Format;
 
 /// jemalloc rather than the system allocator: a reload frees a whole
 /// snapshot (tens of MB at 1M names) after building the next one, and glibc
@@ -36,6 +35,30 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use shieldns_index::ListFormat;
+
+/// `report --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    /// Markdown.
+    Md,
+    /// CSV: `section,key,value` rows.
+    Csv,
+    /// One JSON object.
+    Json,
+    /// One self-contained HTML page with inline SVG charts.
+    Html,
+}
+
+impl From<ReportFormat> for Format {
+    fn from(format: ReportFormat) -> Self {
+        match format {
+            ReportFormat::Md => Self::Md,
+            ReportFormat::Csv => Self::Csv,
+            ReportFormat::Json => Self::Json,
+            ReportFormat::Html => Self::Html,
+        }
+    }
+}
 
 /// DNS-level harmful-content filtering resolver for ISPs and schools.
 #[derive(Debug, Parser)]
@@ -96,7 +119,7 @@ enum Command {
         to: String,
         /// Output format: md, csv, json or html.
         #[arg(long, default_value = "md")]
-        format: report::ReportFormat,
+        format: ReportFormat,
         /// Configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -173,7 +196,7 @@ fn main() -> ExitCode {
             to,
             format,
             config,
-        } => report::run(&config::ConfigSource::from_arg(config), &from, &to, format),
+        } => commands::report(&config::ConfigSource::from_arg(config), &from, &to, format.into()),
         Command::Lists {
             command: ListsCommand::Check { file, format, json },
         } => commands::lists_check(&file, format, json),

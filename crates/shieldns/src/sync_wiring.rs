@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
-use arc_swap::ArcSwap;
 use serde_json::json;
+use shieldns_compliance::Recorder;
 use shieldns_sync::local::Kept;
 use shieldns_sync::{ListConfig, ListSource, ListState, Outcome, PassReport, Progress, Syncer};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigSource};
+use crate::policy::Policy;
 
 /// Downloads smaller than this get no progress bar.
 const PROGRESS_THRESHOLD: u64 = 1024 * 1024;
@@ -359,6 +360,7 @@ pub(crate) fn spawn(
     syncer: Option<Syncer>,
     config: &Config,
     source: &ConfigSource,
+    recorder: Arc<Recorder>,
 ) -> (SyncHandle, mpsc::Receiver<RebuildRequest>) {
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (rebuild_tx, rebuild_rx) = mpsc::channel(1);
@@ -368,12 +370,15 @@ pub(crate) fn spawn(
         base_dir: source.base_dir(),
         commands: command_rx,
         rebuild: rebuild_tx,
+        recorder,
     };
     tokio::spawn(task.run());
     (SyncHandle { commands }, rebuild_rx)
 }
 
 struct SyncTask {
+    /// Where each pass's checks are recorded.
+    recorder: Arc<Recorder>,
     syncer: Option<Syncer>,
     lists: Vec<ListConfig>,
     base_dir: PathBuf,
@@ -460,7 +465,7 @@ impl SyncTask {
             return;
         };
         log_report(&report, syncer);
-        crate::telemetry::sync_outcomes(&report);
+        self.recorder.sync_checked(&report);
         let failed = report
             .outcomes
             .iter()
@@ -491,20 +496,16 @@ async fn sleep_or_forever(wait: Option<Duration>) {
 
 /// The main loop's side of a rebuild request: the same build as SIGHUP,
 /// from the latest configuration, then one swap.
-pub(crate) async fn rebuild(
-    request: RebuildRequest,
-    source: &ConfigSource,
-    config: &Config,
-    snapshot: &Arc<ArcSwap<shieldns_index::Snapshot>>,
-) {
+pub(crate) async fn rebuild(request: RebuildRequest, source: &ConfigSource, config: &Config, policy: &Policy) {
     let (config, task_source) = (config.clone(), source.clone());
+    let lists = config.lists.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         crate::commands::build(&config, &task_source, crate::commands::Builder::Daemon)
     })
     .await;
     let ok = match outcome {
         Ok(Ok(built)) => {
-            crate::daemon::publish(built, snapshot);
+            policy.publish(built, &lists);
             info!("sync: new lists verified, new policy in force");
             true
         }

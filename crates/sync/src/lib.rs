@@ -239,10 +239,20 @@ pub struct ListLoad {
     pub rejected: u64,
     /// The first rejected lines (line, text, reason).
     pub rejected_examples: Vec<shieldns_index::RejectedLine>,
+    /// The sync state of the copy the build read (`url` lists, and `path`
+    /// lists kept in `sync.cache_dir`): the version in force and its
+    /// checks. `None` for built-in lists and files read directly.
+    pub state: Option<cache::ListState>,
 }
 
 impl ListLoad {
-    fn new(list: &ListConfig, source: String, bytes: usize, info: &shieldns_index::ListInfo) -> Self {
+    fn new(
+        list: &ListConfig,
+        source: String,
+        bytes: usize,
+        info: &shieldns_index::ListInfo,
+        state: Option<cache::ListState>,
+    ) -> Self {
         Self {
             name: list.name.clone(),
             source,
@@ -250,6 +260,7 @@ impl ListLoad {
             rules: info.counts.rules,
             rejected: info.counts.rejected,
             rejected_examples: info.rejected_examples.clone(),
+            state,
         }
     }
 }
@@ -376,6 +387,7 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
                 path.display().to_string(),
                 usize::try_from(bytes).unwrap_or(usize::MAX),
                 info,
+                None,
             ));
             continue;
         }
@@ -414,7 +426,7 @@ pub fn build_snapshot(sources: PolicySources<'_>) -> Result<Built, SyncError> {
             file: file.clone(),
             cause: source,
         })?;
-        loads.push(ListLoad::new(list, source, bytes.len(), info));
+        loads.push(ListLoad::new(list, source, bytes.len(), info, None));
     }
     for profile in sources.profiles {
         builder.add_profile(profile.clone());
@@ -496,6 +508,8 @@ struct CachedCopy {
     path: PathBuf,
     current: cache::CachedVersion,
     signature: Option<Vec<u8>>,
+    /// The state file the copy was found through.
+    state: cache::ListState,
 }
 
 impl CachedCopy {
@@ -514,8 +528,10 @@ impl CachedCopy {
             list: list.name.clone(),
             cache_dir: dir.to_path_buf(),
         };
-        let current = cache::load_state(dir, &list.name)?
-            .and_then(|state| state.current)
+        let state = cache::load_state(dir, &list.name)?.ok_or_else(not_cached)?;
+        let current = state
+            .current
+            .clone()
             .filter(|current| dir.join(&current.file).is_file())
             .ok_or_else(not_cached)?;
         let signature = match &current.signature_file {
@@ -533,6 +549,7 @@ impl CachedCopy {
             path: dir.join(&current.file),
             current,
             signature,
+            state,
         })
     }
 
@@ -609,6 +626,7 @@ fn add_cached(builder: &mut SnapshotBuilder, list: &ListConfig, remote: &RemoteL
         copy.describe(remote),
         usize::try_from(bytes).unwrap_or(usize::MAX),
         info,
+        Some(copy.state),
     ))
 }
 
@@ -637,5 +655,6 @@ fn add_kept(
         format!("{} (kept copy, serial {})", path.display(), copy.current.serial),
         usize::try_from(bytes).unwrap_or(usize::MAX),
         info,
+        Some(copy.state),
     ))
 }

@@ -72,6 +72,8 @@ pub struct ListOutcome {
     pub mandatory: bool,
     /// What happened.
     pub outcome: Outcome,
+    /// The list's state after the check (as `NAME.json` now holds it).
+    pub state: ListState,
 }
 
 /// The result of a sync pass.
@@ -207,11 +209,12 @@ impl Syncer {
         for list in lists {
             let Some(remote) = list.remote() else { continue };
             let forced = force.contains(&list.name);
-            let outcome = self.check(list, remote, forced, progress).await;
+            let (outcome, state) = self.check(list, remote, forced, progress).await;
             report.outcomes.push(ListOutcome {
                 list: list.name.clone(),
                 mandatory: list.mandatory,
                 outcome,
+                state,
             });
         }
         report
@@ -223,7 +226,7 @@ impl Syncer {
         remote: &RemoteList,
         forced: bool,
         progress: &dyn Progress,
-    ) -> Outcome {
+    ) -> (Outcome, ListState) {
         let mut state = self.states.remove(&list.name).unwrap_or_else(|| ListState {
             list: list.name.clone(),
             ..ListState::default()
@@ -289,8 +292,8 @@ impl Syncer {
         }
         let next = self.schedule_after(started, remote, state.consecutive_failures);
         self.next_check.insert(list.name.clone(), next);
-        self.states.insert(list.name.clone(), state);
-        outcome
+        self.states.insert(list.name.clone(), state.clone());
+        (outcome, state)
     }
 
     async fn fetch_and_accept(

@@ -1,6 +1,6 @@
-//! `shieldns report --from DATE --to DATE`: the compliance report a provider
-//! sends, computed from the compliance store alone (the daemon need not be
-//! running). Dates are UTC days, both inclusive.
+//! The compliance report a provider sends (`shieldns report --from DATE
+//! --to DATE`), computed from the compliance store alone (the daemon need
+//! not be running). Dates are UTC days, both inclusive.
 //!
 //! Availability is the share of the measured time covered by runs of the
 //! service: a run spans from its start to its recorded stop, or, after a
@@ -16,15 +16,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{Context as _, bail};
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
-use crate::config::ConfigSource;
+use crate::ComplianceError;
 
 /// `--format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum ReportFormat {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
     /// Markdown.
     Md,
     /// CSV: `section,key,value` rows.
@@ -37,11 +36,11 @@ pub(crate) enum ReportFormat {
 
 /// Who made the report, where and when.
 #[derive(Debug, Serialize)]
-pub(crate) struct Header {
-    pub(crate) operator: String,
-    pub(crate) host: String,
-    pub(crate) generated_at: String,
-    pub(crate) version: String,
+pub struct Header {
+    pub operator: String,
+    pub host: String,
+    pub generated_at: String,
+    pub version: String,
 }
 
 impl Header {
@@ -61,103 +60,90 @@ impl Header {
 
 /// Everything the report states.
 #[derive(Debug, Serialize)]
-pub(crate) struct Report {
-    pub(crate) header: Header,
-    pub(crate) from: String,
-    pub(crate) to: String,
+pub struct Report {
+    pub header: Header,
+    pub from: String,
+    pub to: String,
     /// Where the measured time starts: the period's start, or the service's
     /// first start if later; `None` when the service never ran before the
     /// period's end.
-    pub(crate) measured_from: Option<String>,
+    pub measured_from: Option<String>,
     /// Where it ends: the period's end, or now if earlier.
-    pub(crate) measured_to: String,
-    pub(crate) period_seconds: i64,
-    pub(crate) up_seconds: i64,
-    pub(crate) availability_percent: f64,
-    pub(crate) restarts: u64,
-    pub(crate) total_queries: u64,
-    pub(crate) total_blocked: u64,
-    pub(crate) queries_per_day: BTreeMap<String, u64>,
-    pub(crate) blocked_per_category: BTreeMap<String, u64>,
-    pub(crate) blocked_per_list: BTreeMap<String, u64>,
-    pub(crate) blocked_per_profile: BTreeMap<String, u64>,
-    pub(crate) mandatory_lists: Vec<Freshness>,
-    pub(crate) sync_failures: Vec<SyncFailure>,
-    pub(crate) reloads_ok: u64,
-    pub(crate) reloads_failed: u64,
-    pub(crate) profiles: Vec<serde_json::Value>,
-    pub(crate) list_versions: Vec<ListVersion>,
+    pub measured_to: String,
+    pub period_seconds: i64,
+    pub up_seconds: i64,
+    pub availability_percent: f64,
+    pub restarts: u64,
+    pub total_queries: u64,
+    pub total_blocked: u64,
+    pub queries_per_day: BTreeMap<String, u64>,
+    pub blocked_per_category: BTreeMap<String, u64>,
+    pub blocked_per_list: BTreeMap<String, u64>,
+    pub blocked_per_profile: BTreeMap<String, u64>,
+    pub mandatory_lists: Vec<Freshness>,
+    pub sync_failures: Vec<SyncFailure>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub profiles: Vec<serde_json::Value>,
+    pub list_versions: Vec<ListVersion>,
 }
 
 /// A mandatory list's freshness over the period.
 #[derive(Debug, Serialize)]
-pub(crate) struct Freshness {
-    pub(crate) list: String,
+pub struct Freshness {
+    pub list: String,
     /// The oldest its version in force got, seconds.
-    pub(crate) max_age_seconds: Option<i64>,
+    pub max_age_seconds: Option<i64>,
     /// The longest time without a successful sync (`url` lists), seconds.
-    pub(crate) longest_gap_seconds: Option<i64>,
-    pub(crate) sync_failures: u64,
+    pub longest_gap_seconds: Option<i64>,
+    pub sync_failures: u64,
 }
 
 /// One failed sync check.
 #[derive(Debug, Serialize)]
-pub(crate) struct SyncFailure {
-    pub(crate) at: String,
-    pub(crate) list: String,
-    pub(crate) mandatory: bool,
-    pub(crate) reason: String,
+pub struct SyncFailure {
+    pub at: String,
+    pub list: String,
+    pub mandatory: bool,
+    pub reason: String,
 }
 
 /// A list version in force during the period.
 #[derive(Debug, Serialize)]
-pub(crate) struct ListVersion {
-    pub(crate) list: String,
-    pub(crate) version: String,
-    pub(crate) sha256: String,
-    pub(crate) entries: u64,
-    pub(crate) since: String,
+pub struct ListVersion {
+    pub list: String,
+    pub version: String,
+    pub sha256: String,
+    pub entries: u64,
+    pub since: String,
 }
 
-/// `shieldns report`.
-pub(crate) fn run(source: &ConfigSource, from: &str, to: &str, format: ReportFormat) -> anyhow::Result<()> {
-    let config = source.load()?;
-    let Some(path) = config.storage.database(&source.base_dir()) else {
-        bail!(
-            "storage.dir is not set in {}: there is no compliance store to report from",
-            source.describe()
-        );
-    };
+/// Opens the store at `path` read only, for a report.
+pub fn open_read_only(path: &std::path::Path) -> Result<Connection, ComplianceError> {
     if !path.exists() {
-        bail!(
-            "no compliance store at {} (has the daemon run with this storage.dir?)",
-            path.display()
-        );
+        return Err(ComplianceError::NoStore(path.to_path_buf()));
     }
-    let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let (start, end) = period(from, to)?;
-    let now = shieldns_index::Timestamp::now().as_second();
-    let report = build(&connection, start, end, now, config.storage.operator.as_deref())?;
-    std::io::Write::write_all(&mut std::io::stdout().lock(), render(&report, format)?.as_bytes())?;
-    Ok(())
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|cause| ComplianceError::Store {
+        what: format!("cannot open {}", path.display()),
+        cause,
+    })
 }
 
 /// `[from 00:00 UTC, to + 1 day 00:00 UTC)` as Unix seconds.
-fn period(from: &str, to: &str) -> anyhow::Result<(i64, i64)> {
-    let day = |text: &str| -> anyhow::Result<i64> {
-        let date: jiff::civil::Date = text
-            .parse()
-            .with_context(|| format!("{text:?} is not a date (YYYY-MM-DD)"))?;
+pub fn period(from: &str, to: &str) -> Result<(i64, i64), ComplianceError> {
+    let day = |text: &str| -> Result<i64, ComplianceError> {
+        let not_a_date = |_| ComplianceError::Period(format!("{text:?} is not a date (YYYY-MM-DD)"));
+        let date: jiff::civil::Date = text.parse().map_err(not_a_date)?;
         Ok(date
             .to_datetime(jiff::civil::Time::midnight())
-            .to_zoned_datetime(jiff::tz::TimeZone::UTC)?
+            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+            .map_err(not_a_date)?
             .timestamp()
             .as_second())
     };
     let (start, end) = (day(from)?, day(to)? + 86_400);
     if end <= start {
-        bail!("--to {to} is before --from {from}");
+        return Err(ComplianceError::Period(format!("--to {to} is before --from {from}")));
     }
     Ok((start, end))
 }
@@ -169,7 +155,13 @@ fn iso(at: i64) -> String {
 /// Computes the report for `[start, end)`; `now` caps the period (a report
 /// on the current half-year counts time up to now). `operator` is
 /// `storage.operator`, named in the header.
-pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64, operator: Option<&str>) -> anyhow::Result<Report> {
+pub fn build(
+    db: &Connection,
+    start: i64,
+    end: i64,
+    now: i64,
+    operator: Option<&str>,
+) -> Result<Report, ComplianceError> {
     let horizon = end.min(now).max(start);
     let first_start: Option<i64> = db.query_row("SELECT MIN(started) FROM runs", [], |r| r.get(0))?;
     let measured_from = first_start
@@ -209,7 +201,7 @@ pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64, operator: O
             .entry(iso(hour).get(..10).unwrap_or_default().to_owned())
             .or_insert(0) += count;
     }
-    let sum_by = |column: &str| -> anyhow::Result<BTreeMap<String, u64>> {
+    let sum_by = |column: &str| -> Result<BTreeMap<String, u64>, ComplianceError> {
         let mut statement = db.prepare(&format!(
             "SELECT {column}, SUM(blocks) FROM rollup_blocks WHERE hour >= ?1 AND hour < ?2 GROUP BY {column}"
         ))?;
@@ -243,7 +235,7 @@ pub(crate) fn build(db: &Connection, start: i64, end: i64, now: i64, operator: O
         sync_failures.push(row?);
     }
 
-    let count = |sql: &str| -> anyhow::Result<u64> {
+    let count = |sql: &str| -> Result<u64, ComplianceError> {
         let value: i64 = db.query_row(sql, params![start, end], |r| r.get(0))?;
         Ok(u64::try_from(value).unwrap_or(0))
     };
@@ -399,7 +391,7 @@ fn profile_row(profile: &serde_json::Value) -> (String, String, String) {
 }
 
 /// Renders the report.
-pub(crate) fn render(report: &Report, format: ReportFormat) -> anyhow::Result<String> {
+pub fn render(report: &Report, format: ReportFormat) -> Result<String, ComplianceError> {
     Ok(match format {
         ReportFormat::Json => format!("{}\n", serde_json::to_string_pretty(report)?),
         ReportFormat::Md => markdown(&sections(report)),

@@ -16,14 +16,15 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use rusqlite::{Connection, params};
 use serde::Deserialize;
 use shieldns_metrics::{Metrics, RollupReading};
 use tracing::{error, warn};
 
+use crate::ComplianceError;
+
 /// The database file name inside `storage.dir`.
-pub(crate) const DB_FILE: &str = "compliance.db";
+const DB_FILE: &str = "compliance.db";
 
 /// Events queued beyond this are dropped (and counted): the writer keeps up
 /// with far more than reloads and sync results ever produce.
@@ -32,18 +33,18 @@ const QUEUE: usize = 4096;
 /// `[storage]`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct StorageConfig {
+pub struct StorageConfig {
     /// Directory of the compliance database; none disables the store (and
     /// `shieldns report`). Relative paths are against the config file.
     #[serde(default)]
-    pub(crate) dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     /// How often the counters are folded into the hourly rollups (and the
     /// run's heartbeat written).
     #[serde(default = "default_flush", with = "humantime_serde")]
-    pub(crate) flush_interval: Duration,
+    pub flush_interval: Duration,
     /// The provider or school named on every compliance report.
     #[serde(default)]
-    pub(crate) operator: Option<String>,
+    pub operator: Option<String>,
 }
 
 fn default_flush() -> Duration {
@@ -62,7 +63,7 @@ impl Default for StorageConfig {
 
 impl StorageConfig {
     /// The database path, if the store is on.
-    pub(crate) fn database(&self, base_dir: &Path) -> Option<PathBuf> {
+    pub fn database(&self, base_dir: &Path) -> Option<PathBuf> {
         self.dir.as_ref().map(|dir| base_dir.join(dir).join(DB_FILE))
     }
 }
@@ -127,11 +128,17 @@ impl StoreHandle {
 }
 
 /// Opens (creating if needed) the database and its schema.
-pub(crate) fn open(path: &Path) -> anyhow::Result<Connection> {
+pub(crate) fn open(path: &Path) -> Result<Connection, ComplianceError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("storage.dir: cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|cause| ComplianceError::Dir {
+            dir: dir.to_path_buf(),
+            cause,
+        })?;
     }
-    let connection = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let connection = Connection::open(path).map_err(|cause| ComplianceError::Store {
+        what: format!("cannot open {}", path.display()),
+        cause,
+    })?;
     connection
         .execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -154,7 +161,10 @@ pub(crate) fn open(path: &Path) -> anyhow::Result<Connection> {
              CREATE TABLE IF NOT EXISTS runs (
                  started INTEGER PRIMARY KEY, last_seen INTEGER NOT NULL, stopped INTEGER);",
         )
-        .with_context(|| format!("cannot create the schema in {}", path.display()))?;
+        .map_err(|cause| ComplianceError::Store {
+            what: format!("cannot create the schema in {}", path.display()),
+            cause,
+        })?;
     // Stores written before every check was recorded once kept one sync
     // event per second and list (`UNIQUE (at, list, ok)`), which merged
     // checks of the same second: drop the constraint, keep the rows.
@@ -162,7 +172,10 @@ pub(crate) fn open(path: &Path) -> anyhow::Result<Connection> {
         .query_row("SELECT sql FROM sqlite_master WHERE name = 'sync_events'", [], |r| {
             r.get(0)
         })
-        .with_context(|| format!("cannot read the schema in {}", path.display()))?;
+        .map_err(|cause| ComplianceError::Store {
+            what: format!("cannot read the schema in {}", path.display()),
+            cause,
+        })?;
     if sync_schema.contains("UNIQUE") {
         connection
             .execute_batch(
@@ -175,13 +188,20 @@ pub(crate) fn open(path: &Path) -> anyhow::Result<Connection> {
                  ALTER TABLE sync_events_new RENAME TO sync_events;
                  COMMIT;",
             )
-            .with_context(|| format!("cannot migrate sync_events in {}", path.display()))?;
+            .map_err(|cause| ComplianceError::Store {
+                what: format!("cannot migrate sync_events in {}", path.display()),
+                cause,
+            })?;
     }
     Ok(connection)
 }
 
 /// Opens the store and starts its writer thread; records the run's start.
-pub(crate) fn start(path: &Path, flush_interval: Duration, metrics: Arc<Metrics>) -> anyhow::Result<StoreHandle> {
+pub(crate) fn start(
+    path: &Path,
+    flush_interval: Duration,
+    metrics: Arc<Metrics>,
+) -> Result<StoreHandle, ComplianceError> {
     let connection = open(path)?;
     let started = now();
     connection
@@ -189,7 +209,10 @@ pub(crate) fn start(path: &Path, flush_interval: Duration, metrics: Arc<Metrics>
             "INSERT OR REPLACE INTO runs (started, last_seen, stopped) VALUES (?1, ?1, NULL)",
             params![started],
         )
-        .context("cannot record the start in the compliance store")?;
+        .map_err(|cause| ComplianceError::Store {
+            what: "cannot record the start in the compliance store".into(),
+            cause,
+        })?;
     let (sender, receiver) = sync_channel(QUEUE);
     let writer = Writer {
         connection,
@@ -200,7 +223,7 @@ pub(crate) fn start(path: &Path, flush_interval: Duration, metrics: Arc<Metrics>
     let thread = std::thread::Builder::new()
         .name("compliance-store".into())
         .spawn(move || writer.run(&receiver, flush_interval))
-        .context("cannot start the compliance store writer")?;
+        .map_err(ComplianceError::Thread)?;
     Ok(StoreHandle {
         sender,
         metrics,
