@@ -179,6 +179,12 @@ impl Recorder {
     }
 }
 
+impl shieldns_sync::task::PassObserver for Recorder {
+    fn checked(&self, report: &PassReport) {
+        self.sync_checked(report);
+    }
+}
+
 /// A list's check history and version time, from its sync state.
 fn status_from_state(status: &mut ListStatus, state: &ListState) {
     status.consecutive_failures = state.consecutive_failures;

@@ -42,7 +42,7 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     let config = source.load()?;
     // `url` lists with no verified copy yet are downloaded before the first
     // build; the others are enforced from the cache at once.
-    let (syncer, first_pass) = crate::sync_wiring::prepare(&config, &source).await?;
+    let (syncer, first_pass) = shieldns_sync::task::prepare(&config.lists, &config.sync, &source.base_dir()).await?;
     let built = {
         let (config, source) = (config.clone(), source.clone());
         tokio::task::spawn_blocking(move || build(&config, &source, Builder::Daemon))
@@ -79,7 +79,7 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
         crate::exporter::spawn(address, config.metrics.allow.clone(), metrics.clone()).await?;
     }
     info!(config = %source.describe(), "shieldns ready");
-    let (sync, mut rebuilds) = crate::sync_wiring::spawn(syncer, &config, &source, recorder.clone());
+    let (sync, mut rebuilds) = shieldns_sync::task::spawn(syncer, &config.lists, source.base_dir(), recorder.clone());
     // The latest configuration read: sync rebuilds use its lists.
     let mut policy_config = config.clone();
 
@@ -91,7 +91,7 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
             _ = hangup.recv() => {
                 if let Some(new) = reload(&source, &config, &policy).await {
                     // SIGHUP also runs a sync pass (see README, `[sync]`).
-                    sync.reconfigure(&new, &source);
+                    sync.reconfigure(&new.lists, &new.sync, source.base_dir());
                     policy_config = new;
                 }
             }

@@ -1,34 +1,18 @@
-//! List sync in the binary: `lists update`, `lists status`, and the
-//! daemon's background sync task.
-//!
-//! The sync task downloads and verifies lists into the cache; it never
-//! builds or publishes a snapshot. When a pass brings a new version it asks
-//! the main loop to rebuild, and the main loop does so on the same path as
-//! SIGHUP (a complete build off the hot path, then one swap). All builds
-//! and swaps therefore happen in one place, one at a time, from the latest
-//! configuration read.
-
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+//! List sync from the command line (`lists update`, `lists status`) and
+//! the main loop's side of the sync task's rebuild requests.
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
-use shieldns_compliance::Recorder;
 use shieldns_sync::local::Kept;
-use shieldns_sync::{ListConfig, ListSource, ListState, Outcome, PassReport, Progress, Syncer};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use shieldns_sync::task::{RebuildRequest, result_line, url_lists};
+use shieldns_sync::{ListConfig, ListSource, ListState, Progress, Syncer};
+use tracing::{error, info};
 
 use crate::config::{Config, ConfigSource};
 use crate::policy::Policy;
 
 /// Downloads smaller than this get no progress bar.
 const PROGRESS_THRESHOLD: u64 = 1024 * 1024;
-
-fn url_lists(lists: &[ListConfig]) -> Vec<&ListConfig> {
-    lists.iter().filter(|l| l.remote().is_some()).collect()
-}
 
 /// `shieldns lists update [--force NAME]`: one sync pass now.
 pub(crate) fn lists_update(source: &ConfigSource, force: &[String]) -> anyhow::Result<()> {
@@ -87,36 +71,6 @@ pub(crate) fn lists_update(source: &ConfigSource, force: &[String]) -> anyhow::R
         bail!("mandatory list(s) failed to update: {}", failed.join(", "));
     }
     Ok(())
-}
-
-/// One line per list for `lists update` and the daemon log.
-fn result_line(list: &str, outcome: &Outcome, state: Option<&ListState>) -> String {
-    let current = state.and_then(|s| s.current.as_ref());
-    match outcome {
-        Outcome::Updated {
-            entries,
-            previous,
-            bytes,
-            serial,
-        } => format!(
-            "{list}: updated: {entries} entries{}, {bytes} bytes, serial {serial}",
-            previous.map(|p| format!(" (was {p})")).unwrap_or_default()
-        ),
-        Outcome::Unchanged => format!(
-            "{list}: unchanged{}",
-            current
-                .map(|c| format!(" ({} entries, serial {})", c.entries, c.serial))
-                .unwrap_or_default()
-        ),
-        Outcome::Failed { reason, kept_previous } => format!(
-            "{list}: FAILED: {reason}; {}",
-            if *kept_previous {
-                "the previous verified copy stays in force"
-            } else {
-                "no verified copy exists"
-            }
-        ),
-    }
 }
 
 /// indicatif bars for downloads over [`PROGRESS_THRESHOLD`]; hidden when
@@ -276,224 +230,6 @@ fn kind(list: &ListConfig) -> &'static str {
     }
 }
 
-/// Before the first build: reads the cache's state and downloads every `url`
-/// list that has no verified copy yet, so a first start can serve. Lists
-/// with a copy are not fetched here: they are enforced from the cache at
-/// once and refreshed in the background.
-pub(crate) async fn prepare(
-    config: &Config,
-    source: &ConfigSource,
-) -> anyhow::Result<(Option<Syncer>, Option<PassReport>)> {
-    if url_lists(&config.lists).is_empty() {
-        return Ok((None, None));
-    }
-    let mut syncer = Syncer::new(&config.sync, &source.base_dir())?;
-    for error in syncer.load(&config.lists) {
-        warn!("{error}");
-    }
-    let missing: Vec<&ListConfig> = url_lists(&config.lists)
-        .into_iter()
-        .filter(|l| !syncer.has_copy(&l.name))
-        .collect();
-    if !missing.is_empty() {
-        info!(
-            lists = missing.len(),
-            "downloading lists that have no verified copy yet"
-        );
-        let report = syncer.update(&missing, &[], &shieldns_sync::NoProgress).await;
-        log_report(&report, &syncer);
-        return Ok((Some(syncer), Some(report)));
-    }
-    Ok((Some(syncer), None))
-}
-
-fn log_report(report: &PassReport, syncer: &Syncer) {
-    for outcome in &report.outcomes {
-        let line = result_line(&outcome.list, &outcome.outcome, syncer.state(&outcome.list));
-        if matches!(outcome.outcome, Outcome::Failed { .. }) {
-            warn!("sync: {line}");
-        } else {
-            info!("sync: {line}");
-        }
-    }
-}
-
-/// Messages from the main loop to the sync task.
-#[derive(Debug)]
-enum Command {
-    /// SIGHUP: adopt the newly read configuration and run a pass now.
-    Reconfigure {
-        lists: Vec<ListConfig>,
-        sync: shieldns_sync::SyncConfig,
-        base_dir: PathBuf,
-    },
-}
-
-/// A request from the sync task to rebuild; the main loop answers whether
-/// the new policy is in force.
-#[derive(Debug)]
-pub(crate) struct RebuildRequest(oneshot::Sender<bool>);
-
-/// The main loop's handle on the sync task.
-#[derive(Debug)]
-pub(crate) struct SyncHandle {
-    commands: mpsc::UnboundedSender<Command>,
-}
-
-impl SyncHandle {
-    /// After SIGHUP: the task adopts `config` and runs a pass at once.
-    pub(crate) fn reconfigure(&self, config: &Config, source: &ConfigSource) {
-        let command = Command::Reconfigure {
-            lists: config.lists.clone(),
-            sync: config.sync.clone(),
-            base_dir: source.base_dir(),
-        };
-        if self.commands.send(command).is_err() {
-            error!("the sync task has stopped; lists are no longer refreshed");
-        }
-    }
-}
-
-/// Starts the background sync task. It owns the syncer; the returned
-/// receiver yields its rebuild requests.
-pub(crate) fn spawn(
-    syncer: Option<Syncer>,
-    config: &Config,
-    source: &ConfigSource,
-    recorder: Arc<Recorder>,
-) -> (SyncHandle, mpsc::Receiver<RebuildRequest>) {
-    let (commands, command_rx) = mpsc::unbounded_channel();
-    let (rebuild_tx, rebuild_rx) = mpsc::channel(1);
-    let task = SyncTask {
-        syncer,
-        lists: config.lists.clone(),
-        base_dir: source.base_dir(),
-        commands: command_rx,
-        rebuild: rebuild_tx,
-        recorder,
-    };
-    tokio::spawn(task.run());
-    (SyncHandle { commands }, rebuild_rx)
-}
-
-struct SyncTask {
-    /// Where each pass's checks are recorded.
-    recorder: Arc<Recorder>,
-    syncer: Option<Syncer>,
-    lists: Vec<ListConfig>,
-    base_dir: PathBuf,
-    commands: mpsc::UnboundedReceiver<Command>,
-    rebuild: mpsc::Sender<RebuildRequest>,
-}
-
-impl SyncTask {
-    async fn run(mut self) {
-        loop {
-            let wait = self.until_next_due();
-            let command = tokio::select! {
-                () = sleep_or_forever(wait) => None,
-                command = self.commands.recv() => match command {
-                    Some(command) => Some(command),
-                    None => return,
-                },
-            };
-            let due: Vec<ListConfig> = match command {
-                Some(Command::Reconfigure { lists, sync, base_dir }) => {
-                    self.reconfigure(lists, &sync, base_dir);
-                    url_lists(&self.lists).into_iter().cloned().collect()
-                }
-                None => {
-                    let now = SystemTime::now();
-                    let Some(syncer) = &self.syncer else { continue };
-                    url_lists(&self.lists)
-                        .into_iter()
-                        .filter(|l| syncer.next_check(&l.name) <= now)
-                        .cloned()
-                        .collect()
-                }
-            };
-            self.pass(&due).await;
-        }
-    }
-
-    /// Time until the earliest scheduled check; `None` with no `url` list.
-    fn until_next_due(&self) -> Option<Duration> {
-        let syncer = self.syncer.as_ref()?;
-        let next = url_lists(&self.lists)
-            .iter()
-            .map(|l| syncer.next_check(&l.name))
-            .min()?;
-        Some(next.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
-    }
-
-    fn reconfigure(&mut self, lists: Vec<ListConfig>, sync: &shieldns_sync::SyncConfig, base_dir: PathBuf) {
-        let same_settings = self
-            .syncer
-            .as_ref()
-            .is_some_and(|s| s.config() == sync && self.base_dir == base_dir);
-        if !same_settings && !url_lists(&lists).is_empty() {
-            match Syncer::new(sync, &base_dir) {
-                Ok(syncer) => self.syncer = Some(syncer),
-                Err(error) => error!("[sync] settings not applied, keeping the previous ones: {error}"),
-            }
-        }
-        if let Some(syncer) = &mut self.syncer {
-            for error in syncer.load(&lists) {
-                warn!("{error}");
-            }
-        }
-        self.lists = lists;
-        self.base_dir = base_dir;
-    }
-
-    async fn pass(&mut self, due: &[ListConfig]) {
-        let Some(syncer) = &mut self.syncer else { return };
-        if due.is_empty() {
-            return;
-        }
-        let due: Vec<&ListConfig> = due.iter().collect();
-        // A panic in a pass (a bug, in this code or a dependency) must not
-        // end list sync for good: log it, re-read the states from the
-        // cache, and pause before the next pass.
-        let pass = std::panic::AssertUnwindSafe(syncer.update(&due, &[], &shieldns_sync::NoProgress));
-        let Ok(report) = futures_util::FutureExt::catch_unwind(pass).await else {
-            error!("sync pass panicked; the lists in force stay in force, next pass in 60 s");
-            for error in syncer.load(&self.lists) {
-                warn!("{error}");
-            }
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            return;
-        };
-        log_report(&report, syncer);
-        self.recorder.sync_checked(&report);
-        let failed = report
-            .outcomes
-            .iter()
-            .filter(|o| matches!(o.outcome, Outcome::Failed { .. }))
-            .count();
-        let policy = if report.changed() {
-            let (reply, answer) = oneshot::channel();
-            if self.rebuild.send(RebuildRequest(reply)).await.is_err() {
-                return;
-            }
-            match answer.await {
-                Ok(true) => "new policy in force",
-                _ => "rebuild failed, previous policy stays in force",
-            }
-        } else {
-            "policy unchanged"
-        };
-        info!(lists = report.outcomes.len(), failed, "sync pass complete: {policy}");
-    }
-}
-
-async fn sleep_or_forever(wait: Option<Duration>) {
-    match wait {
-        Some(wait) => tokio::time::sleep(wait).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The main loop's side of a rebuild request: the same build as SIGHUP,
 /// from the latest configuration, then one swap.
 pub(crate) async fn rebuild(request: RebuildRequest, source: &ConfigSource, config: &Config, policy: &Policy) {
@@ -518,6 +254,5 @@ pub(crate) async fn rebuild(request: RebuildRequest, source: &ConfigSource, conf
             false
         }
     };
-    // The sync task may have stopped waiting (shutdown); nothing to tell.
-    let _ = request.0.send(ok);
+    request.answer(ok);
 }

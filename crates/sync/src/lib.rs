@@ -29,6 +29,7 @@ mod config;
 mod fetch;
 pub mod local;
 mod syncer;
+pub mod task;
 mod xfr;
 
 pub use builtin::{BUILTIN_PREFIX, get as builtin_list};
