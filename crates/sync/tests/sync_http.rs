@@ -4,15 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
-mod support {
-    pub(crate) mod publisher;
-}
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shieldns_sync::{ListConfig, NoProgress, Outcome, PassReport, SyncConfig, Syncer, read_list};
-use support::publisher::{Mode, Publisher, Signer, names};
+use shieldns_test_support::publisher::{Mode, Publisher, Signer, names};
 
 /// Parses `[sync]` plus `[[list]]` tables the way the binary does.
 #[derive(serde::Deserialize)]

@@ -2,39 +2,14 @@
 //! sends SIGHUP 20 times, swapping lists that change verdicts. Nothing may be
 //! lost or answered SERVFAIL, and the last lists' verdicts are served after.
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-mod support;
-
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::daemon::{Daemon, require, status};
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, require, status};
+use shieldns_test_support::upstream::FakeUpstream;
 
-const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:@PORT@"]
-
-[upstream]
-mode = "forward"
-# The fake upstream serves unsigned test. data.
-dnssec = false
-resolve_local_zones = ["test."]
-forward = ["@UPSTREAM@"]
-
-[[list]]
-name = "adult"
-category = "adult"
-format = "domains"
-path = "@DIR@/adult.txt"
-
-[[profile]]
-name = "default"
-clients = ["0.0.0.0/0", "::/0"]
-block = ["adult"]
-"#;
+const CONFIG: &str = include_str!("fixtures/dns_reload_load.toml");
 
 /// A list of `filler` synthetic names plus the names that flip verdicts.
 fn list(flip: &str, filler: usize) -> String {

@@ -1,93 +1,13 @@
 //! End-to-end tests of `shieldns run` in forward mode: the real binary on
 //! loopback, a fake upstream, and the real `dig`.
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-mod support;
-
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use support::daemon::{Daemon, answers, ede, require, status};
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, answers, ede, require, status};
+use shieldns_test_support::upstream::FakeUpstream;
 
-const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:@PORT@"]
-allow = ["127.0.0.0/25", "::1/128"]
-
-[upstream]
-mode = "forward"
-# The fake upstream serves unsigned test. data.
-dnssec = false
-resolve_local_zones = ["test."]
-forward = [@UPSTREAMS@]
-timeout_ms = 400
-
-[cache]
-max_entries = 1000
-
-[[list]]
-name = "national-csam"
-category = "csam"
-format = "domains"
-path = "@DIR@/csam.txt"
-mandatory = true
-
-[[list]]
-name = "adult"
-category = "adult"
-format = "domains"
-path = "@DIR@/adult.txt"
-
-[[list]]
-name = "global"
-format = "domains"
-path = "@DIR@/global.txt"
-
-[[list]]
-name = "allow"
-format = "domains"
-path = "@DIR@/allow.txt"
-action = "allow"
-
-[[profile]]
-name = "default"
-clients = ["0.0.0.0/0", "::/0"]
-block = ["csam", "adult"]
-block_ttl = 42
-
-[[profile]]
-name = "nodata"
-clients = ["127.0.0.2/32"]
-block = ["adult"]
-block_response = "nodata"
-
-[[profile]]
-name = "null"
-clients = ["127.0.0.3/32"]
-block = ["adult"]
-block_response = "null"
-
-[[profile]]
-name = "sinkhole"
-clients = ["127.0.0.4/32"]
-block = ["adult"]
-block_response = "sinkhole"
-sinkhole_ipv4 = "192.0.2.80"
-sinkhole_ipv6 = "2001:db8::80"
-
-[[profile]]
-name = "refused"
-clients = ["127.0.0.5/32"]
-block = ["adult"]
-block_response = "refused"
-
-[[profile]]
-name = "open"
-clients = ["127.0.0.6/32"]
-block = []
-"#;
+const CONFIG: &str = include_str!("fixtures/dns_forward.toml");
 
 const FILES: &[(&str, &str)] = &[
     ("csam.txt", "# national list\nmandatory.example.test\n"),
@@ -444,9 +364,9 @@ fn caches_negative_answers_and_listens_on_ipv6() {
     assert_eq!(asked, 2, "the handler caches NXDOMAIN too");
 
     let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, daemon.addr.port()));
-    let out = support::daemon::dig_at(v6, &["www.example.test", "AAAA"]);
+    let out = shieldns_test_support::daemon::dig_at(v6, &["www.example.test", "AAAA"]);
     assert_eq!(answers(&out), ["www.example.test. 300 IN AAAA 2001:db8::10"], "{out}");
-    let out = support::daemon::dig_at(v6, &["+tcp", "blocked.example.test", "A"]);
+    let out = shieldns_test_support::daemon::dig_at(v6, &["+tcp", "blocked.example.test", "A"]);
     assert_eq!(status(&out), "NXDOMAIN", "{out}");
 }
 
@@ -603,7 +523,7 @@ fn exports_counters_on_the_metrics_endpoint() {
         return;
     }
     let upstream = FakeUpstream::start("127.0.0.1", 300);
-    let metrics_port = support::daemon::free_port("127.0.0.1");
+    let metrics_port = shieldns_test_support::daemon::free_port("127.0.0.1");
     let config = format!(
         "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
         CONFIG.replace("@UPSTREAMS@", &format!("\"{}\"", upstream.addr))
@@ -643,7 +563,7 @@ fn overload_drops_slow_queries_but_keeps_answering_blocked_ones() {
     // An upstream that never answers keeps every allowed query in flight.
     let upstream = FakeUpstream::start("127.0.0.1", 300);
     upstream.set_answering(false);
-    let metrics_port = support::daemon::free_port("127.0.0.1");
+    let metrics_port = shieldns_test_support::daemon::free_port("127.0.0.1");
     let config = format!(
         "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
         CONFIG

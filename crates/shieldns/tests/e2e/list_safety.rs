@@ -2,14 +2,10 @@
 //! hostile or broken list files, given on SIGHUP or found at a restart,
 //! never replace the lists in force, and `dig` shows the old verdicts hold.
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-mod support;
-
 use std::process::Command;
 
-use support::daemon::{Daemon, require, status};
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, require, status};
+use shieldns_test_support::upstream::FakeUpstream;
 
 const CONFIG: &str = include_str!("fixtures/list_safety.toml");
 

@@ -6,8 +6,6 @@
 //! and plain tests driving the real binary can use it. Shared by the sync
 //! crate's tests and the binary's (`#[path]`-included there).
 
-#![allow(dead_code)] // Each test binary uses a different part.
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -24,7 +22,7 @@ use tokio_rustls::rustls;
 /// How the publisher answers a path. Sticky: it applies to every request
 /// (retries included) until changed.
 #[derive(Clone, Debug)]
-pub(crate) enum Mode {
+pub enum Mode {
     /// 200 with the file, ETag and Last-Modified; 304 when the client's
     /// If-None-Match matches; gzip when the client accepts it.
     Serve,
@@ -44,6 +42,7 @@ pub(crate) enum Mode {
 type Body = BoxBody<Bytes, std::io::Error>;
 
 #[derive(Default)]
+#[derive(Debug)]
 struct State {
     files: HashMap<String, Vec<u8>>,
     modes: HashMap<String, Mode>,
@@ -53,10 +52,11 @@ struct State {
 }
 
 /// A running publisher; stops when dropped.
-pub(crate) struct Publisher {
-    pub(crate) addr: SocketAddr,
+#[derive(Debug)]
+pub struct Publisher {
+    pub addr: SocketAddr,
     /// The test CA's certificate (PEM), for `sync.ca_file`.
-    pub(crate) ca_pem: String,
+    pub ca_pem: String,
     state: Arc<Mutex<State>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -64,12 +64,12 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     /// Starts on a free port of 127.0.0.1.
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// Starts on `addr` (to come back on the same port after a stop).
-    pub(crate) fn start_on(addr: SocketAddr) -> Self {
+    pub fn start_on(addr: SocketAddr) -> Self {
         let (ca_pem, server_config) = certificates();
         let state = Arc::new(Mutex::new(State {
             gzip: true,
@@ -100,31 +100,31 @@ impl Publisher {
     }
 
     /// `https://127.0.0.1:PORT/path`.
-    pub(crate) fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("https://{}/{}", self.addr, path.trim_start_matches('/'))
     }
 
     /// Publishes `body` at `path` (and serves it normally).
-    pub(crate) fn put(&self, path: &str, body: impl Into<Vec<u8>>) {
+    pub fn put(&self, path: &str, body: impl Into<Vec<u8>>) {
         let mut state = self.state.lock().expect("publisher state");
         state.files.insert(path.trim_start_matches('/').to_owned(), body.into());
         state.modes.remove(path.trim_start_matches('/'));
     }
 
     /// Sets how `path` is answered.
-    pub(crate) fn mode(&self, path: &str, mode: Mode) {
+    pub fn mode(&self, path: &str, mode: Mode) {
         let mut state = self.state.lock().expect("publisher state");
         state.modes.insert(path.trim_start_matches('/').to_owned(), mode);
     }
 
     /// Whether bodies are gzip-encoded for clients that accept it.
-    pub(crate) fn set_gzip(&self, on: bool) {
+    pub fn set_gzip(&self, on: bool) {
         self.state.lock().expect("publisher state").gzip = on;
     }
 
     /// Requests for `path` so far, each with its If-None-Match and
     /// Accept-Encoding headers.
-    pub(crate) fn requests(&self, path: &str) -> Vec<(Option<String>, Option<String>)> {
+    pub fn requests(&self, path: &str) -> Vec<(Option<String>, Option<String>)> {
         let state = self.state.lock().expect("publisher state");
         let path = path.trim_start_matches('/');
         state
@@ -136,14 +136,14 @@ impl Publisher {
     }
 
     /// Writes the CA certificate to `dir/ca.pem` and returns its path.
-    pub(crate) fn write_ca(&self, dir: &std::path::Path) -> std::path::PathBuf {
+    pub fn write_ca(&self, dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("ca.pem");
         std::fs::write(&path, &self.ca_pem).expect("write ca.pem");
         path
     }
 
     /// Stops serving: the port refuses connections afterwards.
-    pub(crate) fn stop(mut self) -> SocketAddr {
+    pub fn stop(mut self) -> SocketAddr {
         self.shutdown();
         self.addr
     }
@@ -343,7 +343,8 @@ async fn handle(request: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<
 }
 
 /// A minisign key pair for a test publisher.
-pub(crate) struct Signer {
+#[derive(Debug)]
+pub struct Signer {
     keys: minisign::KeyPair,
 }
 
@@ -354,19 +355,19 @@ impl Default for Signer {
 }
 
 impl Signer {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             keys: minisign::KeyPair::generate_unencrypted_keypair().expect("minisign keys"),
         }
     }
 
     /// The public key as `minisign = "…"` takes it.
-    pub(crate) fn public_key(&self) -> String {
+    pub fn public_key(&self) -> String {
         self.keys.pk.to_base64()
     }
 
     /// A detached signature of `body`, as `minisign -S` writes it.
-    pub(crate) fn sign(&self, body: &[u8]) -> String {
+    pub fn sign(&self, body: &[u8]) -> String {
         minisign::sign(
             Some(&self.keys.pk),
             &self.keys.sk,
@@ -380,6 +381,6 @@ impl Signer {
 }
 
 /// `count` list lines `name-N.example.test`.
-pub(crate) fn names(prefix: &str, count: usize) -> String {
+pub fn names(prefix: &str, count: usize) -> String {
     (0..count).map(|i| format!("{prefix}-{i}.example.test\n")).collect()
 }

@@ -2,45 +2,15 @@
 //! and `blocked_only`, and dnstap over a Frame Streams unix socket read back
 //! by the real `dnstap-read` (Debian bind9-utils).
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-mod support;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::daemon::{Daemon, require, status};
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, require, status};
+use shieldns_test_support::upstream::FakeUpstream;
 
-const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:@PORT@"]
-allow = ["127.0.0.0/8"]
-
-[upstream]
-mode = "forward"
-# The fake upstream serves unsigned test. data.
-dnssec = false
-resolve_local_zones = ["test."]
-forward = ["@UPSTREAM@"]
-timeout_ms = 400
-
-[[list]]
-name = "adult"
-category = "adult"
-format = "domains"
-path = "@DIR@/adult.txt"
-
-[[profile]]
-name = "kids"
-clients = ["127.0.0.0/8"]
-block = ["adult"]
-
-[query_log]
-enabled = true
-"#;
+const CONFIG: &str = include_str!("fixtures/querylog_e2e.toml");
 
 const FILES: &[(&str, &str)] = &[("adult.txt", "blocked.example.test\n")];
 

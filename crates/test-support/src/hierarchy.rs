@@ -84,8 +84,6 @@
 //!
 //! Required packages (Debian): `nsd`, `ldnsutils` (signing); the self-test also uses
 //! `bind9-dnsutils` (`dig`) and `ldnsutils` (`drill`).
-#![allow(dead_code)]
-
 use std::fmt::Write as _;
 use std::fs;
 use std::io::ErrorKind;
@@ -98,15 +96,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long the servers may take to answer after being spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Number of TXT records at `big.example.test.` and the length of each.
-pub(crate) const BIG_TXT_COUNT: usize = 10;
-pub(crate) const BIG_TXT_LEN: usize = 200;
+pub const BIG_TXT_COUNT: usize = 10;
+pub const BIG_TXT_LEN: usize = 200;
 
 /// The zone-file key of the file nsd cannot load.
 const BROKEN_ZONE: &str = "broken";
 
 /// One of the fake servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Server {
+pub enum Server {
     /// The root, 127.53.X.1.
     Root,
     /// `test.`, 127.53.X.2.
@@ -120,10 +118,10 @@ pub(crate) enum Server {
 }
 
 impl Server {
-    pub(crate) const ALL: [Self; 5] = [Self::Root, Self::Tld, Self::Example, Self::Signed, Self::Bogus];
+    pub const ALL: [Self; 5] = [Self::Root, Self::Tld, Self::Example, Self::Signed, Self::Bogus];
 
     /// Last octet of the server's address.
-    pub(crate) fn host(self) -> u8 {
+    pub fn host(self) -> u8 {
         match self {
             Self::Root => 1,
             Self::Tld => 2,
@@ -133,7 +131,7 @@ impl Server {
         }
     }
 
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Root => "root",
             Self::Tld => "tld",
@@ -144,7 +142,7 @@ impl Server {
     }
 
     /// Accepts the server name, or a zone it serves ("test", "other", "example.test." ...).
-    pub(crate) fn from_name(name: &str) -> Option<Self> {
+    pub fn from_name(name: &str) -> Option<Self> {
         match name.trim_end_matches('.') {
             "root" | "" => Some(Self::Root),
             "tld" | "test" => Some(Self::Tld),
@@ -156,7 +154,7 @@ impl Server {
     }
 
     /// The zones this server is authoritative for.
-    pub(crate) fn zones(self) -> &'static [&'static str] {
+    pub fn zones(self) -> &'static [&'static str] {
         match self {
             Self::Root => &["."],
             Self::Tld => &["test."],
@@ -175,9 +173,9 @@ impl Server {
 
 /// A running fake hierarchy; see the module documentation.
 #[derive(Debug)]
-pub(crate) struct Hierarchy {
+pub struct Hierarchy {
     /// Address of the fake root server (127.53.X.1).
-    pub(crate) root: IpAddr,
+    pub root: IpAddr,
     instance: u8,
     dir: PathBuf,
     /// Owns `dir` (None when kept for debugging).
@@ -201,7 +199,7 @@ impl Hierarchy {
     /// Returns `None` (after printing `SKIP: ...`) when `nsd` is not installed or port 53 cannot
     /// be bound on those addresses. Panics on real failures (an address already in use, a zone
     /// nsd rejects, a server that does not come up).
-    pub(crate) fn start(instance: u8) -> Option<Self> {
+    pub fn start(instance: u8) -> Option<Self> {
         let started = Instant::now();
         let Some(nsd) = find_tool("nsd") else {
             eprintln!("SKIP: nsd is not installed (Debian package `nsd`)");
@@ -286,58 +284,58 @@ impl Hierarchy {
     }
 
     /// The `X` of 127.53.X.0/24.
-    pub(crate) fn instance(&self) -> u8 {
+    pub fn instance(&self) -> u8 {
         self.instance
     }
 
     /// Address of one server.
-    pub(crate) fn addr(&self, server: Server) -> IpAddr {
+    pub fn addr(&self, server: Server) -> IpAddr {
         IpAddr::V4(v4(self.instance, server))
     }
 
     /// Address of a server by name (see [`Server::from_name`]); panics on an unknown name.
-    pub(crate) fn server_addr(&self, which: &str) -> IpAddr {
+    pub fn server_addr(&self, which: &str) -> IpAddr {
         self.addr(parse_server(which))
     }
 
     /// The temporary directory holding zones, keys and each server's `nsd.log`.
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// A root hints file naming the fake root only (`. NS ns1.root.`, `ns1.root. A 127.53.X.1`).
-    pub(crate) fn root_hints_file(&self) -> PathBuf {
+    pub fn root_hints_file(&self) -> PathBuf {
         self.dir.join("root.hints")
     }
 
     /// A file with the fake root's KSK as one line `. 3600 IN DNSKEY 257 3 13 <base64>`
     /// (the format of hickory's `TrustAnchors::from_file`), or `None` when unsigned.
-    pub(crate) fn trust_anchor_file(&self) -> Option<PathBuf> {
+    pub fn trust_anchor_file(&self) -> Option<PathBuf> {
         self.anchor.as_ref().map(|a| a.file.clone())
     }
 
     /// The root KSK as a DNSKEY record in zone-file text (same line as the trust anchor file).
-    pub(crate) fn root_dnskey(&self) -> Option<&str> {
+    pub fn root_dnskey(&self) -> Option<&str> {
         self.anchor.as_ref().map(|a| a.dnskey.as_str())
     }
 
     /// The root KSK as a DS record (`. IN DS <tag> 13 2 <sha256>`).
-    pub(crate) fn root_ds(&self) -> Option<&str> {
+    pub fn root_ds(&self) -> Option<&str> {
         self.anchor.as_ref().map(|a| a.ds.as_str())
     }
 
     /// Whether the zones were signed (the signing tools were available).
-    pub(crate) fn is_signed(&self) -> bool {
+    pub fn is_signed(&self) -> bool {
         self.anchor.is_some()
     }
 
     /// Kills one server (by name, see [`Server::from_name`]); returns once it no longer answers.
-    pub(crate) fn stop_server(&mut self, which: &str) {
+    pub fn stop_server(&mut self, which: &str) {
         self.stop(parse_server(which));
     }
 
     /// Kills one server; returns once it no longer answers. Stopping twice is a no-op.
-    pub(crate) fn stop(&mut self, server: Server) {
+    pub fn stop(&mut self, server: Server) {
         if self.stopped.contains(&server) {
             return;
         }
@@ -516,7 +514,7 @@ fn server_logs(dir: &Path, server: Server) -> String {
 }
 
 /// Finds an executable in `PATH` or the sbin directories (nsd lives in /usr/sbin).
-pub(crate) fn find_tool(name: &str) -> Option<PathBuf> {
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))

@@ -14,11 +14,12 @@ use hickory_proto::rr::rdata::{A, AAAA, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// A running fake upstream.
-pub(crate) struct FakeUpstream {
-    pub(crate) addr: SocketAddr,
+#[derive(Debug)]
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
     answering: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    pub(crate) queries: Arc<AtomicUsize>,
+    pub queries: Arc<AtomicUsize>,
 }
 
 type Zone = HashMap<(String, RecordType), Vec<Record>>;
@@ -74,7 +75,7 @@ fn zone(ttl: u32) -> Zone {
 
 impl FakeUpstream {
     /// Starts answering on `addr` (port 0 picks one; UDP and TCP share it).
-    pub(crate) fn start(ip: &str, ttl: u32) -> Self {
+    pub fn start(ip: &str, ttl: u32) -> Self {
         // UDP picks the port; TCP on the same number can be taken (another
         // test's outgoing connection may hold it), so try a few UDP ports.
         let (udp, tcp) = (0..32)
@@ -148,7 +149,7 @@ impl FakeUpstream {
     }
 
     /// Stops or resumes answering (queries are still received and dropped).
-    pub(crate) fn set_answering(&self, on: bool) {
+    pub fn set_answering(&self, on: bool) {
         self.answering.store(on, Ordering::Relaxed);
     }
 }

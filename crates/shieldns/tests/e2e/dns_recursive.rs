@@ -2,38 +2,10 @@
 //! fake DNS hierarchy (root, TLD, authoritative servers, a signed and a
 //! bogus zone) served by nsd on loopback, queried with the real `dig`.
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+use shieldns_test_support::daemon::{Daemon, answers, ede, require, status};
+use shieldns_test_support::hierarchy::Hierarchy;
 
-mod support;
-
-use support::daemon::{Daemon, answers, ede, require, status};
-use support::hierarchy::Hierarchy;
-
-const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:@PORT@"]
-
-[upstream]
-mode = "recursive"
-root_hints = "@HINTS@"
-dnssec = true
-@ANCHOR@
-allow_private_nameservers = true
-allow_loopback_nameservers = true
-resolve_local_zones = ["test."]
-resolution_timeout_ms = 1500
-
-[[list]]
-name = "adult"
-category = "adult"
-format = "domains"
-path = "@DIR@/adult.txt"
-
-[[profile]]
-name = "default"
-clients = ["0.0.0.0/0", "::/0"]
-block = ["adult"]
-"#;
+const CONFIG: &str = include_str!("fixtures/dns_recursive.toml");
 
 fn start(instance: u8) -> Option<(Hierarchy, Daemon)> {
     if !require(&[("dig", "bind9-dnsutils")]) {
@@ -288,7 +260,7 @@ fn recurses_over_ipv6_alone() {
     if !require(&[("dig", "bind9-dnsutils")]) {
         return;
     }
-    let Some(nsd) = support::hierarchy::find_tool("nsd") else {
+    let Some(nsd) = shieldns_test_support::hierarchy::find_tool("nsd") else {
         eprintln!("SKIP: nsd is not installed (Debian package `nsd`)");
         return;
     };
@@ -353,7 +325,7 @@ fn recurses_over_ipv6_alone() {
     let _stop = Stop(&mut server);
     let ready = (0..50).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let out = support::daemon::dig_at("[::1]:53".parse().unwrap(), &["+norec", "v6.test", "SOA"]);
+        let out = shieldns_test_support::daemon::dig_at("[::1]:53".parse().unwrap(), &["+norec", "v6.test", "SOA"]);
         status(&out) == "NOERROR"
     });
     assert!(

@@ -8,40 +8,14 @@
 //! smoke run `cargo test` does; the figures in `benches/RESULTS.md` come
 //! from long runs with it raised).
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use support::daemon::{Daemon, repo_root, require, status};
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, repo_root, require, status};
+use shieldns_test_support::upstream::FakeUpstream;
 
-const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:@PORT@"]
-allow = ["127.0.0.0/25"]
-
-[upstream]
-mode = "forward"
-dnssec = false
-resolve_local_zones = ["test."]
-forward = ["@UPSTREAM@"]
-resolution_timeout_ms = 500
-
-[[list]]
-name = "adult"
-category = "adult"
-format = "domains"
-path = "@DIR@/adult.txt"
-
-[[profile]]
-name = "default"
-clients = ["0.0.0.0/0"]
-block = ["adult"]
-"#;
+const CONFIG: &str = include_str!("fixtures/fuzz_request_path.toml");
 
 /// xorshift64: the mutations need to be cheap and reproducible, not good.
 struct Rng(u64);

@@ -4,15 +4,12 @@
 //!
 //! Instances used here: 250 (shared by the read-only tests), 251 (`stop_server`).
 
-#[path = "support/hierarchy.rs"]
-mod hierarchy;
-
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use hierarchy::{BIG_TXT_COUNT, BIG_TXT_LEN, Hierarchy, Server};
+use shieldns_test_support::hierarchy::{BIG_TXT_COUNT, BIG_TXT_LEN, Hierarchy, Server};
 
 /// One hierarchy for all read-only tests. Never dropped: the hierarchy's watchdog stops the
 /// servers and removes the directory when the test process exits.
@@ -25,7 +22,7 @@ fn shared() -> Option<&'static Hierarchy> {
 }
 
 fn have_dig() -> bool {
-    let found = hierarchy::find_tool("dig").is_some();
+    let found = shieldns_test_support::hierarchy::find_tool("dig").is_some();
     if !found {
         eprintln!("SKIP: dig is not installed (Debian package `bind9-dnsutils`)");
     }
@@ -353,7 +350,7 @@ fn dnssec_chain_from_the_fake_root() {
         eprintln!("SKIP: hierarchy is unsigned (ldnsutils missing or SHIELDNS_HIERARCHY_UNSIGNED set)");
         return;
     };
-    if hierarchy::find_tool("drill").is_none() {
+    if shieldns_test_support::hierarchy::find_tool("drill").is_none() {
         eprintln!("SKIP: drill is not installed (Debian package `ldnsutils`)");
         return;
     }

@@ -7,74 +7,19 @@
 //! rebuilds from the cache and runs a pass), so no test waits for a timer
 //! except the one that tests the timer.
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-#[path = "../../sync/tests/support/publisher.rs"]
-mod publisher;
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use publisher::{Mode, Publisher, Signer, names};
-use support::daemon::{Daemon, ede, require, status};
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, ede, require, status};
+use shieldns_test_support::publisher::{Mode, Publisher, Signer, names};
+use shieldns_test_support::upstream::FakeUpstream;
 
 const TOOLS: &[(&str, &str)] = &[("dig", "bind9-dnsutils")];
 
 /// `@URL_*@`, `@CA@`, `@CACHE@`, `@KEY@`, `@PIN@`, `@REFRESH@` are filled
 /// per test; `@PORT@` and `@DIR@` by the daemon support.
-const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:@PORT@"]
-allow = ["127.0.0.0/8"]
-
-[upstream]
-mode = "forward"
-# The fake upstream serves unsigned test. data.
-dnssec = false
-resolve_local_zones = ["test."]
-forward = ["@UPSTREAM@"]
-timeout_ms = 400
-
-[sync]
-cache_dir = "@CACHE@"
-ca_file = "@CA@"
-connect_timeout = "1s"
-timeout = "1s"
-retries = 1
-retry_backoff = "100ms"
-
-[[list]]
-name = "national"
-category = "csam"
-format = "domains"
-url = "@URL_NATIONAL@"
-minisign = "@KEY@"
-max_bytes = 200000
-refresh = "@REFRESH@"
-mandatory = true
-
-[[list]]
-name = "pinned"
-format = "domains"
-url = "@URL_PINNED@"
-sha256 = "@PIN@"
-refresh = "1h"
-
-[[profile]]
-name = "default"
-clients = ["0.0.0.0/0", "::/0"]
-block = ["csam"]
-
-[metrics]
-listen = "127.0.0.1:@METRICS@"
-
-[storage]
-dir = "@DIR@/store"
-flush_interval = "200ms"
-"#;
+const CONFIG: &str = include_str!("fixtures/sync_e2e.toml");
 
 struct Feed {
     publisher: Publisher,
@@ -122,7 +67,10 @@ impl Feed {
             .replace("@KEY@", &self.signer.public_key())
             .replace("@PIN@", &hex::encode(sha2::Sha256::digest(self.pinned_body.as_bytes())))
             .replace("@REFRESH@", refresh)
-            .replace("@METRICS@", &support::daemon::free_port("127.0.0.1").to_string())
+            .replace(
+                "@METRICS@",
+                &shieldns_test_support::daemon::free_port("127.0.0.1").to_string(),
+            )
     }
 }
 
@@ -293,7 +241,7 @@ fn publisher_faults_keep_the_previous_verdict_and_report_why() {
         .lines()
         .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:")?.strip_suffix('"')?.parse().ok())
         .unwrap();
-    let counted: f64 = support::daemon::scrape(metrics_port)
+    let counted: f64 = shieldns_test_support::daemon::scrape(metrics_port)
         .lines()
         .filter(|l| l.starts_with("shieldns_sync_failures_total{") && l.contains("list=\"national\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -424,7 +372,7 @@ fn a_restart_with_the_publisher_down_enforces_the_cached_lists() {
     let first_cache = empty_cache.path().join("lists");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shieldns.toml");
-    let port = support::daemon::free_port("127.0.0.1");
+    let port = shieldns_test_support::daemon::free_port("127.0.0.1");
     std::fs::write(
         &path,
         config

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Whether a tool is on PATH; tests print `SKIP:` and return when not.
-pub(crate) fn have(tool: &str) -> bool {
+pub fn have(tool: &str) -> bool {
     Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
@@ -17,7 +17,7 @@ pub(crate) fn have(tool: &str) -> bool {
 
 /// Whether every tool is installed; prints a `SKIP:` line naming the
 /// Debian packages when one is missing, so a skipped test says why.
-pub(crate) fn require(tools: &[(&str, &str)]) -> bool {
+pub fn require(tools: &[(&str, &str)]) -> bool {
     for (tool, package) in tools {
         if !have(tool) {
             eprintln!("SKIP: {tool} is not installed (apt-get install {package})");
@@ -28,7 +28,7 @@ pub(crate) fn require(tools: &[(&str, &str)]) -> bool {
 }
 
 /// A port free on `ip` for both UDP and TCP right now.
-pub(crate) fn free_port(ip: &str) -> u16 {
+pub fn free_port(ip: &str) -> u16 {
     for _ in 0..50 {
         let udp = UdpSocket::bind(format!("{ip}:0")).expect("bind probe");
         let port = udp.local_addr().expect("addr").port();
@@ -40,32 +40,28 @@ pub(crate) fn free_port(ip: &str) -> u16 {
 }
 
 /// A running `shieldns run`.
-pub(crate) struct Daemon {
-    pub(crate) child: Child,
-    pub(crate) addr: SocketAddr,
-    pub(crate) dir: tempfile::TempDir,
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
     log: PathBuf,
 }
 
 impl Daemon {
     /// Writes `config` (with `@PORT@` and `@DIR@` replaced) and starts the
     /// daemon on 127.0.0.1, waiting until it answers.
-    pub(crate) fn start(config: &str, files: &[(&str, &str)]) -> Self {
+    pub fn start(config: &str, files: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::start_in(dir, config, files)
     }
 
-    pub(crate) fn start_in(dir: tempfile::TempDir, config: &str, files: &[(&str, &str)]) -> Self {
+    pub fn start_in(dir: tempfile::TempDir, config: &str, files: &[(&str, &str)]) -> Self {
         Self::start_with_env(dir, config, files, &[])
     }
 
     /// Like [`Daemon::start_in`], with extra environment variables.
-    pub(crate) fn start_with_env(
-        dir: tempfile::TempDir,
-        config: &str,
-        files: &[(&str, &str)],
-        env: &[(&str, &str)],
-    ) -> Self {
+    pub fn start_with_env(dir: tempfile::TempDir, config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Self {
         let port = free_port("127.0.0.1");
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).expect("write fixture");
@@ -76,7 +72,7 @@ impl Daemon {
         let config_path = dir.path().join("shieldns.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.path().join("shieldns.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_shieldns"))
+        let child = Command::new(crate::shieldns())
             .args(["run", "--config"])
             .arg(&config_path)
             .env(
@@ -109,20 +105,20 @@ impl Daemon {
         panic!("shieldns did not start:\n{}", self.log_text());
     }
 
-    pub(crate) fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Runs dig against the daemon with extra arguments; returns stdout.
-    pub(crate) fn dig(&self, args: &[&str]) -> String {
+    pub fn dig(&self, args: &[&str]) -> String {
         dig_at(self.addr, args)
     }
 
-    pub(crate) fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
@@ -131,7 +127,7 @@ impl Daemon {
     }
 
     /// Sends SIGHUP and waits for the reload's outcome to be logged.
-    pub(crate) fn reload(&self) -> bool {
+    pub fn reload(&self) -> bool {
         let before_ok = self.log_text().matches("reload complete").count();
         let before_failed = self.log_text().matches("reload failed").count();
         self.signal("HUP");
@@ -151,7 +147,7 @@ impl Daemon {
 
     /// SIGHUP, then wait for the list sync pass it starts to finish;
     /// returns the pass's summary line.
-    pub(crate) fn sync_pass(&self) -> String {
+    pub fn sync_pass(&self) -> String {
         let pattern = "sync pass complete";
         let before = self.log_text().matches(pattern).count();
         self.signal("HUP");
@@ -172,7 +168,7 @@ impl Daemon {
 
     /// Stops the daemon (SIGTERM) and starts it again on the same port,
     /// directory and configuration file, as an operator's restart would.
-    pub(crate) fn restart(mut self) -> Self {
+    pub fn restart(mut self) -> Self {
         self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.child.try_wait().ok().flatten().is_none() {
@@ -184,7 +180,7 @@ impl Daemon {
             .open(&self.log)
             .expect("log file");
         std::io::Write::write_all(&mut log, b"--- restart ---\n").expect("log file");
-        self.child = Command::new(env!("CARGO_BIN_EXE_shieldns"))
+        self.child = Command::new(crate::shieldns())
             .args(["run", "--config"])
             .arg(self.dir.path().join("shieldns.toml"))
             .env(
@@ -209,7 +205,7 @@ impl Daemon {
     }
 
     /// SIGTERM and wait for exit; returns the exit status code.
-    pub(crate) fn stop(mut self) -> Option<i32> {
+    pub fn stop(mut self) -> Option<i32> {
         self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -229,7 +225,7 @@ impl Drop for Daemon {
     }
 }
 
-pub(crate) fn dig_at(addr: SocketAddr, args: &[&str]) -> String {
+pub fn dig_at(addr: SocketAddr, args: &[&str]) -> String {
     let output: Output = Command::new("dig")
         .arg(format!("@{}", addr.ip()))
         .args(["-p", &addr.port().to_string(), "+time=3", "+tries=1"])
@@ -240,7 +236,7 @@ pub(crate) fn dig_at(addr: SocketAddr, args: &[&str]) -> String {
 }
 
 /// The status word of a dig answer (`NOERROR`, `NXDOMAIN`, …).
-pub(crate) fn status(dig_output: &str) -> &str {
+pub fn status(dig_output: &str) -> &str {
     dig_output
         .lines()
         .find_map(|l| l.split("status: ").nth(1))
@@ -249,7 +245,7 @@ pub(crate) fn status(dig_output: &str) -> &str {
 }
 
 /// The answer section's records, as `name ttl class type data` lines.
-pub(crate) fn answers(dig_output: &str) -> Vec<String> {
+pub fn answers(dig_output: &str) -> Vec<String> {
     let mut in_answer = false;
     let mut out = Vec::new();
     for line in dig_output.lines() {
@@ -268,20 +264,19 @@ pub(crate) fn answers(dig_output: &str) -> Vec<String> {
 }
 
 /// The EDE line dig prints, if any.
-pub(crate) fn ede(dig_output: &str) -> Option<String> {
+pub fn ede(dig_output: &str) -> Option<String> {
     dig_output
         .lines()
         .find(|l| l.starts_with("; EDE:"))
         .map(|l| l.trim().to_owned())
 }
 
-#[allow(dead_code)]
-pub(crate) fn repo_root() -> &'static Path {
+pub fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// The metrics endpoint's text on `port` of 127.0.0.1.
-pub(crate) fn scrape(port: u16) -> String {
+pub fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics endpoint");
     stream
@@ -296,7 +291,7 @@ pub(crate) fn scrape(port: u16) -> String {
 /// does not set it gets one in its own directory, never the shared
 /// default (`/var/lib/shieldns/lists`), which tests running side by side
 /// would share.
-pub(crate) fn with_cache_dir(config: &str) -> String {
+pub fn with_cache_dir(config: &str) -> String {
     if config.contains("cache_dir") {
         return config.to_owned();
     }

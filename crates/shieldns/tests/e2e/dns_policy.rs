@@ -3,65 +3,12 @@
 //! defences, blocked query types and DNS64, each allowed once and blocked or
 //! rewritten once, verified with `dig` against the real binary.
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-mod support;
-
 use std::time::Duration;
 
-use support::daemon::{Daemon, answers, ede, require, status};
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, answers, ede, require, status};
+use shieldns_test_support::upstream::FakeUpstream;
 
-const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:@PORT@"]
-
-[upstream]
-mode = "forward"
-# The fake upstream serves unsigned test. data.
-dnssec = false
-resolve_local_zones = ["test.", "home.arpa."]
-forward = ["@UPSTREAM@"]
-
-[[list]]
-name = "ads"
-category = "ads"
-format = "domains"
-path = "@DIR@/ads.txt"
-
-[[list]]
-name = "games"
-category = "games"
-format = "domains"
-path = "@DIR@/games.txt"
-
-[[list]]
-name = "bad-ips"
-category = "ads"
-format = "ip"
-path = "@DIR@/bad-ips.txt"
-
-[[profile]]
-name = "school"
-clients = ["127.0.0.0/8"]
-block = ["ads"]
-safe_search = { youtube = "moderate" }
-rebinding_protection = true
-rebinding_allow = ["home.arpa"]
-bypass_protection = true
-block_qtypes = ["HTTPS"]
-dns64 = true
-
-[[profile.schedule]]
-days = ["weekdays"]
-time = "08:00-16:30"
-time_zone = "Asia/Ho_Chi_Minh"
-block = ["games"]
-
-[[profile]]
-name = "open"
-clients = ["127.0.0.9/32"]
-"#;
+const CONFIG: &str = include_str!("fixtures/dns_policy.toml");
 
 const FILES: &[(&str, &str)] = &[
     ("ads.txt", "adnet.test\n"),

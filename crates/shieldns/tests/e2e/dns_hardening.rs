@@ -2,50 +2,17 @@
 //! refused source gets, responses that must never be answered (not even
 //! between two instances), and DNS over TCP's caps and pipelining.
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use support::daemon::{Daemon, free_port, require, scrape, status};
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, free_port, require, scrape, status};
+use shieldns_test_support::upstream::FakeUpstream;
 
 /// Forward mode to a fake upstream; only 127.0.0.0/25 is allowed, so
 /// 127.0.0.200 is a refused source.
-const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:@PORT@"]
-allow = ["127.0.0.0/25"]
-udp_sockets = @UDP_SOCKETS@
-tcp_max_connections_per_client = 4
-tcp_idle_timeout = 30
-
-[upstream]
-mode = "forward"
-dnssec = false
-resolve_local_zones = ["test."]
-forward = ["@UPSTREAM@"]
-resolution_timeout_ms = 2000
-
-[metrics]
-listen = "127.0.0.1:@METRICS@"
-allow = ["127.0.0.1/32"]
-
-[[list]]
-name = "adult"
-category = "adult"
-format = "domains"
-path = "@DIR@/adult.txt"
-
-[[profile]]
-name = "default"
-clients = ["0.0.0.0/0"]
-block = ["adult"]
-"#;
+const CONFIG: &str = include_str!("fixtures/dns_hardening.toml");
 
 const FILES: &[(&str, &str)] = &[("adult.txt", "blocked.example.test\n")];
 
@@ -402,7 +369,7 @@ fn a_failure_is_remembered_and_answered_at_once() {
         took < Duration::from_millis(1000),
         "a remembered failure is answered without waiting again: {took:?}"
     );
-    let ede_of = |out: &str| support::daemon::ede(out).unwrap_or_default();
+    let ede_of = |out: &str| shieldns_test_support::daemon::ede(out).unwrap_or_default();
     assert!(ede_of(&first).contains("22 (No Reachable Authority)"), "{first}");
     assert_eq!(ede_of(&first), ede_of(&second), "the same EDE");
     // Another type of the same name is its own question.
@@ -502,7 +469,7 @@ fn truncation_keeps_whole_rrsets_and_two_opts_are_formerr() {
     assert_eq!(&answer[6..8], &[0, 0], "no partial RRset in the answer section");
     // Over TCP the whole set comes.
     let out = setup.daemon.dig(&["+tcp", "big.example.test", "TXT"]);
-    assert_eq!(support::daemon::answers(&out).len(), 12, "{out}");
+    assert_eq!(shieldns_test_support::daemon::answers(&out).len(), 12, "{out}");
 
     // Two OPT records: FORMERR (RFC 6891 §6.1.1).
     let mut two_opts = query(0x5252, "www.example.test", 1, true);

@@ -4,17 +4,13 @@
 //! refused. NSD 4.6 answers IXFR with the full zone, which exercises the
 //! full-answer path; the incremental path is unit-tested in the sync crate.
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::daemon::{Daemon, dig_at, ede, free_port, require, status};
-use support::hierarchy::find_tool;
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, dig_at, ede, free_port, require, status};
+use shieldns_test_support::hierarchy::find_tool;
+use shieldns_test_support::upstream::FakeUpstream;
 
 const SECRET: &str = "c2hpZWxkbnMgdGVzdCB0c2lnIHNlY3JldCAwMTIzNDU2Nzg5";
 const WRONG_SECRET: &str = "d3Jvbmcgc2VjcmV0IHdyb25nIHNlY3JldCB3cm9uZyBzZWNy";

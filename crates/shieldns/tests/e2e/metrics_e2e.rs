@@ -3,61 +3,14 @@
 //! `dig`, exact counter values scraped from `/metrics`, `promtool check
 //! metrics` when installed, and a report after a restart.
 
-#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
-
-mod support;
-
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use support::daemon::{Daemon, free_port, have, require, status};
-use support::upstream::FakeUpstream;
+use shieldns_test_support::daemon::{Daemon, free_port, have, require, status};
+use shieldns_test_support::upstream::FakeUpstream;
 
-const CONFIG: &str = r#"
-[server]
-listen = ["127.0.0.1:@PORT@"]
-allow = ["127.0.0.0/25"]
-
-[upstream]
-mode = "forward"
-# The fake upstream serves unsigned test. data.
-dnssec = false
-resolve_local_zones = ["test."]
-forward = ["@UPSTREAM@"]
-timeout_ms = 400
-
-[[list]]
-name = "national-csam"
-category = "csam"
-format = "domains"
-path = "@DIR@/csam.txt"
-mandatory = true
-
-[[list]]
-name = "adult"
-category = "adult"
-format = "domains"
-path = "@DIR@/adult.txt"
-
-[[profile]]
-name = "default"
-clients = ["0.0.0.0/0"]
-block = ["csam", "adult"]
-
-[[profile]]
-name = "staff"
-clients = ["127.0.0.2/32"]
-block = ["csam"]
-
-[metrics]
-listen = "127.0.0.1:@METRICS@"
-
-[storage]
-dir = "@STORE@"
-flush_interval = "300ms"
-operator = "Example Provincial ISP"
-"#;
+const CONFIG: &str = include_str!("fixtures/metrics_e2e.toml");
 
 const FILES: &[(&str, &str)] = &[
     ("csam.txt", "mandatory.example.test\n"),
@@ -252,7 +205,7 @@ fn known_traffic_gives_exact_counters_and_a_report_after_restart() {
 fn check_in_chromium(html: &str) {
     let Some(chromium) = ["chromium", "chromium-browser"]
         .into_iter()
-        .find(|c| support::daemon::have(c))
+        .find(|c| shieldns_test_support::daemon::have(c))
     else {
         eprintln!("SKIP: headless Chromium check: chromium is not installed (apt-get install chromium)");
         return;
@@ -330,7 +283,7 @@ fn check_in_chromium(html: &str) {
 
 #[test]
 fn deploy_rules_and_dashboard_are_valid() {
-    let root = support::daemon::repo_root();
+    let root = shieldns_test_support::daemon::repo_root();
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/shieldns.json")).unwrap()).unwrap();
     let panels = dashboard["panels"].as_array().unwrap();
