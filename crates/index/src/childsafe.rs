@@ -14,7 +14,7 @@ use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 
-use crate::policy::ListSet;
+use crate::suffix::ListSet;
 
 //------------ Safe search ---------------------------------------------------
 
@@ -355,23 +355,6 @@ pub enum ProfilePolicy {
     BlockedQueryType,
     /// A safe-search rewrite.
     SafeSearch(SafeSearchRewrite),
-}
-
-impl crate::policy::Profile {
-    /// Profile policy for a name the lists let through, in the one
-    /// precedence the resolver and `explain` share: bypass defences, then
-    /// blocked query types, then safe search.
-    pub fn policy_for(&self, name: &str, qtype: u16) -> Option<ProfilePolicy> {
-        if self.bypass_protection
-            && let Some(defence) = bypass_defence(name)
-        {
-            return Some(ProfilePolicy::Bypass(defence));
-        }
-        if self.blocked_qtypes.contains(&qtype) {
-            return Some(ProfilePolicy::BlockedQueryType);
-        }
-        self.safe_search.rewrite(name).map(ProfilePolicy::SafeSearch)
-    }
 }
 
 /// Parses a record type name (`A`, `HTTPS`, `ANY`, `TYPE65`) to its code.

@@ -9,6 +9,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::childsafe::{ProfilePolicy, bypass_defence};
+use crate::suffix::ListSet;
+
 /// What a list's rules do by default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -172,36 +175,6 @@ impl ProfileId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListId(pub u16);
 
-/// A fixed bitset of list ids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ListSet([u64; crate::suffix::MAX_LISTS / 64]);
-
-impl ListSet {
-    pub(crate) fn empty() -> Self {
-        Self([0; crate::suffix::MAX_LISTS / 64])
-    }
-
-    pub(crate) fn insert(&mut self, list: u16) {
-        if let Some(word) = self.0.get_mut(usize::from(list / 64)) {
-            *word |= 1 << (list % 64);
-        }
-    }
-
-    /// Adds every list of `other`.
-    pub(crate) fn union_with(&mut self, other: &Self) {
-        for (word, theirs) in self.0.iter_mut().zip(other.0) {
-            *word |= theirs;
-        }
-    }
-
-    #[inline]
-    pub(crate) fn contains(&self, list: u16) -> bool {
-        self.0
-            .get(usize::from(list / 64))
-            .is_some_and(|word| word & (1 << (list % 64)) != 0)
-    }
-}
-
 /// A profile as the snapshot holds it.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -236,4 +209,21 @@ pub struct Profile {
     pub(crate) enabled: ListSet,
     pub(crate) uses_digests: bool,
     pub(crate) uses_patterns: bool,
+}
+
+impl Profile {
+    /// Profile policy for a name the lists let through, in the one
+    /// precedence the resolver and `explain` share: bypass defences, then
+    /// blocked query types, then safe search.
+    pub fn policy_for(&self, name: &str, qtype: u16) -> Option<ProfilePolicy> {
+        if self.bypass_protection
+            && let Some(defence) = bypass_defence(name)
+        {
+            return Some(ProfilePolicy::Bypass(defence));
+        }
+        if self.blocked_qtypes.contains(&qtype) {
+            return Some(ProfilePolicy::BlockedQueryType);
+        }
+        self.safe_search.rewrite(name).map(ProfilePolicy::SafeSearch)
+    }
 }

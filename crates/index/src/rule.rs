@@ -11,6 +11,12 @@ use ipnet::IpNet;
 
 use crate::name::NameRejection;
 
+/// The longest line any format accepts. Names are at most 253 bytes, and
+/// the longest real rules (adblock with modifiers, RPZ with local data) stay
+/// well under 1 KiB; a longer line is garbage, and refusing it up front
+/// keeps parsing time and memory linear in the input.
+pub const MAX_LINE_BYTES: usize = 4096;
+
 /// A list's file format. Chosen by the operator (`format = "…"`), never
 /// guessed, so that a publisher changing its format is an error, not a silent
 /// change of meaning.
@@ -191,7 +197,7 @@ pub enum LineRejection {
     BadPattern(String),
     /// A line that is not valid UTF-8.
     NotUtf8,
-    /// A line longer than [`crate::format::MAX_LINE_BYTES`]: no rule of any
+    /// A line longer than [`MAX_LINE_BYTES`]: no rule of any
     /// format is that long, so it is garbage (or a binary file).
     TooLong,
     /// A one-label name (`com`, `vn`): as a rule it would match a whole
@@ -211,7 +217,7 @@ impl fmt::Display for LineRejection {
             Self::TooLong => write!(
                 f,
                 "line is longer than {} bytes (no rule is; a binary or corrupt file?)",
-                crate::format::MAX_LINE_BYTES
+                MAX_LINE_BYTES
             ),
             Self::SingleLabel => f.write_str(
                 "single-label name (would block a whole TLD; set `allow_tld_rules = true` on a list meant to)",

@@ -12,8 +12,9 @@ use jiff::Timestamp;
 use crate::childsafe::{Dns64, Rebinding, SafeSearch, Schedule, qtype_code};
 use crate::digest::DigestIndex;
 use crate::pattern::{PatternSet, PendingPattern};
-use crate::policy::{BlockResponse, ListAction, ListId, ListPolicy, ListSet, Profile, ProfileConfig, ProfileId};
+use crate::policy::{BlockResponse, ListAction, ListId, ListPolicy, Profile, ProfileConfig, ProfileId};
 use crate::rule::{LineCounts, LineRejection, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, SkipReason};
+use crate::suffix::ListSet;
 use crate::suffix::{ChainHasher, MAX_LISTS, SuffixIndex, SuffixIndexBuilder, Tag};
 
 /// How many rejected lines a list keeps as examples for reports.

@@ -420,6 +420,36 @@ const MAX_WALK: usize = 128;
 /// lists).
 const SHORT_WALK: usize = 16;
 
+/// A fixed bitset of list ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ListSet([u64; MAX_LISTS / 64]);
+
+impl ListSet {
+    pub(crate) fn empty() -> Self {
+        Self([0; MAX_LISTS / 64])
+    }
+
+    pub(crate) fn insert(&mut self, list: u16) {
+        if let Some(word) = self.0.get_mut(usize::from(list / 64)) {
+            *word |= 1 << (list % 64);
+        }
+    }
+
+    /// Adds every list of `other`.
+    pub(crate) fn union_with(&mut self, other: &Self) {
+        for (word, theirs) in self.0.iter_mut().zip(other.0) {
+            *word |= theirs;
+        }
+    }
+
+    #[inline]
+    pub(crate) fn contains(&self, list: u16) -> bool {
+        self.0
+            .get(usize::from(list / 64))
+            .is_some_and(|word| word & (1 << (list % 64)) != 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use hickory_proto::rr::{LowerName, Record, RecordType};
 use moka::sync::Cache;
 
 use crate::config::CacheConfig;
-use crate::upstream::UpstreamFailure;
+use crate::resolved::UpstreamFailure;
 
 /// The cache key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

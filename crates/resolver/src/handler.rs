@@ -32,7 +32,8 @@ use crate::cache::{AnswerCache, CacheKey, CachedAnswer, Caches, FailureCache};
 use crate::config::ServerConfig;
 use crate::discard::Discards;
 use crate::failure_log::{FailureKind, FailureLog};
-use crate::upstream::{Upstream, UpstreamAnswer, UpstreamFailure};
+use crate::resolved::{UpstreamAnswer, UpstreamFailure};
+use crate::upstream::Upstream;
 use crate::wire::{self, Asked, BlockForm, EDE_OPTION, EdeText, NameBuf};
 
 /// TTL of answers served stale (RFC 8767 §4 recommends 30 s).
@@ -150,6 +151,20 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A question the policy decides: what [`ShieldHandler::screen`] let
+/// through.
+struct Screened {
+    /// The query's snapshot (its one load) and the client's profile.
+    snapshot: Arc<Snapshot>,
+    profile: ProfileId,
+    dnssec_ok: bool,
+    query: hickory_proto::op::Query,
+    /// The question section as hickory encodes it (uncompressed).
+    wire: Vec<u8>,
+    /// The response's OPT, when the query had one.
+    edns: Option<Edns>,
 }
 
 /// An encoded answer and its response code (for the metrics and the log);
@@ -645,24 +660,95 @@ impl ShieldHandler {
     }
 
     /// Answers one request (the body of [`Self::respond`], which counts and
-    /// logs what this records in `observed`): wire → decide → block, or
-    /// cache and upstream → answer checks → encode. `header` is the query's
-    /// first four bytes, which a block answer echoes.
+    /// logs what this records in `observed`), in one line: screen the
+    /// message → decide → block, or resolve and check the answer → encode.
+    /// `header` is the query's first four bytes, which a block echoes.
     async fn answer(&self, request: &Request, header: [u8; 4], observed: &Observed) -> Replied {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&self.inner.in_flight);
+        let mut question = match self.screen(request) {
+            Ok(question) => question,
+            Err(replied) => return replied,
+        };
+        let response_edns = question.edns.as_ref().map(|e| (e.max_payload(), e.flags().dnssec_ok));
+        let Some(asked) = Asked::new(header, &question.wire, response_edns) else {
+            return refuse(request, question.edns.as_ref(), ResponseCode::FormErr);
+        };
+        let qname = question.query.name().clone();
+        let qtype = question.query.query_type();
+        let mut name = NameBuf::default();
+        // A name that does not fit in 255 bytes cannot have come off the
+        // wire; it stays empty and matches no list.
+        let _ = write!(name, "{qname}");
+        let _ = observed.query.set((question.snapshot.clone(), question.profile));
+        let query = QueryContext {
+            profile: question.profile,
+            snapshot: question.snapshot.clone(),
+            client: request.src().ip(),
+            qname: &qname,
+            name,
+            labels: asked.labels,
+            now: self.inner.clock.now(),
+            observed,
+        };
+        let wanted = Wanted {
+            checking_disabled: request.metadata.checking_disabled,
+            recursion_desired: request.metadata.recursion_desired,
+        };
+        let dnssec_ok = question.dnssec_ok;
+        let resolved = match self.decide(&query, qtype) {
+            Some(block) => Err(self.follow_rewrite_cname(block, qtype, dnssec_ok, wanted).await),
+            None => self.resolve_checked(&query, qtype, dnssec_ok, wanted).await,
+        };
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        match resolved {
+            Err(block) => send_block(block, metadata, question.edns.as_mut(), request, &asked),
+            Ok((mut answer, ede)) => {
+                // Owner names in the case the client asked (the engine was
+                // asked in lower case); the encoder then points them at the
+                // question.
+                for record in answer.answers.iter_mut().filter(|record| record.name == qname) {
+                    record.name = qname.clone();
+                }
+                metadata.response_code = answer.rcode;
+                // RFC 6840 §5.8: AD for a client that asked with DO or AD;
+                // not for one that set CD, which asked for no validation and
+                // gets none vouched.
+                metadata.authentic_data = answer.authentic_data
+                    && (dnssec_ok || request.metadata.authentic_data)
+                    && !request.metadata.checking_disabled;
+                if let (Some((code, text)), Some(edns)) = (&ede, question.edns.as_mut()) {
+                    edns.options_mut().insert(ede_option(*code, text));
+                }
+                self.inner.metrics.answered(answer.rcode);
+                let response = MessageResponseBuilder::new(&request.queries, question.edns.as_ref()).build(
+                    metadata,
+                    answer.answers.iter(),
+                    answer.authorities.iter(),
+                    std::iter::empty(),
+                    std::iter::empty(),
+                );
+                encode(response, request.protocol().is_datagram())
+            }
+        }
+    }
+
+    /// What is decided before the lists: the answer that ends a message
+    /// here (a response, a refused client, BADVERS, another opcode, an
+    /// unreadable question, another class or a zone transfer, a CHAOS
+    /// name), or the question to decide with the query's snapshot and
+    /// profile (the one snapshot load of this query: a refused source
+    /// learns nothing, REFUSED with no EDNS and no larger than the query).
+    fn screen(&self, request: &Request) -> Result<Screened, Replied> {
         let client = request.src().ip();
-        let datagram = request.protocol().is_datagram();
         if request.metadata.message_type == hickory_proto::op::MessageType::Response {
             // Never answer an answer. Every transport screens them out
-            // before parsing (`fastpath::screen_header`); this is the
-            // backstop for one that did not.
+            // before parsing (`wire::screen_header`); this is the backstop
+            // for one that did not.
             self.inner.discards.note(Discard::Response, client);
-            return Replied::nothing(ResponseCode::Refused);
+            return Err(Replied::nothing(ResponseCode::Refused));
         }
-        // The one snapshot load of this query, and the access list before
-        // anything else is looked at: a refused source learns nothing from
-        // the answer (REFUSED, no EDNS, no larger than the query).
         let snapshot = self.inner.snapshot.load_full();
         let Some(profile) = snapshot.client_policy(client) else {
             self.inner.metrics.refused();
@@ -670,23 +756,8 @@ impl ShieldHandler {
             metadata.response_code = ResponseCode::Refused;
             metadata.recursion_desired = request.metadata.recursion_desired;
             let response = MessageResponseBuilder::new(&request.queries, None).build_no_records(metadata);
-            return encode(response, datagram);
+            return Err(encode(response, request.protocol().is_datagram()));
         };
-
-        // Answer with EDNS only when asked with EDNS (RFC 6891 §7), with our
-        // payload limit, which also bounds the UDP response size.
-        let mut response_edns = request.edns.as_ref().map(|edns| {
-            let mut ours = Edns::new();
-            ours.set_max_payload(wire::response_payload(edns.max_payload(), self.inner.udp_payload));
-            ours.set_dnssec_ok(edns.flags().dnssec_ok);
-            ours
-        });
-        let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
-        let wanted = Wanted {
-            checking_disabled: request.metadata.checking_disabled,
-            recursion_desired: request.metadata.recursion_desired,
-        };
-
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             // RFC 6891 §6.1.3: BADVERS is rcode 16, split between the header
             // and the OPT record's extended rcode.
@@ -696,149 +767,109 @@ impl ShieldHandler {
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.response_code = ResponseCode::BADVERS;
             let response = MessageResponseBuilder::new(&request.queries, Some(&edns)).build_no_records(metadata);
-            return encode(response, datagram);
+            return Err(encode(response, request.protocol().is_datagram()));
         }
-        let query = match request.request_info() {
-            Ok(info) if request.metadata.op_code == OpCode::Query => info.query.original().clone(),
+        // Answer with EDNS only when asked with EDNS (RFC 6891 §7), with our
+        // payload limit, which also bounds the UDP response size.
+        let edns = request.edns.as_ref().map(|edns| {
+            let mut ours = Edns::new();
+            ours.set_max_payload(wire::response_payload(edns.max_payload(), self.inner.udp_payload));
+            ours.set_dnssec_ok(edns.flags().dnssec_ok);
+            ours
+        });
+        if request.metadata.op_code != OpCode::Query {
             // Any other opcode (NOTIFY, UPDATE, ...): NOTIMP, echoing no flag
             // of the query's but RD, whether or not its sections parse.
-            _ if request.metadata.op_code != OpCode::Query => {
-                let mut metadata = Metadata::new(
-                    request.metadata.id,
-                    hickory_proto::op::MessageType::Response,
-                    request.metadata.op_code,
-                );
-                metadata.recursion_desired = request.metadata.recursion_desired;
-                metadata.response_code = ResponseCode::NotImp;
-                let response =
-                    MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build_no_records(metadata);
-                return encode(response, datagram);
-            }
-            _ => {
-                let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
-                    .error_msg(&request.metadata, ResponseCode::FormErr);
-                return encode(response, datagram);
-            }
+            let mut metadata = Metadata::new(
+                request.metadata.id,
+                hickory_proto::op::MessageType::Response,
+                request.metadata.op_code,
+            );
+            metadata.recursion_desired = request.metadata.recursion_desired;
+            metadata.response_code = ResponseCode::NotImp;
+            let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build_no_records(metadata);
+            return Err(encode(response, request.protocol().is_datagram()));
+        }
+        let Ok(info) = request.request_info() else {
+            return Err(refuse(request, edns.as_ref(), ResponseCode::FormErr));
         };
-        let qname = query.name().clone();
+        let query = info.query.original().clone();
         let qtype = query.query_type();
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.recursion_available = true;
-
-        // Questions a filtering resolver does not resolve: other classes
-        // and zone transfers (REFUSED); meta types and a query with TC set
-        // cannot be a well-formed question (FORMERR).
-        let refusal = if query.query_class() != hickory_proto::rr::DNSClass::IN
-            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
-        {
-            Some(ResponseCode::Refused)
-        } else if matches!(qtype, RecordType::OPT | RecordType::TSIG) || request.metadata.truncation {
-            Some(ResponseCode::FormErr)
-        } else {
-            None
-        };
         if let Some(text) = self.inner.chaos.answer(&query) {
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.authoritative = true;
             let mut record = Record::from_rdata(
-                qname,
+                query.name().clone(),
                 0,
                 RData::TXT(hickory_proto::rr::rdata::TXT::new(vec![text.to_owned()])),
             );
             record.dns_class = hickory_proto::rr::DNSClass::CH;
-            let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
+            let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
                 metadata,
                 std::iter::once(&record),
                 std::iter::empty(),
                 std::iter::empty(),
                 std::iter::empty(),
             );
-            return encode(response, datagram);
+            return Err(encode(response, request.protocol().is_datagram()));
         }
-        if let Some(rcode) = refusal {
-            let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
-                .error_msg(&request.metadata, rcode);
-            return encode(response, datagram);
+        // Questions a filtering resolver does not resolve: other classes
+        // and zone transfers (REFUSED); meta types and a query with TC set
+        // cannot be a well-formed question (FORMERR).
+        if query.query_class() != hickory_proto::rr::DNSClass::IN
+            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+        {
+            return Err(refuse(request, edns.as_ref(), ResponseCode::Refused));
         }
-
+        if matches!(qtype, RecordType::OPT | RecordType::TSIG) || request.metadata.truncation {
+            return Err(refuse(request, edns.as_ref(), ResponseCode::FormErr));
+        }
         // The question as a block answer echoes it: hickory's encoding of
         // the parsed question, uncompressed and in the client's case.
-        let mut question = Vec::with_capacity(64);
-        let edns = response_edns.as_ref().map(|e| (e.max_payload(), e.flags().dnssec_ok));
-        let asked = match query.emit(&mut BinEncoder::new(&mut question)) {
-            Ok(()) => Asked::new(header, &question, edns),
-            Err(_) => None,
-        };
-        let Some(asked) = asked else {
-            let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
-                .error_msg(&request.metadata, ResponseCode::FormErr);
-            return encode(response, datagram);
-        };
-        let mut name = NameBuf::default();
-        // A name that does not fit in 255 bytes cannot have come off the
-        // wire; it stays empty and matches no list.
-        let _ = write!(name, "{qname}");
-        let _ = observed.query.set((snapshot.clone(), profile));
-        let query = QueryContext {
-            profile,
-            snapshot,
-            client,
-            qname: &qname,
-            name,
-            labels: asked.labels,
-            now: self.inner.clock.now(),
-            observed,
-        };
-        if let Some(block) = self.decide(&query, qtype) {
-            let block = self.follow_rewrite_cname(block, qtype, dnssec_ok, wanted).await;
-            return send_block(block, metadata, response_edns.as_mut(), request, &asked);
+        let mut wire = Vec::with_capacity(64);
+        if query.emit(&mut BinEncoder::new(&mut wire)).is_err() {
+            return Err(refuse(request, edns.as_ref(), ResponseCode::FormErr));
         }
+        Ok(Screened {
+            snapshot,
+            profile,
+            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            query,
+            wire,
+            edns,
+        })
+    }
 
+    /// Resolves a question the policy let through (DNS64 for AAAA when the
+    /// profile asks), then checks the answer: `Err` is the block it earned.
+    async fn resolve_checked(
+        &self,
+        query: &QueryContext<'_>,
+        qtype: RecordType,
+        dnssec_ok: bool,
+        wanted: Wanted,
+    ) -> Result<(UpstreamAnswer, Option<Ede>), BlockAnswer> {
+        let qname = query.qname;
         let dns64 = query
             .snapshot
             .profile(query.profile)
             .dns64
             .filter(|_| qtype == RecordType::AAAA);
-        let (mut answer, ede) = match dns64 {
-            Some(dns64) => match self.resolve_dns64(&query, dns64, dnssec_ok, wanted).await {
-                Ok(resolved) => resolved,
-                Err(block) => return send_block(block, metadata, response_edns.as_mut(), request, &asked),
-            },
+        let (answer, ede) = match dns64 {
+            Some(dns64) => self.resolve_dns64(query, dns64, dnssec_ok, wanted).await?,
             None => {
                 let key = CacheKey {
-                    name: LowerName::new(&qname),
+                    name: LowerName::new(qname),
                     qtype,
                     dnssec_ok,
                 };
-                self.resolve(key, &qname, qtype, wanted).await
+                self.resolve(key, qname, qtype, wanted).await
             }
         };
-        if let Some(block) = self.check_answer(&query, qtype, &answer.answers) {
-            return send_block(block, metadata, response_edns.as_mut(), request, &asked);
+        match self.check_answer(query, qtype, &answer.answers) {
+            Some(block) => Err(block),
+            None => Ok((answer, ede)),
         }
-        // Owner names in the case the client asked (the engine was asked in
-        // lower case); the encoder then points them at the question.
-        for record in answer.answers.iter_mut().filter(|record| record.name == qname) {
-            record.name = qname.clone();
-        }
-        metadata.response_code = answer.rcode;
-        // RFC 6840 §5.8: AD for a client that asked with DO or AD; not for
-        // one that set CD, which asked for no validation and gets none vouched.
-        metadata.authentic_data = answer.authentic_data
-            && (dnssec_ok || request.metadata.authentic_data)
-            && !request.metadata.checking_disabled;
-        if let (Some((code, text)), Some(edns)) = (&ede, response_edns.as_mut()) {
-            edns.options_mut().insert(ede_option(*code, text));
-        }
-        self.inner.metrics.answered(answer.rcode);
-        let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
-            metadata,
-            answer.answers.iter(),
-            answer.authorities.iter(),
-            std::iter::empty(),
-            std::iter::empty(),
-        );
-        encode(response, datagram)
     }
 }
 
@@ -951,6 +982,12 @@ fn send_block(
             encode(response, datagram)
         }
     }
+}
+
+/// An answer without records: `rcode` for the question as asked.
+fn refuse(request: &Request, edns: Option<&Edns>, rcode: ResponseCode) -> Replied {
+    let response = MessageResponseBuilder::new(&request.queries, edns).error_msg(&request.metadata, rcode);
+    encode(response, request.protocol().is_datagram())
 }
 
 /// Encodes a response built with hickory; over UDP it is fitted to the

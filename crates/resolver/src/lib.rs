@@ -22,6 +22,7 @@ mod fastpath;
 mod handler;
 mod packet_cache;
 mod ratelimit;
+mod resolved;
 mod server;
 mod tally;
 mod tcp;

@@ -17,7 +17,7 @@ use shieldns_unbound::{Answer, Resolver, Settings};
 
 use crate::config::{CacheConfig, UpstreamConfig, UpstreamMode};
 use crate::error::ResolverError;
-use crate::upstream::{UpstreamAnswer, UpstreamFailure};
+use crate::resolved::{UpstreamAnswer, UpstreamFailure};
 use shieldns_index::ede;
 
 /// The IANA root trust anchors (root-anchors.xml): KSK-2017 and KSK-2024.

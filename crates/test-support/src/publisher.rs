@@ -41,8 +41,7 @@ pub enum Mode {
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-#[derive(Default)]
-#[derive(Debug)]
+#[derive(Default, Debug)]
 struct State {
     files: HashMap<String, Vec<u8>>,
     modes: HashMap<String, Mode>,

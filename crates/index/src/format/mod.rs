@@ -13,6 +13,7 @@ mod hosts;
 mod plain;
 mod rpz;
 
+pub use crate::rule::MAX_LINE_BYTES;
 use crate::rule::{LineCounts, LineRejection, ListFormat, Rule, RuleSink, SkipReason};
 
 /// Parses a whole list in `format`, streaming its rules into `sink`.
@@ -46,12 +47,6 @@ pub fn count_lines_in(mut reader: impl std::io::Read) -> usize {
     }
     lines
 }
-
-/// The longest line any format accepts. Names are at most 253 bytes, and
-/// the longest real rules (adblock with modifiers, RPZ with local data) stay
-/// well under 1 KiB; a longer line is garbage, and refusing it up front
-/// keeps parsing time and memory linear in the input.
-pub const MAX_LINE_BYTES: usize = 4096;
 
 /// Bytes read per step by [`parse_chunked`]: small beside any index (a
 /// reload's extra memory is the new index plus this), large enough that
