@@ -318,20 +318,8 @@ impl ShieldHandler {
                     }
                     if let Verdict::Block(hit) = snapshot.decide_at(name.as_str(), query.profile, query.now) {
                         debug!(client = %query.client, %qname, cname = name.as_str(), "CNAME target blocked");
-                        self.count_list_block(query, &hit);
-                        self.inner.metrics.policy(PolicyAction::CnameInspection);
                         let extra = format!("cname={}", name.as_str());
-                        // The SOA is owned by the question name, not by
-                        // the target that matched.
-                        return Some(answer::block_answer(
-                            snapshot,
-                            profile,
-                            &hit,
-                            qname,
-                            qtype,
-                            query.labels,
-                            Some(&extra),
-                        ));
+                        return Some(self.answer_block(query, qtype, &hit, PolicyAction::CnameInspection, &extra));
                     }
                     continue;
                 }
@@ -341,18 +329,8 @@ impl ShieldHandler {
             };
             if let Verdict::Block(hit) = snapshot.decide_answer_ip(address, query.profile) {
                 debug!(client = %query.client, %qname, %address, line = hit.line, "answer address blocked");
-                self.count_list_block(query, &hit);
-                self.inner.metrics.policy(PolicyAction::AnswerIp);
                 let extra = format!("ip={address}");
-                return Some(answer::block_answer(
-                    snapshot,
-                    profile,
-                    &hit,
-                    qname,
-                    qtype,
-                    query.labels,
-                    Some(&extra),
-                ));
+                return Some(self.answer_block(query, qtype, &hit, PolicyAction::AnswerIp, &extra));
             }
             if let Some(rebinding) = &profile.rebinding
                 && rebinding.blocks(query.name.as_str(), address)
@@ -366,6 +344,25 @@ impl ShieldHandler {
             }
         }
         None
+    }
+
+    /// The block for a list `hit` on something in the answer (a CNAME
+    /// target, an address), counted under the list and `action`; `extra`
+    /// names what matched in the EDE text. The SOA is owned by the question
+    /// name, not by what matched.
+    fn answer_block(
+        &self,
+        query: &QueryContext<'_>,
+        qtype: RecordType,
+        hit: &Hit,
+        action: PolicyAction,
+        extra: &str,
+    ) -> BlockAnswer {
+        self.count_list_block(query, hit);
+        self.inner.metrics.policy(action);
+        let snapshot = &*query.snapshot;
+        let profile = snapshot.profile(query.profile);
+        answer::block_answer(snapshot, profile, hit, query.qname, qtype, query.labels, Some(extra))
     }
 
     /// Resolves an AAAA query with DNS64 (RFC 6147): the real AAAA answer

@@ -80,8 +80,18 @@ impl Header {
 
     fn decode(entry: &[u8]) -> Option<Self> {
         let header: &[u8; HEADER] = entry.get(..HEADER)?.try_into().ok()?;
-        let u64_at = |at: usize| u64::from_ne_bytes(header[at..at + 8].try_into().unwrap_or_default());
-        let u32_at = |at: usize| u32::from_ne_bytes(header[at..at + 4].try_into().unwrap_or_default());
+        // Fixed offsets inside the fixed-size header (the round trip is
+        // tested below), so every slice has the width it is read as.
+        let u64_at = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&header[at..at + 8]);
+            u64::from_ne_bytes(bytes)
+        };
+        let u32_at = |at: usize| {
+            let mut bytes = [0u8; 4];
+            bytes.copy_from_slice(&header[at..at + 4]);
+            u32::from_ne_bytes(bytes)
+        };
         let u16_at = |at: usize| u16::from_ne_bytes([header[at], header[at + 1]]);
         Some(Self {
             generation: u64_at(0),

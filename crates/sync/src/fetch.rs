@@ -40,8 +40,7 @@ pub(crate) fn client(config: &SyncConfig, base_dir: &Path) -> Result<reqwest::Cl
             builder = builder.add_root_certificate(certificate);
         }
     }
-    builder.build().map_err(|e| SyncError::CaFile {
-        path: config.ca_file.clone().unwrap_or_default(),
+    builder.build().map_err(|e| SyncError::Client {
         reason: error_chain(&e),
     })
 }

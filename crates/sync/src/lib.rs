@@ -108,6 +108,12 @@ pub enum SyncError {
         /// Why.
         reason: String,
     },
+    /// The HTTPS client could not be built from `[sync]`.
+    #[error("[sync]: cannot build the HTTPS client: {reason}")]
+    Client {
+        /// Why.
+        reason: String,
+    },
     /// The publisher answered with a status other than 200 (or 304).
     #[error("list `{list}`: HTTP {status} {reason} from {url}")]
     Http {
@@ -554,6 +560,26 @@ impl CachedCopy {
         })
     }
 
+    /// Adds the copy to `builder`, parsed as `reader` reads it, and reads
+    /// it to its end: the parser stops at the end of the file, so a
+    /// verifying reader has seen all of it, but a format that ever stopped
+    /// early must not leave bytes unverified.
+    fn parse<'b>(
+        &self,
+        builder: &'b mut SnapshotBuilder,
+        list: &ListConfig,
+        reader: &mut impl std::io::Read,
+    ) -> Result<(&'b shieldns_index::ListInfo, u64), SyncError> {
+        let (info, bytes) = builder
+            .add_list_from(list.policy(), &mut *reader)
+            .map_err(|source| SyncError::Index {
+                file: Some(self.path.clone()),
+                cause: source,
+            })?;
+        std::io::copy(reader, &mut std::io::sink()).map_err(|source| self.read_error(list, source))?;
+        Ok((info, bytes))
+    }
+
     fn read_error(&self, list: &ListConfig, source: std::io::Error) -> SyncError {
         SyncError::Cache {
             list: list.name.clone(),
@@ -612,15 +638,7 @@ fn add_cached(builder: &mut SnapshotBuilder, list: &ListConfig, remote: &RemoteL
         inner: file,
         verifier: syncer::Verifier::new(list, remote, signed.as_ref())?,
     };
-    let (info, bytes) = builder
-        .add_list_from(list.policy(), &mut reader)
-        .map_err(|source| SyncError::Index {
-            file: Some(copy.path.clone()),
-            cause: source,
-        })?;
-    // The parser stops at the end of the file, so the verifier has seen all
-    // of it; read on regardless, in case a format ever stops early.
-    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| copy.read_error(list, source))?;
+    let (info, bytes) = copy.parse(builder, list, &mut reader)?;
     copy.check_digest(list, reader.verifier.finish()?)?;
     Ok(ListLoad::new(
         list,
@@ -643,13 +661,7 @@ fn add_kept(
     let copy = CachedCopy::find_in(list, cache_dir)?;
     let file = std::fs::File::open(&copy.path).map_err(|source| copy.read_error(list, source))?;
     let mut reader = local::HashingReader::new(file, None);
-    let (info, bytes) = builder
-        .add_list_from(list.policy(), &mut reader)
-        .map_err(|source| SyncError::Index {
-            file: Some(copy.path.clone()),
-            cause: source,
-        })?;
-    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| copy.read_error(list, source))?;
+    let (info, bytes) = copy.parse(builder, list, &mut reader)?;
     copy.check_digest(list, reader.finish().1)?;
     Ok(ListLoad::new(
         list,
