@@ -118,6 +118,13 @@ pub struct ProfileConfig {
     /// The DNS64 prefix; must be a /96.
     #[serde(default = "default_dns64_prefix")]
     pub dns64_prefix: ipnet::Ipv6Net,
+    /// Client IDs that select this profile on the encrypted listeners,
+    /// whatever the client's address: the `{id}` of a DoH path
+    /// `/dns-query/{id}` or of a DoT server name `{id}.{client_id_domain}`
+    /// (a device behind a school's or a home's NAT). Matched without
+    /// regard to case; the access list still applies to the address.
+    #[serde(default)]
+    pub client_ids: Vec<String>,
 }
 
 impl ProfileConfig {
@@ -140,6 +147,7 @@ impl ProfileConfig {
             inspect_cnames: true,
             dns64: false,
             dns64_prefix: default_dns64_prefix(),
+            client_ids: Vec::new(),
         }
     }
 }

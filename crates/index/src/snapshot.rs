@@ -98,6 +98,24 @@ pub enum IndexError {
         /// The repeated name.
         name: String,
     },
+    /// Two profiles claim the same client ID.
+    #[error("client ID `{id}` is in both profile `{first}` and profile `{second}`")]
+    DuplicateClientId {
+        /// The ID.
+        id: String,
+        /// The profile that claimed it first.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// A client ID that cannot be a DNS label or a path segment.
+    #[error("profile `{profile}`: client ID `{id}` must be 1 to 63 letters, digits or `-`")]
+    BadClientId {
+        /// The profile.
+        profile: String,
+        /// The ID.
+        id: String,
+    },
     /// Two profiles claim the same client network.
     #[error("client network {network} is in both profile `{first}` and profile `{second}`")]
     DuplicateClientNetwork {
@@ -286,6 +304,8 @@ pub struct Snapshot {
     profiles: Vec<Profile>,
     /// Access list and profile clients in one map per family, so a query
     /// pays one longest-prefix lookup for both (see [`merge_clients`]).
+    /// Client IDs (lower case) to the profile they select.
+    client_ids: std::collections::HashMap<String, ProfileId>,
     clients_v4: PrefixMap<Ipv4Net, ClientRule>,
     clients_v6: PrefixMap<Ipv6Net, ClientRule>,
     warnings: Vec<String>,
@@ -316,6 +336,28 @@ impl Snapshot {
         let rule = self.client_rule(client)?;
         rule.allowed
             .then(|| rule.profile.unwrap_or_else(|| self.fallback_profile()))
+    }
+
+    /// [`Snapshot::client_policy`] for a client that also named itself on
+    /// an encrypted listener: the profile of its client ID when one has it;
+    /// an unknown ID gets the address's profile, or `None` (REFUSED) when
+    /// `refuse_unknown`. The access list decides first either way.
+    pub fn client_policy_with_id(&self, client: IpAddr, id: Option<&str>, refuse_unknown: bool) -> Option<ProfileId> {
+        let by_address = self.client_policy(client)?;
+        let Some(id) = id else { return Some(by_address) };
+        match self.profile_for_client_id(id) {
+            Some(profile) => Some(profile),
+            None if refuse_unknown => None,
+            None => Some(by_address),
+        }
+    }
+
+    /// The profile a client ID selects, if any profile lists it.
+    pub fn profile_for_client_id(&self, id: &str) -> Option<ProfileId> {
+        if id.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.client_ids.get(&id.to_ascii_lowercase()).copied();
+        }
+        self.client_ids.get(id).copied()
     }
 
     fn client_rule(&self, client: IpAddr) -> Option<&ClientRule> {
@@ -734,6 +776,7 @@ impl SnapshotBuilder {
         let mut profiles = Vec::with_capacity(self.profiles.len() + 1);
         let mut clients_v4: PrefixMap<Ipv4Net, ProfileId> = PrefixMap::new();
         let mut clients_v6: PrefixMap<Ipv6Net, ProfileId> = PrefixMap::new();
+        let mut client_ids: std::collections::HashMap<String, ProfileId> = std::collections::HashMap::new();
         let mut warnings = Vec::new();
         let has_patterns = !self.patterns.is_empty();
         let has_digests = !self.digests.is_empty();
@@ -752,6 +795,25 @@ impl SnapshotBuilder {
                 });
             }
             let id = ProfileId(u16::try_from(profiles.len()).unwrap_or(u16::MAX));
+            for client_id in &config.client_ids {
+                let valid = (1..=63).contains(&client_id.len())
+                    && client_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !valid {
+                    return Err(IndexError::BadClientId {
+                        profile: config.name.clone(),
+                        id: client_id.clone(),
+                    });
+                }
+                if let Some(first) = client_ids.insert(client_id.to_ascii_lowercase(), id) {
+                    return Err(IndexError::DuplicateClientId {
+                        id: client_id.clone(),
+                        first: profiles
+                            .get(usize::from(first.0))
+                            .map_or_else(|| config.name.clone(), |p: &Profile| p.name.clone()),
+                        second: config.name.clone(),
+                    });
+                }
+            }
             for network in &config.clients {
                 let previous = match network.trunc() {
                     IpNet::V4(v4) => clients_v4.insert(v4, id),
@@ -896,6 +958,7 @@ impl SnapshotBuilder {
             answer_ip_rules: self.answer_ip_rules,
             local_data: self.local_data,
             profiles,
+            client_ids,
             clients_v4: merge_clients(&access_v4, &clients_v4),
             clients_v6: merge_clients(&access_v6, &clients_v6),
             warnings,

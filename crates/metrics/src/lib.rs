@@ -26,7 +26,7 @@ use prometheus::{
 };
 use shieldns_index::{ListId, ProfileId, Snapshot};
 
-pub use tables::{NO_PROFILE, SUPERSEDED};
+pub use tables::{NO_PROFILE, SUPERSEDED, Transport};
 use tables::{ProfileCounters, Table, Tables};
 
 /// Errors registering or rendering metrics.
@@ -116,11 +116,16 @@ pub enum Discard {
     TcpConnectionLimit,
     /// A TCP connection over `server.tcp_max_connections_per_client`.
     TcpClientLimit,
+    /// An encrypted connection whose TLS handshake failed or timed out.
+    TlsHandshake,
+    /// A DoH request that is not a DNS query (wrong path, method, media
+    /// type or encoding), answered with an HTTP error.
+    BadHttpRequest,
 }
 
 impl Discard {
     /// Every reason, in label order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Response,
         Self::Malformed,
         Self::NotAllowed,
@@ -128,6 +133,8 @@ impl Discard {
         Self::TcpNotAllowed,
         Self::TcpConnectionLimit,
         Self::TcpClientLimit,
+        Self::TlsHandshake,
+        Self::BadHttpRequest,
     ];
 
     /// The label value.
@@ -140,6 +147,8 @@ impl Discard {
             Self::TcpNotAllowed => "tcp_not_allowed",
             Self::TcpConnectionLimit => "tcp_connection_limit",
             Self::TcpClientLimit => "tcp_client_limit",
+            Self::TlsHandshake => "tls_handshake",
+            Self::BadHttpRequest => "bad_http_request",
         }
     }
 }
@@ -435,16 +444,16 @@ impl Metrics {
     /// Counts one answered query (blocks included) and its response time.
     /// `profile` is `None` when the query never got one (ACL refusal,
     /// malformed request).
-    pub fn query(&self, snapshot: Option<(&Snapshot, ProfileId)>, datagram: bool, rcode: u16, elapsed: Duration) {
+    pub fn query(&self, snapshot: Option<(&Snapshot, ProfileId)>, transport: Transport, rcode: u16, elapsed: Duration) {
         match snapshot {
             None => {
-                if let Some(counter) = self.no_profile.get(datagram, rcode) {
+                if let Some(counter) = self.no_profile.get(transport, rcode) {
                     counter.inc();
                 }
             }
-            Some((snapshot, profile)) => self.count_query(&self.tables.load(), snapshot, profile, datagram, rcode, 1),
+            Some((snapshot, profile)) => self.count_query(&self.tables.load(), snapshot, profile, transport, rcode, 1),
         };
-        self.observe(datagram, elapsed);
+        self.observe(transport, elapsed);
     }
 
     /// A tally for one UDP thread's fast-path answers (see [`AnswerTally`]).
@@ -473,7 +482,7 @@ impl Metrics {
         let tables = self.tables.load();
         for group in tally.groups.drain(..) {
             let TallyKey { profile, block, rcode } = group.key;
-            self.count_query(&tables, snapshot, profile, true, rcode, group.answers);
+            self.count_query(&tables, snapshot, profile, Transport::Udp, rcode, group.answers);
             match block {
                 Some((list, ede)) => self.count_block(&tables, snapshot, profile, list, ede, group.answers),
                 None => {
@@ -497,7 +506,7 @@ impl Metrics {
         tables: &Tables,
         snapshot: &Snapshot,
         profile: ProfileId,
-        datagram: bool,
+        transport: Transport,
         rcode: u16,
         queries: u64,
     ) {
@@ -505,8 +514,8 @@ impl Metrics {
             .find(snapshot)
             .and_then(|t| t.profile_index(profile).and_then(|i| t.profile(i)))
         {
-            Some(counters) => counters.get(datagram, rcode),
-            None => self.superseded.get(datagram, rcode),
+            Some(counters) => counters.get(transport, rcode),
+            None => self.superseded.get(transport, rcode),
         }
         .inspect(|counter| counter.inc_by(queries));
     }
@@ -534,8 +543,8 @@ impl Metrics {
     }
 
     /// Records a response time by transport.
-    fn observe(&self, datagram: bool, elapsed: Duration) {
-        if let Some(histogram) = self.response_duration.get(usize::from(!datagram)) {
+    fn observe(&self, transport: Transport, elapsed: Duration) {
+        if let Some(histogram) = self.response_duration.get(transport.index()) {
             histogram.observe(elapsed.as_secs_f64());
         }
     }
@@ -873,10 +882,10 @@ mod tests {
     #[test]
     fn counts_by_profile_list_and_ede_through_reloads() {
         let (metrics, first, kids, staff) = kids_and_staff();
-        metrics.query(Some((&first, kids)), true, 3, Duration::from_millis(1));
-        metrics.query(Some((&first, kids)), true, 3, Duration::from_millis(1));
-        metrics.query(Some((&first, staff)), false, 0, Duration::from_millis(1));
-        metrics.query(None, true, 5, Duration::from_millis(1));
+        metrics.query(Some((&first, kids)), Transport::Udp, 3, Duration::from_millis(1));
+        metrics.query(Some((&first, kids)), Transport::Udp, 3, Duration::from_millis(1));
+        metrics.query(Some((&first, staff)), Transport::Tcp, 0, Duration::from_millis(1));
+        metrics.query(None, Transport::Udp, 5, Duration::from_millis(1));
         metrics.list_blocked(&first, kids, ListId(0), 17);
         // A reload with the profiles in another order: the old snapshot's
         // in-flight queries still count under their own labels.
@@ -887,7 +896,7 @@ mod tests {
         metrics.list_blocked(&second, kids2, ListId(0), 17);
         // Two reloads later the first snapshot's table is gone.
         metrics.install(&snapshot(&[("kids", "10.0.0.0/8")]));
-        metrics.query(Some((&first, kids)), true, 0, Duration::from_millis(1));
+        metrics.query(Some((&first, kids)), Transport::Udp, 0, Duration::from_millis(1));
         let text = metrics.render().unwrap();
         for line in [
             r#"shieldns_resolver_queries_total{profile="kids",protocol="udp",rcode="NXDOMAIN"} 2"#,

@@ -15,8 +15,43 @@ pub(crate) const RCODES: [&str; 7] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other",
 ];
 
-/// Transport label values.
-pub(crate) const PROTOCOLS: [&str; 2] = ["udp", "tcp"];
+/// Transport label values, in [`Transport`] order.
+pub(crate) const PROTOCOLS: [&str; 4] = ["udp", "tcp", "dot", "doh"];
+
+/// The transport a query arrived on: the `protocol` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain UDP.
+    Udp,
+    /// Plain TCP (RFC 7766).
+    Tcp,
+    /// DNS over TLS (RFC 7858).
+    Dot,
+    /// DNS over HTTPS (RFC 8484).
+    Doh,
+}
+
+impl Transport {
+    /// Its position in [`PROTOCOLS`].
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Self::Udp => 0,
+            Self::Tcp => 1,
+            Self::Dot => 2,
+            Self::Doh => 3,
+        }
+    }
+
+    /// The label value (`udp`, `tcp`, `dot`, `doh`), also the query log's.
+    pub fn label(self) -> &'static str {
+        PROTOCOLS[self.index()]
+    }
+
+    /// Whether answers are datagrams (truncated to the client's payload).
+    pub fn is_datagram(self) -> bool {
+        self == Self::Udp
+    }
+}
 
 /// The label value for queries that never got a profile (refused by the
 /// access list, malformed, not a query).
@@ -45,9 +80,9 @@ impl ProfileCounters {
         }
     }
 
-    pub(crate) fn get(&self, datagram: bool, rcode: u16) -> Option<&IntCounter> {
+    pub(crate) fn get(&self, transport: Transport, rcode: u16) -> Option<&IntCounter> {
         self.queries
-            .get(usize::from(!datagram))
+            .get(transport.index())
             .and_then(|row| row.get(rcode_index(rcode)))
     }
 }

@@ -45,7 +45,7 @@ struct Message {
     /// `SocketFamily`: 1 INET, 2 INET6.
     #[prost(int32, optional, tag = "2")]
     socket_family: Option<i32>,
-    /// `SocketProtocol`: 1 UDP, 2 TCP.
+    /// `SocketProtocol`: 1 UDP, 2 TCP, 3 DOT, 4 DOH.
     #[prost(int32, optional, tag = "3")]
     socket_protocol: Option<i32>,
     #[prost(bytes = "vec", optional, tag = "4")]
@@ -75,7 +75,7 @@ fn message(event: &QueryEvent, client: IpAddr) -> Dnstap {
     let message = Message {
         kind: 6,
         socket_family: Some(if client.is_ipv4() { 1 } else { 2 }),
-        socket_protocol: Some(if event.datagram { 1 } else { 2 }),
+        socket_protocol: Some(socket_protocol(event.protocol)),
         query_address: Some(match client {
             IpAddr::V4(v4) => v4.octets().to_vec(),
             IpAddr::V6(v6) => v6.octets().to_vec(),
@@ -189,6 +189,16 @@ pub(crate) fn write(
     result
 }
 
+/// dnstap's `SocketProtocol` for a transport label.
+fn socket_protocol(protocol: &str) -> i32 {
+    match protocol {
+        "udp" => 1,
+        "dot" => 3,
+        "doh" => 4,
+        _ => 2,
+    }
+}
+
 fn split_time(time: SystemTime) -> (u64, u32) {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     (since.as_secs(), since.subsec_nanos())
@@ -238,7 +248,8 @@ mod tests {
             response_time: UNIX_EPOCH + Duration::new(1_700_000_001, 7),
             client: "192.0.2.7:5353".parse().unwrap(),
             server: None,
-            datagram: false,
+            protocol: "tcp",
+            client_id: None,
             name: "www.example.com".into(),
             qtype: 28,
             id: 77,

@@ -163,8 +163,10 @@ pub struct QueryEvent {
     pub client: SocketAddr,
     /// The address the query arrived on, when known.
     pub server: Option<SocketAddr>,
-    /// UDP (true) or TCP.
-    pub datagram: bool,
+    /// The transport: `udp`, `tcp`, `dot` or `doh`.
+    pub protocol: &'static str,
+    /// The client ID an encrypted listener saw (DoH path, DoT server name).
+    pub client_id: Option<Arc<str>>,
     /// The query name in presentation form, lower case, no trailing dot.
     pub name: String,
     /// The query type code.
@@ -297,7 +299,8 @@ mod tests {
             response_time: SystemTime::now(),
             client: "127.0.0.1:5000".parse().unwrap(),
             server: None,
-            datagram: true,
+            protocol: "udp",
+            client_id: None,
             name: "a.test".into(),
             qtype: 1,
             id: 7,

@@ -194,7 +194,8 @@ fn write_json(
     let line = json!({
         "time": stamp,
         "client": client.to_string(),
-        "protocol": if event.datagram { "udp" } else { "tcp" },
+        "protocol": event.protocol,
+        "client_id": event.client_id.as_deref(),
         "name": event.name,
         "qtype": RecordType::from(event.qtype).to_string(),
         "rcode": rcode_name(event.rcode),

@@ -61,6 +61,78 @@ pub struct ServerConfig {
     /// overloaded resolver must: clients retry, and memory stays bounded.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// `[[server.listener]]`: encrypted listeners (DoT, DoH), each with its
+    /// own address and certificate; none by default.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// One `[[server.listener]]`: DNS over TLS or over HTTPS on an address, with
+/// a PEM certificate chain and key (re-read on SIGHUP; open connections
+/// keep the certificate they started with).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `dot` (RFC 7858, ALPN `dot`) or `doh` (RFC 8484, HTTP/2 and
+    /// HTTP/1.1, GET and POST).
+    pub protocol: EncryptedProtocol,
+    /// The address to listen on (TCP), e.g. `0.0.0.0:853` or `[::]:443`.
+    pub address: SocketAddr,
+    /// The certificate chain, PEM (relative: against the config file).
+    pub certificate: PathBuf,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// DoH: the path queries are sent to; `{path}/{id}` carries a client ID.
+    #[serde(default = "default_doh_path")]
+    pub path: String,
+    /// DoT: the domain under which a server name `{id}.{domain}` carries a
+    /// client ID (the certificate then needs `*.{domain}`); none: no IDs
+    /// from server names.
+    #[serde(default)]
+    pub client_id_domain: Option<String>,
+    /// What a client ID no profile lists gets: `address` (the profile of
+    /// the client's address) or `refuse` (REFUSED).
+    #[serde(default)]
+    pub unknown_client_id: UnknownClientId,
+    /// Seconds a TLS handshake may take before the connection is closed.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: u64,
+    /// DoH: concurrent HTTP/2 streams per connection.
+    #[serde(default = "default_http2_streams")]
+    pub http2_max_streams: u32,
+}
+
+/// `listener.protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptedProtocol {
+    /// DNS over TLS.
+    Dot,
+    /// DNS over HTTPS.
+    Doh,
+}
+
+/// `listener.unknown_client_id`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownClientId {
+    /// The profile of the client's address.
+    #[default]
+    Address,
+    /// REFUSED.
+    Refuse,
+}
+
+fn default_doh_path() -> String {
+    String::from("/dns-query")
+}
+
+fn default_handshake_timeout() -> u64 {
+    5
+}
+
+fn default_http2_streams() -> u32 {
+    100
 }
 
 impl Default for ServerConfig {
@@ -79,6 +151,7 @@ impl Default for ServerConfig {
             rate_limit: None,
             shutdown_grace: default_shutdown_grace(),
             max_in_flight: default_max_in_flight(),
+            listeners: Vec::new(),
         }
     }
 }

@@ -97,6 +97,8 @@ fn describe(reason: Discard) -> &'static str {
         Discard::TcpNotAllowed => "TCP connections from sources the access list refuses, closed",
         Discard::TcpConnectionLimit => "TCP connections over server.tcp_max_connections, closed",
         Discard::TcpClientLimit => "TCP connections over server.tcp_max_connections_per_client, closed",
+        Discard::TlsHandshake => "encrypted connections whose TLS handshake failed or timed out, closed",
+        Discard::BadHttpRequest => "DoH requests that were not DNS queries, answered with an HTTP error",
         _ => "discarded queries",
     }
 }

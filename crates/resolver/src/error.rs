@@ -30,6 +30,14 @@ pub enum ResolverError {
         /// Why.
         reason: String,
     },
+    /// A listener's certificate or key cannot be used.
+    #[error("server.listener: {}: {reason}", path.display())]
+    Certificate {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The server stopped with an error.
     #[error("server: {reason}")]
     Server {

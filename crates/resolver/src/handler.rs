@@ -23,7 +23,7 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use shieldns_index::{
     BypassDefence, Decision, Dns64, Hit, ProfileId, ProfilePolicy, Snapshot, Timestamp, Verdict, ede,
 };
-use shieldns_metrics::{Discard, Metrics, PolicyAction};
+use shieldns_metrics::{Discard, Metrics, PolicyAction, Transport};
 use shieldns_querylog::{LoggedBlock, QueryEvent, QueryLog};
 use tracing::debug;
 
@@ -66,6 +66,24 @@ struct Inner {
     /// Upstream failures, logged at most once a minute per kind.
     failure_log: FailureLog,
     clock: Clock,
+}
+
+/// What a client on an encrypted listener says it is besides its
+/// address: the ID of its DoH path or DoT server name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClientId {
+    pub(crate) id: String,
+    /// An ID no profile lists is REFUSED (else: the address's profile).
+    pub(crate) refuse_unknown: bool,
+}
+
+/// What the query log needs besides the request.
+struct Logged<'a> {
+    transport: Transport,
+    client_id: Option<&'a ClientId>,
+    blocked: Option<Blocked>,
+    rcode: u16,
+    started: Instant,
 }
 
 /// Where the handler reports what it did.
@@ -627,7 +645,19 @@ impl ShieldHandler {
     /// a header with QR=0): the encoded answer to send, or `None` when
     /// nothing is sent. Over UDP (`protocol`) the answer is truncated to the
     /// client's payload size. Counts the query and logs it.
-    pub(crate) async fn respond(&self, packet: Vec<u8>, peer: SocketAddr, protocol: Protocol) -> Option<Vec<u8>> {
+    pub(crate) async fn respond(
+        &self,
+        packet: Vec<u8>,
+        peer: SocketAddr,
+        transport: Transport,
+        client_id: Option<&ClientId>,
+    ) -> Option<Vec<u8>> {
+        // hickory parses the message; only UDP answers are datagrams.
+        let protocol = if transport.is_datagram() {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
         let header = match packet.get(..4) {
             Some(&[id0, id1, flags0, flags1]) => [id0, id1, flags0, flags1],
             _ => return None,
@@ -643,15 +673,21 @@ impl ShieldHandler {
         };
         let started = Instant::now();
         let observed = Observed::default();
-        let replied = self.answer(&request, header, &observed).await;
-        let datagram = protocol.is_datagram();
+        let replied = self.answer(&request, header, client_id, &observed).await;
         let query = observed.query.get().map(|(snapshot, profile)| (&**snapshot, *profile));
         self.inner
             .metrics
-            .query(query, datagram, replied.rcode, started.elapsed());
+            .query(query, transport, replied.rcode, started.elapsed());
         let blocked = observed.blocked.get().copied();
         if QueryLog::logs(self.inner.query_log.as_ref(), blocked.is_some()) {
-            self.log(&request, &observed, blocked, replied.rcode, started);
+            let asked = Logged {
+                transport,
+                client_id,
+                blocked,
+                rcode: replied.rcode,
+                started,
+            };
+            self.log(&request, &observed, &asked);
         }
         replied.bytes
     }
@@ -660,10 +696,16 @@ impl ShieldHandler {
     /// logs what this records in `observed`), in one line: screen the
     /// message → decide → block, or resolve and check the answer → encode.
     /// `header` is the query's first four bytes, which a block echoes.
-    async fn answer(&self, request: &Request, header: [u8; 4], observed: &Observed) -> Replied {
+    async fn answer(
+        &self,
+        request: &Request,
+        header: [u8; 4],
+        client_id: Option<&ClientId>,
+        observed: &Observed,
+    ) -> Replied {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&self.inner.in_flight);
-        let mut question = match self.screen(request) {
+        let mut question = match self.screen(request, client_id) {
             Ok(question) => question,
             Err(replied) => return replied,
         };
@@ -737,7 +779,7 @@ impl ShieldHandler {
     /// name), or the question to decide with the query's snapshot and
     /// profile (the one snapshot load of this query: a refused source
     /// learns nothing, REFUSED with no EDNS and no larger than the query).
-    fn screen(&self, request: &Request) -> Result<Screened, Replied> {
+    fn screen(&self, request: &Request, client_id: Option<&ClientId>) -> Result<Screened, Replied> {
         let client = request.src().ip();
         if request.metadata.message_type == hickory_proto::op::MessageType::Response {
             // Never answer an answer. Every transport screens them out
@@ -747,7 +789,9 @@ impl ShieldHandler {
             return Err(Replied::nothing(ResponseCode::Refused));
         }
         let snapshot = self.inner.snapshot.load_full();
-        let Some(profile) = snapshot.client_policy(client) else {
+        let id = client_id.map(|c| c.id.as_str());
+        let refuse_unknown = client_id.is_some_and(|c| c.refuse_unknown);
+        let Some(profile) = snapshot.client_policy_with_id(client, id, refuse_unknown) else {
             self.inner.metrics.refused();
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.response_code = ResponseCode::Refused;
@@ -883,7 +927,14 @@ impl ShieldHandler {
 
     /// Queues a query-log event. Only reached when the log is on; the
     /// event's strings are built here, never when it is off.
-    fn log(&self, request: &Request, observed: &Observed, blocked: Option<Blocked>, rcode: u16, started: Instant) {
+    fn log(&self, request: &Request, observed: &Observed, logged: &Logged<'_>) {
+        let Logged {
+            transport,
+            client_id,
+            blocked,
+            rcode,
+            started,
+        } = *logged;
         let Some(query_log) = &self.inner.query_log else {
             return;
         };
@@ -918,7 +969,8 @@ impl ShieldHandler {
             response_time,
             client: request.src(),
             server: None,
-            datagram: request.protocol().is_datagram(),
+            protocol: transport.label(),
+            client_id: client_id.map(|c| Arc::from(c.id.as_str())),
             name,
             qtype,
             id: request.metadata.id,

@@ -16,6 +16,7 @@ mod answer;
 mod cache;
 pub mod config;
 mod discard;
+mod doh;
 mod error;
 mod failure_log;
 mod fastpath;
@@ -26,12 +27,16 @@ mod resolved;
 mod server;
 mod tally;
 mod tcp;
+mod tls;
 mod udp;
 mod unbound;
 mod upstream;
 mod wire;
 
-pub use config::{CacheConfig, RateLimitConfig, ServerConfig, UpstreamConfig, UpstreamEngine, UpstreamMode};
+pub use config::{
+    CacheConfig, EncryptedProtocol, ListenerConfig, RateLimitConfig, ServerConfig, UnknownClientId, UpstreamConfig,
+    UpstreamEngine, UpstreamMode,
+};
 pub use error::ResolverError;
 pub use handler::{Clock, ShieldHandler};
 pub use server::{RunningResolver, start};

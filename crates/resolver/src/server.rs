@@ -29,6 +29,7 @@ use crate::handler::{Clock, Reports, ShieldHandler};
 use crate::packet_cache::PacketCache;
 use crate::ratelimit::RateLimiter;
 use crate::tcp;
+use crate::tls::{Certificate, Encrypted};
 use crate::udp;
 use crate::upstream::Upstream;
 
@@ -43,6 +44,8 @@ pub struct RunningResolver {
     grace: Duration,
     udp_stop: Arc<AtomicBool>,
     udp_threads: Vec<std::thread::JoinHandle<()>>,
+    /// The encrypted listeners' certificates, re-read on SIGHUP.
+    certificates: Vec<Arc<Certificate>>,
 }
 
 impl std::fmt::Debug for RunningResolver {
@@ -116,8 +119,15 @@ pub async fn start(
         for _ in 0..server.udp_sockets.max(1) {
             udp_sockets.push((address, Arc::new(bind_udp(address, server.udp_sockets > 1)?)));
         }
-        tcp_sockets.push(bind_tcp(address)?);
+        tcp_sockets.push((bind_tcp(address)?, None));
         info!(%address, "listening on UDP and TCP");
+    }
+    let mut certificates = Vec::new();
+    for listener in &server.listeners {
+        let encrypted = Arc::new(Encrypted::new(listener)?);
+        certificates.push(encrypted.certificate.clone());
+        tcp_sockets.push((bind_tcp(listener.address)?, Some(encrypted)));
+        info!(address = %listener.address, protocol = ?listener.protocol, "listening for encrypted DNS");
     }
     let tcp_shared = Arc::new(tcp::Shared::new(
         tcp_limits,
@@ -129,7 +139,7 @@ pub async fn start(
     let (tcp_stop, stopped) = watch::channel(false);
     let tcp_listeners = tcp_sockets
         .into_iter()
-        .map(|listener| tokio::spawn(tcp::serve(listener, tcp_shared.clone(), stopped.clone())))
+        .map(|(listener, encrypted)| tokio::spawn(tcp::serve(listener, tcp_shared.clone(), encrypted, stopped.clone())))
         .collect();
     let udp_stop = Arc::new(AtomicBool::new(false));
     let mut udp_threads = Vec::new();
@@ -165,10 +175,24 @@ pub async fn start(
         grace: Duration::from_secs(server.shutdown_grace),
         udp_stop,
         udp_threads,
+        certificates,
     })
 }
 
 impl RunningResolver {
+    /// Re-reads every encrypted listener's certificate and key: new
+    /// handshakes use the new ones, open connections keep theirs. A file
+    /// that cannot be used keeps its listener's certificate in use.
+    pub fn reload_certificates(&self) -> Result<(), ResolverError> {
+        let mut first_error = None;
+        for certificate in &self.certificates {
+            if let Err(error) = certificate.reload() {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Stops serving: waits up to the grace period for in-flight queries to
     /// finish, then closes every listener.
     pub async fn shutdown(mut self) -> Result<(), ResolverError> {

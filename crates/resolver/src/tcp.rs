@@ -1,5 +1,7 @@
-//! DNS over TCP (RFC 7766): accept, screen, read length-prefixed queries,
-//! answer each through the handler as soon as it is ready.
+//! DNS over TCP (RFC 7766) and over TLS (RFC 7858): accept, screen, read
+//! length-prefixed queries, answer each through the handler as soon as it
+//! is ready. DoH connections are admitted here too, then served by
+//! [`crate::doh`].
 //!
 //! Key design decision: our own listener rather than hickory-server's, which
 //! answers a connection's queries one at a time and has no connection caps.
@@ -18,16 +20,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_server::net::xfer::Protocol;
 use shieldns_index::Snapshot;
-use shieldns_metrics::{Discard, Metrics};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shieldns_metrics::{Discard, Metrics, Transport};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::debug;
 
+use crate::config::EncryptedProtocol;
 use crate::discard::Discards;
-use crate::handler::ShieldHandler;
+use crate::handler::{ClientId, ShieldHandler};
+use crate::tls::Encrypted;
 use crate::wire::screen_header;
 
 /// The TCP limits, from `[server]` (the total already fitted to the
@@ -108,9 +111,9 @@ impl Shared {
 }
 
 /// An admitted connection's place under the caps, given back on drop.
-struct Admitted {
-    shared: Arc<Shared>,
-    client: IpAddr,
+pub(crate) struct Admitted {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) client: IpAddr,
 }
 
 impl Drop for Admitted {
@@ -127,8 +130,15 @@ impl Drop for Admitted {
     }
 }
 
-/// Accepts connections on `listener` until `stop` turns true.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Accepts connections on `listener` until `stop` turns true: plain DNS
+/// over TCP, or, with `encrypted`, DoT or DoH after the TLS handshake. All
+/// share the caps of `shared`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    encrypted: Option<Arc<Encrypted>>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return,
@@ -147,8 +157,16 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
         let client = peer.ip().to_canonical();
         match shared.admit(client) {
             Ok(admitted) => {
+                let _ = stream.set_nodelay(true);
                 let stop = stop.clone();
-                tokio::spawn(connection(stream, peer, admitted, stop));
+                match &encrypted {
+                    None => {
+                        tokio::spawn(connection(stream, peer, admitted, None, Transport::Tcp, stop));
+                    }
+                    Some(encrypted) => {
+                        tokio::spawn(encrypted_connection(stream, peer, admitted, encrypted.clone(), stop));
+                    }
+                }
             }
             Err(reason) => {
                 // A reset, not a close: no TIME_WAIT state kept for it here.
@@ -161,13 +179,44 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
     }
 }
 
+/// The TLS handshake of an admitted connection, then DoT (length-prefixed
+/// messages, as over TCP) or DoH (HTTP/2 or HTTP/1.1).
+async fn encrypted_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    encrypted: Arc<Encrypted>,
+    stop: watch::Receiver<bool>,
+) {
+    let Some(stream) = encrypted.accept(stream).await else {
+        admitted.shared.discards.note(Discard::TlsHandshake, admitted.client);
+        return;
+    };
+    match encrypted.protocol {
+        EncryptedProtocol::Dot => {
+            let client_id = encrypted.client_id_of(&stream);
+            connection(stream, peer, admitted, client_id, Transport::Dot, stop).await;
+        }
+        EncryptedProtocol::Doh => crate::doh::connection(stream, peer, admitted, encrypted, stop).await,
+    }
+}
+
 /// Serves one connection: reads queries until the client closes, the idle
 /// timeout passes with nothing in flight, or the server stops; answers are
 /// written by a task of their own as they complete.
-async fn connection(stream: TcpStream, peer: SocketAddr, admitted: Admitted, mut stop: watch::Receiver<bool>) {
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    admitted: Admitted,
+    client_id: Option<ClientId>,
+    transport: Transport,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let shared = admitted.shared.clone();
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let client_id = client_id.map(Arc::new);
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let pipeline = shared.limits.pipeline.max(1);
     let (answers, mut outgoing) = mpsc::channel::<Vec<u8>>(pipeline);
     // A client that stops reading gets as long as an idle one to take each
@@ -213,9 +262,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admitted: Admitted, mut
             Ok(Ok(_)) => {}
             Err(_) | Ok(Err(_)) => break,
         }
-        let (shared, answers) = (shared.clone(), answers.clone());
+        let (shared, answers, client_id) = (shared.clone(), answers.clone(), client_id.clone());
         tokio::spawn(async move {
-            answer(&shared, message, peer, answers).await;
+            answer(&shared, message, peer, client_id.as_deref(), transport, answers).await;
             drop(permit);
         });
     }
@@ -225,12 +274,19 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admitted: Admitted, mut
 }
 
 /// Answers one query of a connection.
-async fn answer(shared: &Shared, message: Vec<u8>, peer: SocketAddr, answers: mpsc::Sender<Vec<u8>>) {
+async fn answer(
+    shared: &Shared,
+    message: Vec<u8>,
+    peer: SocketAddr,
+    client_id: Option<&ClientId>,
+    transport: Transport,
+    answers: mpsc::Sender<Vec<u8>>,
+) {
     if let Err(reason) = screen_header(&message) {
         shared.discards.note(reason, peer.ip().to_canonical());
         return;
     }
-    let Some(message) = shared.handler.respond(message, peer, Protocol::Tcp).await else {
+    let Some(message) = shared.handler.respond(message, peer, transport, client_id).await else {
         return;
     };
     // An answer is at most 65,535 bytes (the encoder stops there).

@@ -20,9 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hickory_server::net::xfer::Protocol;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendto};
-use shieldns_metrics::{Discard, Metrics};
+use shieldns_metrics::{Discard, Metrics, Transport};
 use smallvec::SmallVec;
 use tracing::debug;
 
@@ -356,7 +355,7 @@ fn send_bare(fd: RawFd, query: &[u8], peer: SocketAddr, tc: bool, flags_low: u8)
 fn refuse(fd: RawFd, packet: &[u8], peer: SocketAddr, metrics: &Metrics, received_at: Instant) {
     metrics.refused();
     if send_bare(fd, packet, peer, false, 0x05).is_some() {
-        metrics.query(None, true, 5, received_at.elapsed());
+        metrics.query(None, Transport::Udp, 5, received_at.elapsed());
     }
 }
 
@@ -398,7 +397,7 @@ async fn answer_slowly(
     socket: &std::net::UdpSocket,
     cache: Option<(PacketKey, PacketFiller)>,
 ) {
-    let Some(bytes) = handler.respond(packet, peer, Protocol::Udp).await else {
+    let Some(bytes) = handler.respond(packet, peer, Transport::Udp, None).await else {
         return;
     };
     if let Err(error) = send_datagram(socket, &bytes, peer).await {

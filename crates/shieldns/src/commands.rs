@@ -141,6 +141,7 @@ pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
 pub(crate) struct ExplainQuery {
     pub(crate) name: String,
     pub(crate) client: IpAddr,
+    pub(crate) client_id: Option<String>,
     pub(crate) qtype: String,
     pub(crate) at: Option<Timestamp>,
     pub(crate) json: bool,
@@ -191,7 +192,13 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
         .map_err(|reason| anyhow::anyhow!("`{raw_name}` is not a valid name: {reason}"))?;
     let client = query.client;
     let at = query.at.unwrap_or_else(Timestamp::now);
-    let profile_id = snapshot.profile_for(client);
+    // A client ID selects its profile (an unknown one the address's, as a
+    // listener with `unknown_client_id = "address"` does).
+    let by_id = query
+        .client_id
+        .as_deref()
+        .and_then(|id| snapshot.profile_for_client_id(id));
+    let profile_id = by_id.unwrap_or_else(|| snapshot.profile_for(client));
     let profile = snapshot.profile(profile_id);
     // An unknown type name blocks no query type but still meets the other
     // policies.
@@ -242,6 +249,8 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
             "name": name,
             "client": client.to_string(),
             "client_allowed": allowed,
+            "client_id": query.client_id,
+            "client_id_known": query.client_id.as_ref().map(|_| by_id.is_some()),
             "profile": profile.name,
             "qtype": query.qtype.to_ascii_uppercase(),
             "at": at.to_string(),
@@ -282,6 +291,16 @@ pub(crate) fn explain(source: &ConfigSource, query: &ExplainQuery) -> anyhow::Re
             " (not in server.allow: would be REFUSED)"
         }
     );
+    if let Some(id) = &query.client_id {
+        outln!(
+            "id:       {id}{}",
+            if by_id.is_some() {
+                ""
+            } else {
+                " (no profile lists it: the address's profile, or REFUSED where unknown_client_id = \"refuse\")"
+            }
+        );
+    }
     outln!("profile:  {}", profile.name);
     if allowed {
         outln!("verdict:  {kind}");

@@ -107,6 +107,12 @@ impl ConfigSource {
         let mut config = parse(&text).with_context(|| format!("invalid configuration in {}", self.describe()))?;
         // `url` lists are read from `sync.cache_dir`, a key of another table.
         config.sync.attach(&mut config.lists, &self.base_dir());
+        // Listener certificates are relative to the configuration too;
+        // `join` keeps an absolute path.
+        for listener in &mut config.server.listeners {
+            listener.certificate = self.base_dir().join(&listener.certificate);
+            listener.key = self.base_dir().join(&listener.key);
+        }
         Ok(config)
     }
 }

@@ -89,6 +89,11 @@ async fn serve(source: ConfigSource) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hangup.recv() => {
+                // New TLS handshakes get the files' certificates; open
+                // connections keep theirs.
+                if let Err(error) = resolver.reload_certificates() {
+                    error!("certificate reload failed, the previous certificate stays in use: {error}");
+                }
                 if let Some(new) = reload(&source, &config, &policy).await {
                     // SIGHUP also runs a sync pass (see README, `[sync]`).
                     sync.reconfigure(&new.lists, &new.sync, source.base_dir());

@@ -91,6 +91,10 @@ enum Command {
         /// The client address (default 127.0.0.1).
         #[arg(long, default_value = "127.0.0.1")]
         client: IpAddr,
+        /// The client ID the client sends on an encrypted listener (DoH
+        /// path `/dns-query/ID`, DoT server name `ID.domain`).
+        #[arg(long)]
+        client_id: Option<String>,
         /// The query type (default A), for per-type policy.
         #[arg(long, default_value = "A")]
         qtype: String,
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
         Command::Explain {
             name,
             client,
+            client_id,
             qtype,
             at,
             config,
@@ -186,6 +191,7 @@ fn main() -> ExitCode {
             &commands::ExplainQuery {
                 name,
                 client,
+                client_id,
                 qtype,
                 at,
                 json,

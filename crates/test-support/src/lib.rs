@@ -7,6 +7,7 @@
 //! - [`upstream`]: a fake forwarding target with fixed answers.
 //! - [`publisher`]: a loopback HTTPS list publisher with a test CA and
 //!   fault injection, for list sync tests.
+//! - [`tls`]: the test CA and the certificates it issues.
 //!
 //! Key design decision: test code only, never a dependency of the product
 //! (only `[dev-dependencies]` name it), so it may panic on setup failures:
@@ -17,6 +18,7 @@
 pub mod daemon;
 pub mod hierarchy;
 pub mod publisher;
+pub mod tls;
 pub mod upstream;
 
 use std::path::PathBuf;

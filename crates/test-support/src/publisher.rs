@@ -163,41 +163,17 @@ impl Drop for Publisher {
     }
 }
 
-/// A CA, and a leaf for 127.0.0.1 and localhost issued by it (webpki
-/// refuses a self-signed certificate used as its own trust anchor).
+/// A CA, and a leaf for 127.0.0.1 and localhost issued by it.
 fn certificates() -> (String, rustls::ServerConfig) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "shieldns test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let mut leaf_params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("leaf params");
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "shieldns test publisher");
-    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf certificate");
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let ca = crate::tls::TestCa::new("shieldns test CA");
+    let leaf = ca.leaf(&["127.0.0.1", "localhost"]);
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key)
+        .with_single_cert(leaf.chain, leaf.key)
         .expect("server certificate");
-    (ca_cert.pem(), config)
+    (ca.pem, config)
 }
 
 async fn serve(

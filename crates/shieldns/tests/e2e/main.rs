@@ -11,6 +11,7 @@ mod dns_hardening;
 mod dns_policy;
 mod dns_recursive;
 mod dns_reload_load;
+mod encrypted;
 mod fuzz_request_path;
 mod hierarchy_selftest;
 mod list_safety;

@@ -1,0 +1,213 @@
+//! DNS over TLS and over HTTPS against the running daemon with a test CA,
+//! queried with the real `kdig` (`+tls`, `+https`, `+https-get`): the same
+//! policy as UDP (a blocked name's EDE), the profile a client ID selects
+//! (DoT server name, DoH path), an unknown ID on a listener that refuses
+//! it, the query log's protocol and ID, and a certificate replaced on
+//! SIGHUP.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use shieldns_test_support::daemon::{Daemon, free_port, require, status};
+use shieldns_test_support::tls::TestCa;
+use shieldns_test_support::upstream::FakeUpstream;
+
+const CONFIG: &str = include_str!("fixtures/encrypted.toml");
+
+/// The daemon, its DoT and DoH addresses, and the CA's file.
+struct Setup {
+    daemon: Daemon,
+    dot: SocketAddr,
+    doh: SocketAddr,
+    doh_strict: SocketAddr,
+    _upstream: FakeUpstream,
+}
+
+fn start() -> Option<Setup> {
+    if !require(&[("kdig", "knot-dnsutils")]) {
+        return None;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let ca = TestCa::new("shieldns test CA");
+    let leaf = ca.leaf(&["dns.test", "*.dns.test", "127.0.0.1"]);
+    let (dot, doh, doh_strict) = (free_port("127.0.0.1"), free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let config = CONFIG
+        .replace("@UPSTREAM@", &upstream.addr.to_string())
+        .replace("@DOT@", &dot.to_string())
+        .replace("@DOHSTRICT@", &doh_strict.to_string())
+        .replace("@DOH@", &doh.to_string());
+    let daemon = Daemon::start(
+        &config,
+        &[
+            ("adult.txt", "blocked.example.test\n"),
+            ("server.pem", &leaf.chain_pem),
+            ("server.key", &leaf.key_pem),
+            ("ca.pem", &ca.pem),
+        ],
+    );
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    Some(Setup {
+        daemon,
+        dot: at(dot),
+        doh: at(doh),
+        doh_strict: at(doh_strict),
+        _upstream: upstream,
+    })
+}
+
+/// `kdig` against `at` with `transport` options (e.g. `+tls`), trusting
+/// the CA in `ca`.
+fn kdig(at: SocketAddr, ca: &Path, transport: &[&str], name: &str) -> String {
+    let output = Command::new("kdig")
+        .arg(format!("@{}", at.ip()))
+        .args(["-p", &at.port().to_string()])
+        .arg(format!("+tls-ca={}", ca.display()))
+        .args(transport)
+        .args(["+timeout=3", "+retry=0", name, "A"])
+        .output()
+        .expect("run kdig");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// kdig's status word (`NOERROR`, `NXDOMAIN`, ...).
+fn kdig_status(out: &str) -> &str {
+    out.split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ', '\n']).next())
+        .unwrap_or("")
+}
+
+#[test]
+fn dot_answers_with_the_policy_and_the_profile_of_its_server_name() {
+    let Some(setup) = start() else { return };
+    let ca = setup.daemon.path("ca.pem");
+    let hostname = |name: &str| format!("+tls-hostname={name}");
+    // No ID: the address's profile, which blocks nothing.
+    let out = kdig(setup.dot, &ca, &["+tls", &hostname("dns.test")], "blocked.example.test");
+    assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+    assert!(out.contains("192.0.2.10"), "{out}");
+    // The ID in the server name selects the kids' profile, which does.
+    let sni = "kid-tablet.dns.test";
+    let out = kdig(
+        setup.dot,
+        &ca,
+        &["+tls", &hostname(sni), &format!("+tls-sni={sni}")],
+        "blocked.example.test",
+    );
+    assert_eq!(kdig_status(&out), "NXDOMAIN", "{out}");
+    assert!(out.contains("list=adult category=adult"), "EDE text over DoT: {out}");
+    // An unknown ID on this listener gets the address's profile.
+    let sni = "stranger.dns.test";
+    let out = kdig(
+        setup.dot,
+        &ca,
+        &["+tls", &hostname(sni), &format!("+tls-sni={sni}")],
+        "blocked.example.test",
+    );
+    assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+    // A client that does not trust the CA gets no answer.
+    let out = kdig(
+        setup.dot,
+        &setup.daemon.path("server.key"),
+        &["+tls", &hostname("dns.test")],
+        "allowed.example.test",
+    );
+    assert!(!out.contains("status: NOERROR"), "{out}");
+}
+
+#[test]
+fn doh_answers_get_and_post_with_the_profile_of_its_path() {
+    let Some(setup) = start() else { return };
+    let ca = setup.daemon.path("ca.pem");
+    for method in [&["+https"][..], &["+https", "+https-get"][..]] {
+        let out = kdig(setup.doh, &ca, method, "blocked.example.test");
+        assert_eq!(kdig_status(&out), "NOERROR", "{method:?}: {out}");
+        let mut with_id = method.to_vec();
+        with_id[0] = "+https=/dns-query/kid-tablet";
+        let out = kdig(setup.doh, &ca, &with_id, "blocked.example.test");
+        assert_eq!(kdig_status(&out), "NXDOMAIN", "{method:?}: {out}");
+        assert!(out.contains("list=adult category=adult"), "{out}");
+        let out = kdig(setup.doh, &ca, &with_id, "allowed.example.test");
+        assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+    }
+    // On the listener that refuses unknown IDs: a known one is answered,
+    // an unknown one REFUSED, none the address's profile.
+    let out = kdig(
+        setup.doh_strict,
+        &ca,
+        &["+https=/dns-query/kid-tablet"],
+        "blocked.example.test",
+    );
+    assert_eq!(kdig_status(&out), "NXDOMAIN", "{out}");
+    let out = kdig(
+        setup.doh_strict,
+        &ca,
+        &["+https=/dns-query/stranger"],
+        "allowed.example.test",
+    );
+    assert_eq!(kdig_status(&out), "REFUSED", "{out}");
+    let out = kdig(setup.doh_strict, &ca, &["+https"], "allowed.example.test");
+    assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+    // UDP is unchanged beside them.
+    assert_eq!(status(&setup.daemon.dig(&["blocked.example.test", "A"])), "NOERROR");
+}
+
+#[test]
+fn a_certificate_replaced_and_sighup_serves_new_handshakes_with_it() {
+    let Some(setup) = start() else { return };
+    let ca = setup.daemon.path("ca.pem");
+    let out = kdig(
+        setup.dot,
+        &ca,
+        &["+tls", "+tls-hostname=dns.test"],
+        "allowed.example.test",
+    );
+    assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+    // A new CA and leaf: the old CA no longer verifies after SIGHUP.
+    let new_ca = TestCa::new("shieldns second CA");
+    let leaf = new_ca.leaf(&["dns.test", "*.dns.test", "127.0.0.1"]);
+    std::fs::write(setup.daemon.path("server.pem"), &leaf.chain_pem).unwrap();
+    std::fs::write(setup.daemon.path("server.key"), &leaf.key_pem).unwrap();
+    std::fs::write(setup.daemon.path("new-ca.pem"), &new_ca.pem).unwrap();
+    assert!(setup.daemon.reload(), "{}", setup.daemon.log_text());
+    let new_path = setup.daemon.path("new-ca.pem");
+    let out = kdig(
+        setup.dot,
+        &new_path,
+        &["+tls", "+tls-hostname=dns.test"],
+        "allowed.example.test",
+    );
+    assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+    let out = kdig(setup.doh, &new_path, &["+https"], "allowed.example.test");
+    assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+    let out = kdig(
+        setup.dot,
+        &ca,
+        &["+tls", "+tls-hostname=dns.test"],
+        "allowed.example.test",
+    );
+    assert!(
+        !out.contains("status: NOERROR"),
+        "the old CA must not verify the new certificate: {out}"
+    );
+    // A broken key on the next SIGHUP keeps the certificate in use.
+    std::fs::write(setup.daemon.path("server.key"), "not a key").unwrap();
+    setup.daemon.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !setup.daemon.log_text().contains("certificate reload failed") {
+        assert!(std::time::Instant::now() < deadline, "{}", setup.daemon.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = kdig(
+        setup.dot,
+        &new_path,
+        &["+tls", "+tls-hostname=dns.test"],
+        "allowed.example.test",
+    );
+    assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+}
