@@ -85,6 +85,13 @@ pub struct ListenerConfig {
     /// DoH: the path queries are sent to; `{path}/{id}` carries a client ID.
     #[serde(default = "default_doh_path")]
     pub path: String,
+    /// The resolver's name on this listener's certificate, advertised by
+    /// DDR (RFC 9462): `_dns.resolver.arpa` and `_dns.{name}` SVCB queries
+    /// are answered with every named listener (ALPN, port, DoH path), so
+    /// clients upgrade to the filtered encrypted resolver. None: the
+    /// listener is not advertised.
+    #[serde(default)]
+    pub name: Option<String>,
     /// DoT: the domain under which a server name `{id}.{domain}` carries a
     /// client ID (the certificate then needs `*.{domain}`); none: no IDs
     /// from server names.

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::AAAA;
 use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::rr::rdata::svcb::{Alpn, SVCB, SvcParamKey, SvcParamValue, Unknown};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
@@ -29,7 +30,7 @@ use tracing::debug;
 
 use crate::answer::{self, BlockAnswer, Ede};
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer, Caches, FailureCache};
-use crate::config::ServerConfig;
+use crate::config::{EncryptedProtocol, ListenerConfig, ServerConfig};
 use crate::discard::Discards;
 use crate::failure_log::{FailureKind, FailureLog};
 use crate::resolved::{UpstreamAnswer, UpstreamFailure};
@@ -58,6 +59,8 @@ struct Inner {
     udp_payload: u16,
     /// `server.chaos_identity` and `server.chaos_version`.
     chaos: Chaos,
+    /// The encrypted listeners DDR advertises.
+    ddr: Ddr,
     in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
     /// The query log, when it is on.
@@ -118,6 +121,76 @@ impl Chaos {
         }
     }
 }
+
+/// Discovery of Designated Resolvers (RFC 9462): the SVCB records naming
+/// the encrypted listeners that have a `name`.
+#[derive(Debug)]
+struct Ddr {
+    /// `_dns.{name}` of each named listener, lower case, with the dot.
+    own_names: Vec<String>,
+    records: Vec<SVCB>,
+}
+
+impl Ddr {
+    fn new(listeners: &[ListenerConfig]) -> Self {
+        let mut own_names = Vec::new();
+        let mut records = Vec::new();
+        for (priority, listener) in (1u16..).zip(listeners) {
+            let Some(target) = listener
+                .name
+                .as_deref()
+                .and_then(|n| Name::from_ascii(format!("{}.", n.trim_end_matches('.'))).ok())
+            else {
+                continue;
+            };
+            own_names.push(format!("_dns.{}", target.to_ascii().to_ascii_lowercase()));
+            let alpn = match listener.protocol {
+                EncryptedProtocol::Dot => vec!["dot".to_owned()],
+                EncryptedProtocol::Doh => vec!["h2".to_owned(), "http/1.1".to_owned()],
+            };
+            let mut params = vec![
+                (SvcParamKey::Alpn, SvcParamValue::Alpn(Alpn(alpn))),
+                (SvcParamKey::Port, SvcParamValue::Port(listener.address.port())),
+            ];
+            if listener.protocol == EncryptedProtocol::Doh {
+                // RFC 9461 §5: the URI template, key 7.
+                let template = format!("{}{{?dns}}", listener.path.trim_end_matches('/'));
+                params.push((
+                    SvcParamKey::Unknown(7),
+                    SvcParamValue::Unknown(Unknown(template.into_bytes())),
+                ));
+            }
+            records.push(SVCB::new(priority, target, params));
+        }
+        Self { own_names, records }
+    }
+
+    /// The SVCB answer to `name` (`_dns.resolver.arpa.` or a listener's
+    /// `_dns.{name}.`), if it is a DDR query and a listener is named.
+    fn answer(&self, qname: &Name, qtype: RecordType) -> Option<BlockAnswer> {
+        if qtype != RecordType::SVCB || self.records.is_empty() {
+            return None;
+        }
+        let asked = qname.to_ascii().to_ascii_lowercase();
+        if asked != "_dns.resolver.arpa." && !self.own_names.contains(&asked) {
+            return None;
+        }
+        let answers = self
+            .records
+            .iter()
+            .map(|svcb| Record::from_rdata(qname.clone(), DDR_TTL, RData::SVCB(svcb.clone())))
+            .collect();
+        Some(BlockAnswer::Records {
+            rcode: ResponseCode::NoError,
+            answers,
+            authorities: vec![],
+            ede: None,
+        })
+    }
+}
+
+/// TTL of DDR answers: the listeners change only with the configuration.
+const DDR_TTL: u32 = 300;
 
 /// What one query's policy checks share: one snapshot (loaded once per
 /// query and held for the whole query, so a reload never shows a query half
@@ -250,6 +323,7 @@ impl ShieldHandler {
                     identity: server.chaos_identity.clone(),
                     version: server.chaos_version.clone(),
                 },
+                ddr: Ddr::new(&server.listeners),
                 in_flight: AtomicUsize::new(0),
                 metrics,
                 query_log,
@@ -269,6 +343,11 @@ impl ShieldHandler {
     /// a list block or the profile's own policy, counted and marked for the
     /// log.
     fn decide(&self, query: &QueryContext<'_>, qtype: RecordType) -> Option<BlockAnswer> {
+        // The resolver's own encrypted endpoints come before any list: a
+        // client that asks is upgraded to the same filter.
+        if let Some(ddr) = self.inner.ddr.answer(query.qname, qtype) {
+            return Some(ddr);
+        }
         let snapshot = &*query.snapshot;
         let profile = snapshot.profile(query.profile);
         let name = query.name.as_str();

@@ -2,14 +2,14 @@
 //! queried with the real `kdig` (`+tls`, `+https`, `+https-get`): the same
 //! policy as UDP (a blocked name's EDE), the profile a client ID selects
 //! (DoT server name, DoH path), an unknown ID on a listener that refuses
-//! it, the query log's protocol and ID, and a certificate replaced on
-//! SIGHUP.
+//! it, DDR's SVCB answers naming the listeners, and a certificate
+//! replaced on SIGHUP.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use shieldns_test_support::daemon::{Daemon, free_port, require, status};
+use shieldns_test_support::daemon::{Daemon, answers, free_port, require, status};
 use shieldns_test_support::tls::TestCa;
 use shieldns_test_support::upstream::FakeUpstream;
 
@@ -74,11 +74,13 @@ fn kdig(at: SocketAddr, ca: &Path, transport: &[&str], name: &str) -> String {
     )
 }
 
-/// kdig's status word (`NOERROR`, `NXDOMAIN`, ...).
+/// kdig's status word (`NOERROR`, `NXDOMAIN`, ...) from its header line
+/// (`;; ->>HEADER<<- opcode: QUERY; status: NOERROR; id: 1`).
 fn kdig_status(out: &str) -> &str {
-    out.split("status: ")
-        .nth(1)
-        .and_then(|rest| rest.split([',', ' ', '\n']).next())
+    out.lines()
+        .find(|line| line.contains("->>HEADER<<-"))
+        .and_then(|line| line.split("status: ").nth(1))
+        .and_then(|rest| rest.split(';').next())
         .unwrap_or("")
 }
 
@@ -210,4 +212,73 @@ fn a_certificate_replaced_and_sighup_serves_new_handshakes_with_it() {
         "allowed.example.test",
     );
     assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+}
+
+#[test]
+fn ddr_names_the_encrypted_listeners() {
+    let Some(setup) = start() else { return };
+    // RFC 9462: the designated resolvers, even for a profile that answers
+    // other resolvers' discovery with NODATA (bypass protection).
+    let out = setup.daemon.dig(&["_dns.resolver.arpa", "SVCB"]);
+    let records = answers(&out);
+    assert_eq!(records.len(), 2, "the two named listeners: {out}");
+    let dot = format!("1 dns.test. alpn=\"dot\" port={}", setup.dot.port());
+    assert!(records.iter().any(|r| r.contains(&dot)), "{out}");
+    let doh = format!("2 dns.test. alpn=\"h2,http/1.1\" port={}", setup.doh.port());
+    assert!(records.iter().any(|r| r.contains(&doh)), "{out}");
+    assert!(out.contains("/dns-query{?dns}"), "the DoH path template: {out}");
+    // The resolver's own name answers the same.
+    let out = setup.daemon.dig(&["_dns.dns.test", "SVCB"]);
+    assert_eq!(answers(&out).len(), 2, "{out}");
+    // Other resolvers' DDR names stay answered by bypass protection.
+    let out = setup.daemon.dig(&["_dns.other.resolver.arpa", "SVCB"]);
+    assert_eq!((status(&out), answers(&out).len()), ("NOERROR", 0), "{out}");
+}
+
+#[test]
+fn doh_over_http1_answers_and_refuses_what_is_not_a_query() {
+    let Some(setup) = start() else { return };
+    if !require(&[("curl", "curl")]) {
+        return;
+    }
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut query = Message::query();
+    query.metadata.id = 7;
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(
+        Name::from_ascii("blocked.example.test.").unwrap(),
+        RecordType::A,
+    ));
+    let body = setup.daemon.path("query.bin");
+    std::fs::write(&body, query.to_vec().unwrap()).unwrap();
+    let port = setup.doh.port();
+    let curl = |path: &str, extra: &[&str]| {
+        let output = Command::new("curl")
+            .args(["-s", "--http1.1", "--max-time", "5", "-o"])
+            .arg(setup.daemon.path("answer.bin"))
+            .args(["-w", "%{http_code} %{content_type}"])
+            .arg("--cacert")
+            .arg(setup.daemon.path("ca.pem"))
+            .args(["--resolve", &format!("dns.test:{port}:127.0.0.1")])
+            .args(extra)
+            .arg(format!("https://dns.test:{port}{path}"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let post = ["-H", "content-type: application/dns-message", "--data-binary"];
+    let data = format!("@{}", body.display());
+    // POST for the kids' ID over HTTP/1.1: the blocked answer, EDE and all.
+    let out = curl("/dns-query/kid-tablet", &[post[0], post[1], post[2], &data]);
+    assert_eq!(out, "200 application/dns-message", "{out}");
+    let answer = Message::from_vec(&std::fs::read(setup.daemon.path("answer.bin")).unwrap()).unwrap();
+    assert_eq!(answer.metadata.id, 7);
+    assert_eq!(answer.metadata.response_code, hickory_proto::op::ResponseCode::NXDomain);
+    // Not a DNS query: each gets its HTTP error, none an answer.
+    assert!(curl("/other", &[post[0], post[1], post[2], &data]).starts_with("404"));
+    assert!(curl("/dns-query", &["--data-binary", &data]).starts_with("415"));
+    assert!(curl("/dns-query?dns=%%%", &[]).starts_with("400"));
+    assert!(curl("/dns-query", &["-X", "PUT", "--data-binary", &data]).starts_with("405"));
+    assert!(curl("/dns-query/a/b", &[]).starts_with("404"));
 }
