@@ -121,11 +121,14 @@ pub enum Discard {
     /// A DoH request that is not a DNS query (wrong path, method, media
     /// type or encoding), answered with an HTTP error.
     BadHttpRequest,
+    /// A PROXY protocol header from a source not in
+    /// `server.trusted_proxies`: dropped, since it could claim any address.
+    UntrustedProxy,
 }
 
 impl Discard {
     /// Every reason, in label order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Response,
         Self::Malformed,
         Self::NotAllowed,
@@ -135,6 +138,7 @@ impl Discard {
         Self::TcpClientLimit,
         Self::TlsHandshake,
         Self::BadHttpRequest,
+        Self::UntrustedProxy,
     ];
 
     /// The label value.
@@ -149,6 +153,7 @@ impl Discard {
             Self::TcpClientLimit => "tcp_client_limit",
             Self::TlsHandshake => "tls_handshake",
             Self::BadHttpRequest => "bad_http_request",
+            Self::UntrustedProxy => "untrusted_proxy",
         }
     }
 }

@@ -61,6 +61,13 @@ pub struct ServerConfig {
     /// overloaded resolver must: clients retry, and memory stays bounded.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Load balancers (dnsdist, haproxy) whose PROXY protocol headers (v2
+    /// on UDP and TCP, v1 on TCP) name the real client, which then drives
+    /// the access list, the profile, rate limits and logs. A header from
+    /// any other source is dropped and counted. Default: none (no header is
+    /// looked for).
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
     /// `[[server.listener]]`: encrypted listeners (DoT, DoH), each with its
     /// own address and certificate; none by default.
     #[serde(default, rename = "listener")]
@@ -158,6 +165,7 @@ impl Default for ServerConfig {
             rate_limit: None,
             shutdown_grace: default_shutdown_grace(),
             max_in_flight: default_max_in_flight(),
+            trusted_proxies: Vec::new(),
             listeners: Vec::new(),
         }
     }

@@ -99,6 +99,7 @@ fn describe(reason: Discard) -> &'static str {
         Discard::TcpClientLimit => "TCP connections over server.tcp_max_connections_per_client, closed",
         Discard::TlsHandshake => "encrypted connections whose TLS handshake failed or timed out, closed",
         Discard::BadHttpRequest => "DoH requests that were not DNS queries, answered with an HTTP error",
+        Discard::UntrustedProxy => "PROXY protocol headers from sources not in server.trusted_proxies, dropped",
         _ => "discarded queries",
     }
 }

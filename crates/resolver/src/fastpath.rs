@@ -27,6 +27,7 @@ use shieldns_querylog::QueryLog;
 use crate::discard::Discards;
 use crate::handler::Clock;
 use crate::packet_cache::{CacheLookup, PacketCache, PacketKey, Probed};
+use crate::proxy::TrustedProxies;
 use crate::ratelimit::RateLimiter;
 use crate::wire::{self, BlockForm, EdeText, Query, TYPE_AAAA};
 
@@ -65,6 +66,8 @@ pub(crate) struct FastPath {
     pub(crate) rate_limit: Option<RateLimiter>,
     /// The budget of REFUSED answers for refused sources (always on).
     pub(crate) refusals: RateLimiter,
+    /// `server.trusted_proxies`: whose PROXY headers name the client.
+    pub(crate) proxies: TrustedProxies,
 }
 
 impl FastPath {

@@ -22,6 +22,7 @@ mod failure_log;
 mod fastpath;
 mod handler;
 mod packet_cache;
+mod proxy;
 mod ratelimit;
 mod resolved;
 mod server;

@@ -27,6 +27,7 @@ use crate::error::ResolverError;
 use crate::fastpath::FastPath;
 use crate::handler::{Clock, Reports, ShieldHandler};
 use crate::packet_cache::PacketCache;
+use crate::proxy::TrustedProxies;
 use crate::ratelimit::RateLimiter;
 use crate::tcp;
 use crate::tls::{Certificate, Encrypted};
@@ -94,6 +95,7 @@ pub async fn start(
         in_flight: Arc::new(tokio::sync::Semaphore::new(server.max_in_flight.max(1))),
         discards: discards.clone(),
         rate_limit: server.rate_limit.as_ref().map(RateLimiter::new),
+        proxies: TrustedProxies::new(&server.trusted_proxies),
         refusals: RateLimiter::for_refusals(),
     });
     let handler = ShieldHandler::new(
@@ -135,6 +137,7 @@ pub async fn start(
         handler.clone(),
         metrics,
         discards,
+        TrustedProxies::new(&server.trusted_proxies),
     ));
     let (tcp_stop, stopped) = watch::channel(false);
     let tcp_listeners = tcp_sockets

@@ -30,6 +30,7 @@ use tracing::debug;
 use crate::config::EncryptedProtocol;
 use crate::discard::Discards;
 use crate::handler::{ClientId, ShieldHandler};
+use crate::proxy::{Origin, TrustedProxies};
 use crate::tls::Encrypted;
 use crate::wire::screen_header;
 
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) handler: ShieldHandler,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) discards: Arc<Discards>,
+    /// `server.trusted_proxies`.
+    pub(crate) proxies: TrustedProxies,
     open: AtomicUsize,
     per_client: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -75,6 +78,7 @@ impl Shared {
         handler: ShieldHandler,
         metrics: Arc<Metrics>,
         discards: Arc<Discards>,
+        proxies: TrustedProxies,
     ) -> Self {
         Self {
             limits,
@@ -82,6 +86,7 @@ impl Shared {
             handler,
             metrics,
             discards,
+            proxies,
             open: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
         }
@@ -154,29 +159,57 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let client = peer.ip().to_canonical();
-        match shared.admit(client) {
-            Ok(admitted) => {
-                let _ = stream.set_nodelay(true);
-                let stop = stop.clone();
-                match &encrypted {
-                    None => {
-                        tokio::spawn(connection(stream, peer, admitted, None, Transport::Tcp, stop));
-                    }
-                    Some(encrypted) => {
-                        tokio::spawn(encrypted_connection(stream, peer, admitted, encrypted.clone(), stop));
-                    }
+        if shared.proxies.is_enabled() {
+            // The real client is known once the PROXY header (if any) is
+            // read, off the accept loop.
+            let (shared, encrypted, stop) = (shared.clone(), encrypted.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let timeout = shared.limits.idle_timeout;
+                match shared.proxies.stream(&mut stream, peer, timeout).await {
+                    Ok(Origin::Direct { .. }) => begin(&shared, stream, peer, encrypted, stop).await,
+                    Ok(Origin::Relayed { client, .. }) => begin(&shared, stream, client, encrypted, stop).await,
+                    Err(reason) => reset(&shared, stream, reason, peer),
+                }
+            });
+            continue;
+        }
+        begin(&shared, stream, peer, encrypted.clone(), stop.clone()).await;
+    }
+}
+
+/// Admits a connection from `client` under the caps and starts serving it
+/// on a task of its own, or resets it.
+async fn begin(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    client: SocketAddr,
+    encrypted: Option<Arc<Encrypted>>,
+    stop: watch::Receiver<bool>,
+) {
+    match shared.admit(client.ip().to_canonical()) {
+        Ok(admitted) => {
+            let _ = stream.set_nodelay(true);
+            match encrypted {
+                None => {
+                    tokio::spawn(connection(stream, client, admitted, None, Transport::Tcp, stop));
+                }
+                Some(encrypted) => {
+                    tokio::spawn(encrypted_connection(stream, client, admitted, encrypted, stop));
                 }
             }
-            Err(reason) => {
-                // A reset, not a close: no TIME_WAIT state kept for it here.
-                // (A zero linger never blocks the close.)
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                drop(stream);
-                shared.discards.note(reason, client);
-            }
         }
+        Err(reason) => reset(shared, stream, reason, client),
     }
+}
+
+/// Resets a connection refused for `reason` and counts it.
+fn reset(shared: &Shared, stream: TcpStream, reason: Discard, client: SocketAddr) {
+    // A reset, not a close: no TIME_WAIT state kept for it here. (A zero
+    // linger never blocks the close.)
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+    shared.discards.note(reason, client.ip().to_canonical());
 }
 
 /// The TLS handshake of an admitted connection, then DoT (length-prefixed

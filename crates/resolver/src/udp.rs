@@ -28,6 +28,7 @@ use tracing::debug;
 use crate::fastpath::{Answered, FastPath, Outcome, Route, screen};
 use crate::handler::ShieldHandler;
 use crate::packet_cache::{PacketCache, PacketFiller, PacketKey};
+use crate::proxy::Origin;
 use crate::ratelimit::Limit;
 use crate::tally::Tally;
 use crate::wire::{self, Query, Question};
@@ -50,6 +51,10 @@ pub(crate) struct Batch {
     /// route says it parsed), and where the datagram goes.
     questions: Vec<Question>,
     routes: [Route; BATCH],
+    /// Where each received datagram's DNS message starts (after a PROXY
+    /// header) and whose it is (the sender, or the client a trusted proxy
+    /// names).
+    origins: [(usize, SocketAddr); BATCH],
     received: Vec<(usize, SocketAddr)>,
     pub(crate) answers: Vec<(Vec<u8>, SocketAddr)>,
     /// What each answer in `answers` was, for the metrics; its length is
@@ -76,6 +81,7 @@ impl Batch {
             buffers: Box::new([[0; DATAGRAM]; BATCH]),
             questions: vec![Question::EMPTY; BATCH],
             routes: [Route::Handler; BATCH],
+            origins: [(0, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH],
             received: Vec::with_capacity(BATCH),
             answers: (0..BATCH)
                 .map(|_| (Vec::with_capacity(1232), SocketAddr::from(([0, 0, 0, 0], 0))))
@@ -212,21 +218,41 @@ pub(crate) fn serve_thread(
         // (packet-cache tags; cached entries and index buckets; then the
         // answers) are in flight together rather than one query at a time.
         // First: parse each datagram once, into its slot, and route it.
-        for ((&(length, peer), buffer), (question, route)) in batch
-            .received
-            .iter()
-            .zip(batch.buffers.iter())
-            .zip(batch.questions.iter_mut().zip(batch.routes.iter_mut()))
+        for ((&(length, peer), buffer), ((question, route), origin)) in
+            batch.received.iter().zip(batch.buffers.iter()).zip(
+                batch
+                    .questions
+                    .iter_mut()
+                    .zip(batch.routes.iter_mut())
+                    .zip(batch.origins.iter_mut()),
+            )
         {
             *route = Route::Handler;
-            let Some(packet) = buffer.get(..length) else {
+            *origin = (0, peer);
+            let Some(datagram) = buffer.get(..length) else {
+                continue;
+            };
+            // A trusted proxy's PROXY header names the client; anyone
+            // else's is dropped.
+            if fast.proxies.is_enabled() {
+                match fast.proxies.datagram(datagram, peer) {
+                    Ok(Origin::Direct { header }) => *origin = (header, peer),
+                    Ok(Origin::Relayed { client, header }) => *origin = (header, client),
+                    Err(reason) => {
+                        *route = Route::Discard(reason);
+                        continue;
+                    }
+                }
+            }
+            let (offset, client) = *origin;
+            let Some(packet) = datagram.get(offset..) else {
                 continue;
             };
             // Before anything is parsed: no answer to an answer or to a
             // datagram without a header, and nothing but REFUSED (or
             // nothing) for a source the access list refuses.
-            let Some(profile) = screen(packet, peer.ip(), snapshot).map_err(|r| *route = r).ok() else {
-                if matches!(*route, Route::Refuse) && fast.refusals.check(peer.ip(), received_at) != Limit::Pass {
+            let Some(profile) = screen(packet, client.ip(), snapshot).map_err(|r| *route = r).ok() else {
+                if matches!(*route, Route::Refuse) && fast.refusals.check(client.ip(), received_at) != Limit::Pass {
                     *route = Route::Discard(Discard::RateLimited);
                 }
                 continue;
@@ -234,7 +260,7 @@ pub(crate) fn serve_thread(
             match fast
                 .rate_limit
                 .as_ref()
-                .map(|limiter| limiter.check(peer.ip(), received_at))
+                .map(|limiter| limiter.check(client.ip(), received_at))
             {
                 None | Some(Limit::Pass) => {}
                 Some(Limit::Drop) => {
@@ -282,17 +308,20 @@ pub(crate) fn serve_thread(
             std::hint::black_box(touched ^ warmer.load());
         }
         // Last: answer.
-        for (((&(length, peer), buffer), question), &route) in batch
+        for ((((&(length, peer), buffer), question), &route), &(offset, client)) in batch
             .received
             .iter()
             .zip(batch.buffers.iter())
             .zip(batch.questions.iter())
             .zip(routes)
+            .zip(batch.origins.iter())
         {
-            let packet = buffer.get(..length).unwrap_or_default();
+            // The DNS message (after a PROXY header); answers go back to
+            // the sender, the proxy if there is one.
+            let packet = buffer.get(offset..length).unwrap_or_default();
             match route {
                 Route::Discard(reason) => {
-                    fast.discards.note(reason, peer.ip());
+                    fast.discards.note(reason, client.ip());
                     continue;
                 }
                 Route::Refuse => {
@@ -324,7 +353,7 @@ pub(crate) fn serve_thread(
                     let cache = key.map(|k| (k, packets.filler.clone()));
                     let (handler, socket) = (handler.clone(), socket.clone());
                     runtime.spawn(async move {
-                        answer_slowly(&handler, request, peer, &socket, cache).await;
+                        answer_slowly(&handler, request, client, peer, &socket, cache).await;
                         drop(permit);
                     });
                 }
@@ -384,7 +413,8 @@ async fn send_datagram(socket: &std::net::UdpSocket, bytes: &[u8], peer: SocketA
     Err(std::io::ErrorKind::WouldBlock.into())
 }
 
-/// Hands a datagram to the full handler and sends its answer, offering an
+/// Hands a datagram to the full handler and sends its answer to `peer`
+/// (the client, or the proxy that relayed it for `client`), offering an
 /// allowed name's answer to the packet cache of the thread that received
 /// the query.
 ///
@@ -393,11 +423,12 @@ async fn send_datagram(socket: &std::net::UdpSocket, bytes: &[u8], peer: SocketA
 async fn answer_slowly(
     handler: &ShieldHandler,
     packet: Vec<u8>,
+    client: SocketAddr,
     peer: SocketAddr,
     socket: &std::net::UdpSocket,
     cache: Option<(PacketKey, PacketFiller)>,
 ) {
-    let Some(bytes) = handler.respond(packet, peer, Transport::Udp, None).await else {
+    let Some(bytes) = handler.respond(packet, client, Transport::Udp, None).await else {
         return;
     };
     if let Err(error) = send_datagram(socket, &bytes, peer).await {

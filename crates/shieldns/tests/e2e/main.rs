@@ -16,6 +16,7 @@ mod fuzz_request_path;
 mod hierarchy_selftest;
 mod list_safety;
 mod metrics_e2e;
+mod proxied;
 mod querylog_e2e;
 mod sync_axfr;
 mod sync_e2e;
