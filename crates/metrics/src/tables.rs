@@ -16,7 +16,7 @@ pub(crate) const RCODES: [&str; 7] = [
 ];
 
 /// Transport label values, in [`Transport`] order.
-pub(crate) const PROTOCOLS: [&str; 4] = ["udp", "tcp", "dot", "doh"];
+pub(crate) const PROTOCOLS: [&str; 5] = ["udp", "tcp", "dot", "doh", "doq"];
 
 /// The transport a query arrived on: the `protocol` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub enum Transport {
     Dot,
     /// DNS over HTTPS (RFC 8484).
     Doh,
+    /// DNS over QUIC (RFC 9250).
+    Doq,
 }
 
 impl Transport {
@@ -39,10 +41,12 @@ impl Transport {
             Self::Tcp => 1,
             Self::Dot => 2,
             Self::Doh => 3,
+            Self::Doq => 4,
         }
     }
 
-    /// The label value (`udp`, `tcp`, `dot`, `doh`), also the query log's.
+    /// The label value (`udp`, `tcp`, `dot`, `doh`, `doq`), also the query
+    /// log's.
     pub fn label(self) -> &'static str {
         PROTOCOLS[self.index()]
     }

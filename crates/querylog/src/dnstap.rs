@@ -45,7 +45,7 @@ struct Message {
     /// `SocketFamily`: 1 INET, 2 INET6.
     #[prost(int32, optional, tag = "2")]
     socket_family: Option<i32>,
-    /// `SocketProtocol`: 1 UDP, 2 TCP, 3 DOT, 4 DOH.
+    /// `SocketProtocol`: 1 UDP, 2 TCP, 3 DOT, 4 DOH, 7 DOQ.
     #[prost(int32, optional, tag = "3")]
     socket_protocol: Option<i32>,
     #[prost(bytes = "vec", optional, tag = "4")]
@@ -195,6 +195,7 @@ fn socket_protocol(protocol: &str) -> i32 {
         "udp" => 1,
         "dot" => 3,
         "doh" => 4,
+        "doq" => 7,
         _ => 2,
     }
 }

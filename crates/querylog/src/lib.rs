@@ -163,7 +163,7 @@ pub struct QueryEvent {
     pub client: SocketAddr,
     /// The address the query arrived on, when known.
     pub server: Option<SocketAddr>,
-    /// The transport: `udp`, `tcp`, `dot` or `doh`.
+    /// The transport: `udp`, `tcp`, `dot`, `doh` or `doq`.
     pub protocol: &'static str,
     /// The client ID an encrypted listener saw (DoH path, DoT server name).
     pub client_id: Option<Arc<str>>,

@@ -80,10 +80,10 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// `dot` (RFC 7858, ALPN `dot`) or `doh` (RFC 8484, HTTP/2 and
-    /// HTTP/1.1, GET and POST).
+    /// `dot` (RFC 7858, ALPN `dot`), `doh` (RFC 8484, HTTP/2 and HTTP/1.1,
+    /// GET and POST) or `doq` (RFC 9250, ALPN `doq`, on UDP).
     pub protocol: EncryptedProtocol,
-    /// The address to listen on (TCP), e.g. `0.0.0.0:853` or `[::]:443`.
+    /// The address to listen on (TCP; UDP for DoQ), e.g. `0.0.0.0:853`.
     pub address: SocketAddr,
     /// The certificate chain, PEM (relative: against the config file).
     pub certificate: PathBuf,
@@ -99,7 +99,7 @@ pub struct ListenerConfig {
     /// listener is not advertised.
     #[serde(default)]
     pub name: Option<String>,
-    /// DoT: the domain under which a server name `{id}.{domain}` carries a
+    /// DoT and DoQ: the domain under which a server name `{id}.{domain}` carries a
     /// client ID (the certificate then needs `*.{domain}`); none: no IDs
     /// from server names.
     #[serde(default)]
@@ -124,6 +124,8 @@ pub enum EncryptedProtocol {
     Dot,
     /// DNS over HTTPS.
     Doh,
+    /// DNS over QUIC.
+    Doq,
 }
 
 /// `listener.unknown_client_id`.

@@ -147,6 +147,7 @@ impl Ddr {
             let alpn = match listener.protocol {
                 EncryptedProtocol::Dot => vec!["dot".to_owned()],
                 EncryptedProtocol::Doh => vec!["h2".to_owned(), "http/1.1".to_owned()],
+                EncryptedProtocol::Doq => vec!["doq".to_owned()],
             };
             let mut params = vec![
                 (SvcParamKey::Alpn, SvcParamValue::Alpn(Alpn(alpn))),

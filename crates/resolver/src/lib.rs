@@ -17,6 +17,7 @@ mod cache;
 pub mod config;
 mod discard;
 mod doh;
+mod doq;
 mod error;
 mod failure_log;
 mod fastpath;

@@ -21,8 +21,10 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::cache::{AnswerCache, Caches, FailureCache};
+use crate::config::EncryptedProtocol;
 use crate::config::{CacheConfig, ServerConfig, UpstreamConfig};
 use crate::discard::Discards;
+use crate::doq;
 use crate::error::ResolverError;
 use crate::fastpath::FastPath;
 use crate::handler::{Clock, Reports, ShieldHandler};
@@ -125,10 +127,16 @@ pub async fn start(
         info!(%address, "listening on UDP and TCP");
     }
     let mut certificates = Vec::new();
+    let mut quic = Vec::new();
     for listener in &server.listeners {
         let encrypted = Arc::new(Encrypted::new(listener)?);
         certificates.push(encrypted.certificate.clone());
-        tcp_sockets.push((bind_tcp(listener.address)?, Some(encrypted)));
+        match listener.protocol {
+            EncryptedProtocol::Doq => quic.push((listener.address, encrypted)),
+            EncryptedProtocol::Dot | EncryptedProtocol::Doh => {
+                tcp_sockets.push((bind_tcp(listener.address)?, Some(encrypted)));
+            }
+        }
         info!(address = %listener.address, protocol = ?listener.protocol, "listening for encrypted DNS");
     }
     let tcp_shared = Arc::new(tcp::Shared::new(
@@ -140,10 +148,19 @@ pub async fn start(
         TrustedProxies::new(&server.trusted_proxies),
     ));
     let (tcp_stop, stopped) = watch::channel(false);
-    let tcp_listeners = tcp_sockets
+    let mut tcp_listeners: Vec<JoinHandle<()>> = tcp_sockets
         .into_iter()
         .map(|(listener, encrypted)| tokio::spawn(tcp::serve(listener, tcp_shared.clone(), encrypted, stopped.clone())))
         .collect();
+    for (address, encrypted) in quic {
+        let endpoint = doq::endpoint(address, &encrypted, &tcp_shared)?;
+        tcp_listeners.push(tokio::spawn(doq::serve(
+            endpoint,
+            tcp_shared.clone(),
+            encrypted,
+            stopped.clone(),
+        )));
+    }
     let udp_stop = Arc::new(AtomicBool::new(false));
     let mut udp_threads = Vec::new();
     let runtime = tokio::runtime::Handle::current();

@@ -93,7 +93,7 @@ impl Shared {
     }
 
     /// Admits a connection from `client`, or says why not.
-    fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Admitted, Discard> {
+    pub(crate) fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Admitted, Discard> {
         if self.snapshot.load().client_policy(client).is_none() {
             return Err(Discard::TcpNotAllowed);
         }
@@ -231,6 +231,8 @@ async fn encrypted_connection(
             connection(stream, peer, admitted, client_id, Transport::Dot, stop).await;
         }
         EncryptedProtocol::Doh => crate::doh::connection(stream, peer, admitted, encrypted, stop).await,
+        // DoQ listeners are QUIC endpoints (`crate::doq`), never TCP ones.
+        EncryptedProtocol::Doq => {}
     }
 }
 

@@ -88,9 +88,11 @@ fn certified_key(certificate: &Path, key: &Path) -> Result<CertifiedKey, Resolve
 /// What an encrypted listener does with a connection once it is admitted.
 pub(crate) struct Encrypted {
     pub(crate) protocol: EncryptedProtocol,
+    /// The TLS configuration (QUIC's too, for DoQ).
+    pub(crate) tls: Arc<rustls::ServerConfig>,
     acceptor: TlsAcceptor,
     pub(crate) certificate: Arc<Certificate>,
-    handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// `client_id_domain`, lower case, without a trailing dot.
     client_id_domain: Option<String>,
     pub(crate) refuse_unknown: bool,
@@ -116,9 +118,15 @@ impl Encrypted {
         let alpn: Vec<Vec<u8>> = match config.protocol {
             EncryptedProtocol::Dot => vec![b"dot".to_vec()],
             EncryptedProtocol::Doh => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            EncryptedProtocol::Doq => vec![b"doq".to_vec()],
+        };
+        // QUIC is TLS 1.3 only.
+        let versions: &[&rustls::SupportedProtocolVersion] = match config.protocol {
+            EncryptedProtocol::Doq => &[&rustls::version::TLS13],
+            EncryptedProtocol::Dot | EncryptedProtocol::Doh => rustls::DEFAULT_VERSIONS,
         };
         let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| ResolverError::Config {
                 key: "server.listener",
                 reason: format!("TLS: {e}"),
@@ -126,9 +134,11 @@ impl Encrypted {
             .with_no_client_auth()
             .with_cert_resolver(certificate.clone());
         tls.alpn_protocols = alpn;
+        let tls = Arc::new(tls);
         Ok(Self {
             protocol: config.protocol,
-            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            acceptor: TlsAcceptor::from(tls.clone()),
+            tls,
             certificate,
             handshake_timeout: Duration::from_secs(config.handshake_timeout.max(1)),
             client_id_domain: config
@@ -157,13 +167,14 @@ impl Encrypted {
     /// The client ID a DoT connection's server name carries: `{id}` of
     /// `{id}.{client_id_domain}`.
     pub(crate) fn client_id_of(&self, stream: &TlsStream<TcpStream>) -> Option<ClientId> {
+        self.client_id_of_name(stream.get_ref().1.server_name()?)
+    }
+
+    /// The client ID a server name carries: `{id}` of
+    /// `{id}.{client_id_domain}`.
+    pub(crate) fn client_id_of_name(&self, server_name: &str) -> Option<ClientId> {
         let domain = self.client_id_domain.as_deref()?;
-        let name = stream
-            .get_ref()
-            .1
-            .server_name()?
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
+        let name = server_name.trim_end_matches('.').to_ascii_lowercase();
         let id = name.strip_suffix(domain)?.strip_suffix('.')?;
         (!id.is_empty() && !id.contains('.')).then(|| self.client_id(id))
     }

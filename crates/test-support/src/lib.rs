@@ -7,7 +7,8 @@
 //! - [`upstream`]: a fake forwarding target with fixed answers.
 //! - [`publisher`]: a loopback HTTPS list publisher with a test CA and
 //!   fault injection, for list sync tests.
-//! - [`tls`]: the test CA and the certificates it issues.
+//! - [`tls`]: the test CA and the certificates it issues; [`doq`]: a DNS
+//!   over QUIC client.
 //!
 //! Key design decision: test code only, never a dependency of the product
 //! (only `[dev-dependencies]` name it), so it may panic on setup failures:
@@ -16,6 +17,7 @@
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
 pub mod daemon;
+pub mod doq;
 pub mod hierarchy;
 pub mod publisher;
 pub mod tls;

@@ -21,6 +21,8 @@ struct Setup {
     dot: SocketAddr,
     doh: SocketAddr,
     doh_strict: SocketAddr,
+    doq: SocketAddr,
+    ca_pem: String,
     _upstream: FakeUpstream,
 }
 
@@ -32,10 +34,17 @@ fn start() -> Option<Setup> {
     let ca = TestCa::new("shieldns test CA");
     let leaf = ca.leaf(&["dns.test", "*.dns.test", "127.0.0.1"]);
     let (dot, doh, doh_strict) = (free_port("127.0.0.1"), free_port("127.0.0.1"), free_port("127.0.0.1"));
+    // A UDP port for DoQ.
+    let doq = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = CONFIG
         .replace("@UPSTREAM@", &upstream.addr.to_string())
         .replace("@DOT@", &dot.to_string())
         .replace("@DOHSTRICT@", &doh_strict.to_string())
+        .replace("@DOQ@", &doq.to_string())
         .replace("@DOH@", &doh.to_string());
     let daemon = Daemon::start(
         &config,
@@ -43,7 +52,7 @@ fn start() -> Option<Setup> {
             ("adult.txt", "blocked.example.test\n"),
             ("server.pem", &leaf.chain_pem),
             ("server.key", &leaf.key_pem),
-            ("ca.pem", &ca.pem),
+            ("ca.pem", &ca.pem.clone()),
         ],
     );
     let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
@@ -52,6 +61,8 @@ fn start() -> Option<Setup> {
         dot: at(dot),
         doh: at(doh),
         doh_strict: at(doh_strict),
+        doq: at(doq),
+        ca_pem: ca.pem,
         _upstream: upstream,
     })
 }
@@ -281,4 +292,36 @@ fn doh_over_http1_answers_and_refuses_what_is_not_a_query() {
     assert!(curl("/dns-query?dns=%%%", &[]).starts_with("400"));
     assert!(curl("/dns-query", &["-X", "PUT", "--data-binary", &data]).starts_with("405"));
     assert!(curl("/dns-query/a/b", &[]).starts_with("404"));
+}
+
+#[test]
+fn doq_answers_with_the_profile_of_its_server_name() {
+    let Some(setup) = start() else { return };
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut query = Message::query();
+    // RFC 9250 §4.2.1: the message ID is 0 over QUIC.
+    query.metadata.id = 0;
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(
+        Name::from_ascii("blocked.example.test.").unwrap(),
+        RecordType::A,
+    ));
+    let bytes = query.to_vec().unwrap();
+    let ask = |server_name: &str| {
+        let answer = shieldns_test_support::doq::query(setup.doq, server_name, &setup.ca_pem, &bytes)
+            .unwrap_or_else(|e| panic!("DoQ as {server_name}: {e}\n{}", setup.daemon.log_text()));
+        Message::from_vec(&answer).unwrap()
+    };
+    assert_eq!(ask("dns.test").metadata.response_code, ResponseCode::NoError);
+    let answer = ask("kid-tablet.dns.test");
+    assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(answer.metadata.id, 0);
+    // Several queries, each its own stream, on one endpoint after another.
+    for _ in 0..3 {
+        assert_eq!(
+            ask("kid-tablet.dns.test").metadata.response_code,
+            ResponseCode::NXDomain
+        );
+    }
 }
