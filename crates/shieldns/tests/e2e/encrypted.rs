@@ -105,23 +105,19 @@ fn dot_answers_with_the_policy_and_the_profile_of_its_server_name() {
     assert_eq!(kdig_status(&out), "NOERROR", "{out}");
     assert!(out.contains("192.0.2.10"), "{out}");
     // The ID in the server name selects the kids' profile, which does.
-    let sni = "kid-tablet.dns.test";
-    let out = kdig(
-        setup.dot,
-        &ca,
-        &["+tls", &hostname(sni), &format!("+tls-sni={sni}")],
-        "blocked.example.test",
-    );
+    let as_name = |sni: &str| {
+        kdig(
+            setup.dot,
+            &ca,
+            &["+tls", &hostname(sni), &format!("+tls-sni={sni}")],
+            "blocked.example.test",
+        )
+    };
+    let out = as_name("kid-tablet.dns.test");
     assert_eq!(kdig_status(&out), "NXDOMAIN", "{out}");
     assert!(out.contains("list=adult category=adult"), "EDE text over DoT: {out}");
     // An unknown ID on this listener gets the address's profile.
-    let sni = "stranger.dns.test";
-    let out = kdig(
-        setup.dot,
-        &ca,
-        &["+tls", &hostname(sni), &format!("+tls-sni={sni}")],
-        "blocked.example.test",
-    );
+    let out = as_name("stranger.dns.test");
     assert_eq!(kdig_status(&out), "NOERROR", "{out}");
     // A client that does not trust the CA gets no answer.
     let out = kdig(
