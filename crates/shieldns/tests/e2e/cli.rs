@@ -169,6 +169,7 @@ path = "adult.txt"
 name = "pupils"
 clients = ["10.20.0.0/16"]
 block = ["adult"]
+client_ids = ["Pupil-Tablet"]
 
 [[profile]]
 name = "staff"
@@ -208,6 +209,36 @@ clients = ["10.20.100.0/24"]
     assert_eq!(matches[0]["list"], "adult");
     assert_eq!(matches[0]["applies"], false);
     assert_eq!(matches[0]["why"], "profile `staff` does not block category `adult`");
+    // A staff address naming a pupil's device ID (any case) gets the
+    // pupils' profile, as an encrypted listener would give it; an unknown
+    // ID keeps the address's.
+    let with_id = |id: &str| {
+        json(&shieldns(&[
+            "explain",
+            "adult.example.com",
+            "--client",
+            "10.20.100.7",
+            "--client-id",
+            id,
+            "--config",
+            &config,
+            "--json",
+        ]))
+    };
+    let report = with_id("pupil-tablet");
+    assert_eq!(
+        (
+            report["profile"].as_str(),
+            report["verdict"].as_str(),
+            report["client_id_known"].as_bool()
+        ),
+        (Some("pupils"), Some("block"), Some(true))
+    );
+    let report = with_id("someone-else");
+    assert_eq!(
+        (report["profile"].as_str(), report["client_id_known"].as_bool()),
+        (Some("staff"), Some(false))
+    );
     let text = String::from_utf8_lossy(
         &shieldns(&[
             "explain",
