@@ -49,3 +49,12 @@ pub use server::{RunningResolver, start};
 pub fn check_upstream(upstream: &UpstreamConfig, cache: &CacheConfig) -> Result<(), ResolverError> {
     upstream::Upstream::check(upstream, cache)
 }
+
+/// Checks every `[[server.listener]]` as `start` would set it up (the
+/// certificate chain and key read, parsed and matched), without binding.
+pub fn check_listeners(server: &ServerConfig) -> Result<(), ResolverError> {
+    for listener in &server.listeners {
+        tls::Encrypted::new(listener)?;
+    }
+    Ok(())
+}

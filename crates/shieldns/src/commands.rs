@@ -43,6 +43,7 @@ pub(crate) fn check_config(source: &ConfigSource) -> anyhow::Result<()> {
     let config = source.load()?;
     let built = build(&config, source, Builder::Command)?;
     shieldns_resolver::check_upstream(&config.upstream, &config.cache)?;
+    shieldns_resolver::check_listeners(&config.server)?;
     outln!("configuration: {} (ok)", source.describe());
     outln!(
         "listen: {}; allow: {}; upstream: {:?} ({:?})",

@@ -323,6 +323,26 @@ fn check_config_summarizes_or_fails_naming_the_problem() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("sinkhole_ipv4"), "{stderr}");
 
+    // An encrypted listener's certificate is read as the daemon would:
+    // a key that is not one names its file.
+    write(dir.path(), "tls.key", "not a key\n");
+    write(
+        dir.path(),
+        "tls.pem",
+        "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+    );
+    let config = write(
+        dir.path(),
+        "listener.toml",
+        "[[server.listener]]\nprotocol = \"dot\"\naddress = \"127.0.0.1:8853\"\ncertificate = \"tls.pem\"\nkey = \"tls.key\"\n",
+    );
+    let output = shieldns(&["check-config", "--config", &config]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("server.listener") && stderr.contains("tls.key"),
+        "{stderr}"
+    );
+
     // The engine's own settings are checked too: libunbound names the
     // option it refuses, and an anchor file that is not there.
     let config = write(

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Blocked answers over DoT and DoH: shieldns's own listeners against
+dnsdist 1.7 terminating TLS in front of shieldns's UDP port, same
+certificate, driven by `dnsperf -m dot|doh` on loopback; then idle DoT
+connections held open with the RSS they cost and UDP answered beside them.
+
+    python3 benches/dnsperf/encrypted.py --names 100000 --seconds 6 --idle 10000
+
+Starts, all on 127.0.31.0/24 and torn down at the end: shieldns (release
+build; UDP 127.0.31.3:5300, DoT :8853, DoH :8443) and dnsdist (DoT
+127.0.31.5:8853, DoH :8443, backend shieldns UDP), a test CA and leaf made
+with openssl. Per transport and server: queries/s, lost %, mean latency and
+the server's CPU µs per answered query (utime+stime of all its threads /
+completed queries; for dnsdist its own CPU plus shieldns's behind it).
+
+Needs: dnsperf (with DoT/DoH), dnsdist, openssl; run as root for the
+descriptor limit of `--idle`.
+"""
+
+import argparse
+import os
+import resource
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.dont_write_bytecode = True
+sys.path.insert(0, HERE)
+import bench  # noqa: E402  (cpu_seconds, rss_mib, probe_rcode, parse)
+
+SHIELD_IP, DNSDIST_IP, CLIENT_IP = "127.0.31.3", "127.0.31.5", "127.0.31.9"
+UDP_PORT, DOT_PORT, DOH_PORT = 5300, 8853, 8443
+
+
+def certificates(work):
+    """A CA and a leaf for 127.0.0.1-style addresses and dns.test."""
+    run = lambda *args: subprocess.run(args, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{work}/ca.key", "-out", f"{work}/ca.pem", "-days", "2", "-subj", "/CN=bench CA")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{work}/server.key", "-out", f"{work}/server.csr", "-subj", "/CN=dns.test")
+    with open(f"{work}/ext.cnf", "w") as f:
+        f.write(f"subjectAltName=DNS:dns.test,IP:{SHIELD_IP},IP:{DNSDIST_IP}\n")
+    run("openssl", "x509", "-req", "-in", f"{work}/server.csr", "-CA", f"{work}/ca.pem", "-CAkey", f"{work}/ca.key",
+        "-CAcreateserial", "-out", f"{work}/leaf.pem", "-days", "2", "-extfile", f"{work}/ext.cnf")
+    with open(f"{work}/server.pem", "w") as f:
+        f.write(open(f"{work}/leaf.pem").read() + open(f"{work}/ca.pem").read())
+
+
+def start_shieldns(work, names):
+    with open(f"{work}/blocked.txt", "w") as f:
+        f.writelines(f"b{i}.blocked.test\n" for i in range(names))
+    with open(f"{work}/shieldns.toml", "w") as f:
+        f.write(f'''[server]
+listen = ["{SHIELD_IP}:{UDP_PORT}"]
+allow = ["127.0.0.0/8"]
+tcp_max_connections = 20000
+tcp_max_connections_per_client = 20000
+tcp_idle_timeout = 600
+
+[[server.listener]]
+protocol = "dot"
+address = "{SHIELD_IP}:{DOT_PORT}"
+certificate = "{work}/server.pem"
+key = "{work}/server.key"
+
+[[server.listener]]
+protocol = "doh"
+address = "{SHIELD_IP}:{DOH_PORT}"
+certificate = "{work}/server.pem"
+key = "{work}/server.key"
+
+[upstream]
+mode = "forward"
+forward = ["127.0.31.1:53"]
+dnssec = false
+resolve_local_zones = ["test."]
+
+[[list]]
+name = "bench"
+category = "adult"
+format = "domains"
+path = "{work}/blocked.txt"
+
+[[profile]]
+name = "all"
+clients = ["0.0.0.0/0"]
+block = ["adult"]
+
+[sync]
+cache_dir = "{work}/kept"
+''')
+    log = open(f"{work}/shieldns.log", "w")
+    env = dict(os.environ, RUST_LOG="warn,shieldns=info", TOKIO_WORKER_THREADS="2")
+    proc = subprocess.Popen([f"{ROOT}/target/release/shieldns", "run", "--config", f"{work}/shieldns.toml"],
+                            stderr=log, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and bench.probe_rcode(SHIELD_IP, UDP_PORT, "b1.blocked.test") != 3:
+        time.sleep(0.1)
+    return proc
+
+
+def start_dnsdist(work):
+    with open(f"{work}/dnsdist.conf", "w") as f:
+        f.write(f'''setSecurityPollSuffix('')
+setACL({{'127.0.0.0/8'}})
+setMaxTCPConnectionsPerClient(20000)
+addTLSLocal('{DNSDIST_IP}:{DOT_PORT}', '{work}/server.pem', '{work}/server.key')
+addDOHLocal('{DNSDIST_IP}:{DOH_PORT}', '{work}/server.pem', '{work}/server.key', '/dns-query')
+newServer({{address='{SHIELD_IP}:{UDP_PORT}', checkName='b1.blocked.test.'}})
+''')
+    log = open(f"{work}/dnsdist.log", "w")
+    proc = subprocess.Popen(["dnsdist", "--supervised", "--disable-syslog", "-C", f"{work}/dnsdist.conf"],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    time.sleep(3)
+    return proc
+
+
+def run(server_ip, mode, port, queries, seconds, pids):
+    before = sum(bench.cpu_seconds(pid) for pid in pids)
+    command = ["dnsperf", "-m", mode, "-s", server_ip, "-p", str(port), "-a", CLIENT_IP, "-d", queries,
+               "-c", "8", "-q", "200", "-l", str(seconds)]
+    out = subprocess.run(command, capture_output=True, text=True).stdout
+    cpu = sum(bench.cpu_seconds(pid) for pid in pids) - before
+    try:
+        result = bench.parse(out)
+    except AttributeError:
+        print(out, file=sys.stderr)
+        return None
+    result["cpu_us"] = cpu / max(result["completed"], 1) * 1e6
+    return result
+
+
+def idle_connections(count, work):
+    """Opens `count` DoT connections to shieldns (handshake done, nothing
+    sent) and keeps them open; returns them."""
+    context = ssl.create_default_context(cafile=f"{work}/ca.pem")
+    context.set_alpn_protocols(["dot"])
+    held = []
+    for _ in range(count):
+        raw = socket.create_connection((SHIELD_IP, DOT_PORT), timeout=10)
+        held.append(context.wrap_socket(raw, server_hostname="dns.test"))
+    return held
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--names", type=int, default=100000)
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--idle", type=int, default=10000, help="idle DoT connections to hold (0: none)")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    work = tempfile.mkdtemp(prefix="shieldns-encrypted-")
+    certificates(work)
+    with open(f"{work}/q.txt", "w") as f:
+        f.writelines(f"b{i}.blocked.test A\n" for i in range(0, args.names, max(args.names // 10000, 1)))
+    shieldns = start_shieldns(work, args.names)
+    dnsdist = start_dnsdist(work)
+    try:
+        print(f"{'transport':9} {'server':16} {'q/s':>9} {'lost %':>7} {'mean ms':>8} {'µs CPU/q':>9}")
+        for mode, port in (("dot", DOT_PORT), ("doh", DOH_PORT)):
+            for label, ip, pids in (("shieldns", SHIELD_IP, [shieldns.pid]),
+                                    ("dnsdist+shieldns", DNSDIST_IP, [dnsdist.pid, shieldns.pid])):
+                result = run(ip, mode, port, f"{work}/q.txt", args.seconds, pids)
+                if result is None:
+                    print(f"{mode:9} {label:16} (dnsperf failed)")
+                    continue
+                print(f"{mode:9} {label:16} {result['qps']:9.0f} {result['lost_pct']:7.2f} "
+                      f"{result['latency_ms']:8.3f} {result['cpu_us']:9.1f}", flush=True)
+        if args.idle:
+            rss_before = bench.rss_mib(shieldns.pid)
+            started = time.time()
+            held = idle_connections(args.idle, work)
+            print(f"idle DoT connections: {len(held)} open in {time.time() - started:.1f} s; shieldns RSS "
+                  f"{rss_before:.1f} → {bench.rss_mib(shieldns.pid):.1f} MiB", flush=True)
+            result = run(SHIELD_IP, "udp", UDP_PORT, f"{work}/q.txt", args.seconds, [shieldns.pid])
+            print(f"UDP beside them: {result['qps']:.0f} q/s, lost {result['lost_pct']:.2f} %, "
+                  f"{result['cpu_us']:.1f} µs CPU/q")
+            for connection in held:
+                connection.close()
+    finally:
+        for proc in (dnsdist, shieldns):
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
