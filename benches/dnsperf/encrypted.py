@@ -7,13 +7,14 @@ connections held open with the RSS they cost and UDP answered beside them.
     python3 benches/dnsperf/encrypted.py --names 100000 --seconds 6 --idle 10000
 
 Starts, all on 127.0.31.0/24 and torn down at the end: shieldns (release
-build; UDP 127.0.31.3:5300, DoT :8853, DoH :8443) and dnsdist (DoT
-127.0.31.5:8853, DoH :8443, backend shieldns UDP), a test CA and leaf made
-with openssl. Per transport and server: queries/s, lost %, mean latency and
+build; UDP 127.0.31.3:5300, DoT :8853, DoH :8443), Unbound 1.17 (its own
+DoT and DoH listeners on 127.0.31.4, the blocked names as one local zone,
+2 threads) and dnsdist (DoT 127.0.31.5:8853, DoH :8443, backend shieldns
+UDP), a test CA and leaf made with openssl. Per transport and server: queries/s, lost %, mean latency and
 the server's CPU µs per answered query (utime+stime of all its threads /
 completed queries; for dnsdist its own CPU plus shieldns's behind it).
 
-Needs: dnsperf (with DoT/DoH), dnsdist, openssl; run as root for the
+Needs: dnsperf (with DoT/DoH), unbound, dnsdist, openssl; run as root for the
 descriptor limit of `--idle`.
 """
 
@@ -33,7 +34,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
 import bench  # noqa: E402  (cpu_seconds, rss_mib, probe_rcode, parse)
 
-SHIELD_IP, DNSDIST_IP, CLIENT_IP = "127.0.31.3", "127.0.31.5", "127.0.31.9"
+SHIELD_IP, UNBOUND_IP, DNSDIST_IP, CLIENT_IP = "127.0.31.3", "127.0.31.4", "127.0.31.5", "127.0.31.9"
 UDP_PORT, DOT_PORT, DOH_PORT = 5300, 8853, 8443
 
 
@@ -45,7 +46,7 @@ def certificates(work):
     run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
         "-keyout", f"{work}/server.key", "-out", f"{work}/server.csr", "-subj", "/CN=dns.test")
     with open(f"{work}/ext.cnf", "w") as f:
-        f.write(f"subjectAltName=DNS:dns.test,IP:{SHIELD_IP},IP:{DNSDIST_IP}\n")
+        f.write(f"subjectAltName=DNS:dns.test,IP:{SHIELD_IP},IP:{UNBOUND_IP},IP:{DNSDIST_IP}\n")
     run("openssl", "x509", "-req", "-in", f"{work}/server.csr", "-CA", f"{work}/ca.pem", "-CAkey", f"{work}/ca.key",
         "-CAcreateserial", "-out", f"{work}/leaf.pem", "-days", "2", "-extfile", f"{work}/ext.cnf")
     with open(f"{work}/server.pem", "w") as f:
@@ -121,6 +122,40 @@ newServer({{address='{SHIELD_IP}:{UDP_PORT}', checkName='b1.blocked.test.'}})
     return proc
 
 
+def start_unbound(work):
+    """Unbound 1.17 with its own DoT and DoH listeners, the blocked names as
+    one local zone (NXDOMAIN), 2 threads like shieldns."""
+    with open(f"{work}/unbound.conf", "w") as f:
+        f.write(f"""server:
+    interface: {UNBOUND_IP}@{UDP_PORT}
+    interface: {UNBOUND_IP}@{DOT_PORT}
+    interface: {UNBOUND_IP}@{DOH_PORT}
+    tls-port: {DOT_PORT}
+    https-port: {DOH_PORT}
+    tls-service-key: "{work}/server.key"
+    tls-service-pem: "{work}/server.pem"
+    num-threads: 2
+    so-reuseport: yes
+    incoming-num-tcp: 2000
+    http-max-streams: 100
+    access-control: 127.0.0.0/8 allow
+    username: ""
+    chroot: ""
+    directory: "{work}"
+    pidfile: ""
+    use-syslog: no
+    logfile: "{work}/unbound.log"
+    module-config: "iterator"
+    local-zone: "blocked.test." always_nxdomain
+""")
+    log = open(f"{work}/unbound.stderr", "w")
+    proc = subprocess.Popen(["unbound", "-d", "-c", f"{work}/unbound.conf"], stdout=log, stderr=log)
+    deadline = time.time() + 20
+    while time.time() < deadline and bench.probe_rcode(UNBOUND_IP, UDP_PORT, "b1.blocked.test") != 3:
+        time.sleep(0.1)
+    return proc
+
+
 def run(server_ip, mode, port, queries, seconds, pids, outstanding=200):
     before = sum(bench.cpu_seconds(pid) for pid in pids)
     command = ["dnsperf", "-m", mode, "-s", server_ip, "-p", str(port), "-a", CLIENT_IP, "-d", queries,
@@ -163,11 +198,13 @@ def main():
     with open(f"{work}/q.txt", "w") as f:
         f.writelines(f"b{i}.blocked.test A\n" for i in range(0, args.names, max(args.names // 10000, 1)))
     shieldns = start_shieldns(work, args.names)
+    unbound = start_unbound(work)
     dnsdist = start_dnsdist(work)
     try:
         print(f"{'transport':9} {'server':16} {'q/s':>9} {'lost %':>7} {'mean ms':>8} {'µs CPU/q':>9}")
         for mode, port in (("dot", DOT_PORT), ("doh", DOH_PORT)):
             for label, ip, pids in (("shieldns", SHIELD_IP, [shieldns.pid]),
+                                    ("unbound", UNBOUND_IP, [unbound.pid]),
                                     ("dnsdist+shieldns", DNSDIST_IP, [dnsdist.pid, shieldns.pid])):
                 # At most 100 streams per HTTP/2 connection (ours and
                 # dnsdist's defaults): 8 connections, 64 in flight.
@@ -190,7 +227,7 @@ def main():
             for connection in held:
                 connection.close()
     finally:
-        for proc in (dnsdist, shieldns):
+        for proc in (dnsdist, unbound, shieldns):
             proc.terminate()
             try:
                 proc.wait(timeout=10)
