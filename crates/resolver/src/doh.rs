@@ -9,10 +9,19 @@
 //! streams through one handler without client IDs, and has no stream caps.
 //! A connection is closed once it has been idle (no request in flight) for
 //! the TCP idle timeout, like a DoT one.
+//!
+//! On an HTTP/2 connection no TLS record carries more than one response
+//! ([`ResponseRecords`]): hyper coalesces every frame it has ready into one
+//! write, and clients that take one record and one response per read
+//! (dnsperf 2.x) leave the rest unread in their buffer until more bytes
+//! arrive, so under load they time out on answers already delivered.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +30,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use shieldns_metrics::{Discard, Transport};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
@@ -71,6 +81,7 @@ pub(crate) async fn connection(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(encrypted.http2_max_streams);
+    let stream = ResponseRecords::new(stream);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     loop {
@@ -86,6 +97,106 @@ pub(crate) async fn connection(
         }
     }
     drop(admitted);
+}
+
+/// A DoH connection's TLS stream, its writes cut after each frame that
+/// ends an HTTP/2 response (`END_STREAM` on DATA or HEADERS), so each write
+/// (and so each TLS record: tokio-rustls seals every write into its own)
+/// holds at most one response. HTTP/1.1 connections are passed through.
+struct ResponseRecords {
+    inner: TlsStream<TcpStream>,
+    /// Where the server's HTTP/2 output stands; `None` unless ALPN chose h2.
+    frames: Option<FrameCursor>,
+}
+
+impl ResponseRecords {
+    fn new(inner: TlsStream<TcpStream>) -> Self {
+        let h2 = inner.get_ref().1.alpn_protocol() == Some(b"h2");
+        Self {
+            inner,
+            frames: h2.then(FrameCursor::default),
+        }
+    }
+}
+
+impl AsyncRead for ResponseRecords {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResponseRecords {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let Some(frames) = this.frames.as_mut() else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        let span = frames.clone().advance(buf);
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..span]))?;
+        // `written <= span`, and `advance` stops only after the last byte
+        // of `span`: the cursor moves over all of them.
+        frames.advance(&buf[..written]);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A position in a stream of HTTP/2 frames (RFC 9113 §4.1: a 9-byte
+/// header whose first 3 bytes are the payload length, then type, flags).
+#[derive(Clone, Debug, Default)]
+struct FrameCursor {
+    header: [u8; FRAME_HEADER],
+    /// How much of the current frame's header has been seen.
+    header_seen: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: usize,
+    /// The current frame ends a response.
+    ends_response: bool,
+}
+
+const FRAME_HEADER: usize = 9;
+const FRAME_DATA: u8 = 0x0;
+const FRAME_HEADERS: u8 = 0x1;
+const FLAG_END_STREAM: u8 = 0x1;
+
+impl FrameCursor {
+    /// Moves over `bytes`, which continue the stream where the cursor
+    /// stands, stopping just after the first frame that ends a response;
+    /// returns how many bytes it moved over.
+    fn advance(&mut self, bytes: &[u8]) -> usize {
+        let mut at = 0;
+        while at < bytes.len() {
+            if self.header_seen < FRAME_HEADER {
+                let take = (FRAME_HEADER - self.header_seen).min(bytes.len() - at);
+                self.header[self.header_seen..self.header_seen + take].copy_from_slice(&bytes[at..at + take]);
+                self.header_seen += take;
+                at += take;
+                if self.header_seen < FRAME_HEADER {
+                    break;
+                }
+                let [l0, l1, l2, kind, flags, ..] = self.header;
+                self.payload_left = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+                self.ends_response = flags & FLAG_END_STREAM != 0 && (kind == FRAME_DATA || kind == FRAME_HEADERS);
+            }
+            let take = self.payload_left.min(bytes.len() - at);
+            self.payload_left -= take;
+            at += take;
+            if self.payload_left == 0 {
+                self.header_seen = 0;
+                if std::mem::take(&mut self.ends_response) {
+                    break;
+                }
+            }
+        }
+        at
+    }
 }
 
 /// A connection's requests in flight and when the last one ended.
@@ -202,4 +313,63 @@ fn status_only(status: StatusCode) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: usize) -> Vec<u8> {
+        let mut frame = vec![0, (payload >> 8) as u8, payload as u8, kind, flags, 0, 0, 0, 1];
+        frame.resize(FRAME_HEADER + payload, 0xab);
+        frame
+    }
+
+    /// The spans `FrameCursor` cuts `bytes` into when the stream under it
+    /// takes at most `piece` bytes per write (partial writes).
+    fn cuts(bytes: &[u8], piece: usize) -> Vec<usize> {
+        let mut cursor = FrameCursor::default();
+        let (mut cuts, mut since, mut rest) = (Vec::new(), 0, bytes);
+        while !rest.is_empty() {
+            let span = cursor.clone().advance(rest);
+            let written = span.min(piece);
+            assert_eq!(cursor.advance(&rest[..written]), written);
+            since += written;
+            rest = &rest[written..];
+            if written == span {
+                cuts.push(std::mem::take(&mut since));
+            }
+        }
+        cuts
+    }
+
+    #[test]
+    fn each_response_ends_a_write() {
+        let settings = frame(0x4, 0, 6);
+        let response = [frame(FRAME_HEADERS, 0x4, 20), frame(FRAME_DATA, FLAG_END_STREAM, 120)].concat();
+        let bodiless = frame(FRAME_HEADERS, 0x4 | FLAG_END_STREAM, 10);
+        let output = [
+            settings.clone(),
+            response.clone(),
+            response.clone(),
+            bodiless.clone(),
+            frame(0x8, 0, 4),
+        ]
+        .concat();
+        let expected = vec![settings.len() + response.len(), response.len(), bodiless.len(), 13];
+        for piece in [output.len(), 1, 5, 9, 64] {
+            assert_eq!(cuts(&output, piece), expected, "written {piece} bytes at a time");
+        }
+    }
+
+    #[test]
+    fn frames_without_end_stream_are_not_cut() {
+        let output = [
+            frame(FRAME_DATA, 0, 100),
+            frame(FRAME_HEADERS, 0x4, 0),
+            frame(0x6, 0, 8),
+        ]
+        .concat();
+        assert_eq!(cuts(&output, output.len()), vec![output.len()]);
+    }
 }
