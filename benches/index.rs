@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use shieldns_index::{ListAction, ListFormat, ListPolicy, ProfileConfig, SnapshotBuilder, Verdict};
+use shieldns_index::{ListFormat, ListPolicy, ProfileConfig, SnapshotBuilder, Verdict};
 
 /// Counts live heap bytes.
 struct Counting;
@@ -81,15 +81,7 @@ fn bench_index(c: &mut Criterion) {
         let before = LIVE.load(Ordering::Relaxed);
         let started = Instant::now();
         let mut builder = SnapshotBuilder::new();
-        let policy = ListPolicy {
-            name: "synthetic".into(),
-            category: Some("adult".into()),
-            format: ListFormat::Domains,
-            action: ListAction::Block,
-            mandatory: false,
-            allow_empty: false,
-            allow_tld_rules: false,
-        };
+        let policy = ListPolicy::block("synthetic", Some("adult"), ListFormat::Domains);
         builder.add_list(policy, &text).expect("synthetic list loads");
         builder.add_profile(ProfileConfig {
             block: vec!["adult".into()],

@@ -48,6 +48,23 @@ pub struct ListPolicy {
     pub allow_tld_rules: bool,
 }
 
+impl ListPolicy {
+    /// A block list's policy as `[[list]]` has it by default: not
+    /// mandatory, never empty, no top-level-domain rules. Other lists
+    /// change fields with struct update syntax.
+    pub fn block(name: impl Into<String>, category: Option<&str>, format: crate::rule::ListFormat) -> Self {
+        Self {
+            name: name.into(),
+            category: category.map(Into::into),
+            format,
+            action: ListAction::Block,
+            mandatory: false,
+            allow_empty: false,
+            allow_tld_rules: false,
+        }
+    }
+}
+
 /// How a profile answers a blocked query.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -14,7 +14,7 @@ use shieldns_index::format::{CollectingSink, OwnedTarget};
 use shieldns_index::name::NameRejection;
 use shieldns_index::rule::SkipReason;
 use shieldns_index::{
-    LineRejection, ListAction, ListFormat, ListPolicy, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, parse,
+    LineRejection, ListFormat, ListPolicy, LocalData, Rule, RuleAction, RuleSink, RuleTarget, Scope, parse,
 };
 
 /// The corpus's blocklist folder, relative to this crate.
@@ -217,15 +217,7 @@ fn every_corpus_list_matches_the_readme_entry_count() {
         let format = format_of(row.path);
         // The loading rules the resolver applies (the single-label guard,
         // the verdicts), not the bare parser.
-        let policy = ListPolicy {
-            name: row.path.into(),
-            category: None,
-            format,
-            action: ListAction::Block,
-            mandatory: false,
-            allow_empty: false,
-            allow_tld_rules: false,
-        };
+        let policy = ListPolicy::block(row.path, None, format);
         let checked = match shieldns_index::check_list(policy, &text) {
             Ok(info) => info,
             Err(error) => {

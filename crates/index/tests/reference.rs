@@ -99,14 +99,11 @@ proptest! {
         let mut builder = SnapshotBuilder::new();
         for (index, list) in lists.iter().enumerate() {
             let text = list.names.join("\n");
+            let category = list.category.map(|c| format!("cat{c}"));
             let policy = ListPolicy {
-                name: format!("list{index}"),
-                category: list.category.map(|c| format!("cat{c}")),
-                format: ListFormat::Domains,
                 action: list.action,
                 mandatory: list.mandatory,
-                allow_empty: false,
-                allow_tld_rules: false,
+                ..ListPolicy::block(format!("list{index}"), category.as_deref(), ListFormat::Domains)
             };
             builder.add_list(policy, text.as_bytes()).unwrap();
         }

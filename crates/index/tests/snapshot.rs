@@ -12,13 +12,9 @@ use shieldns_index::{
 
 fn policy(name: &str, category: Option<&str>, format: ListFormat, action: ListAction, mandatory: bool) -> ListPolicy {
     ListPolicy {
-        name: name.into(),
-        category: category.map(Into::into),
-        format,
         action,
         mandatory,
-        allow_empty: false,
-        allow_tld_rules: false,
+        ..ListPolicy::block(name, category, format)
     }
 }
 

@@ -844,22 +844,14 @@ struct TallyGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shieldns_index::{ListAction, ListFormat, ListPolicy, ProfileConfig, SnapshotBuilder};
+    use shieldns_index::{ListFormat, ListPolicy, ProfileConfig, SnapshotBuilder};
 
     fn snapshot(profiles: &[(&str, &str)]) -> Arc<Snapshot> {
         let mut builder = SnapshotBuilder::new();
         builder.set_access(vec!["0.0.0.0/0".parse().unwrap()]);
         builder
             .add_list(
-                ListPolicy {
-                    name: "adult".into(),
-                    category: Some("adult".into()),
-                    format: ListFormat::Domains,
-                    action: ListAction::Block,
-                    mandatory: false,
-                    allow_empty: false,
-                    allow_tld_rules: false,
-                },
+                ListPolicy::block("adult", Some("adult"), ListFormat::Domains),
                 b"adult.test\n",
             )
             .unwrap();

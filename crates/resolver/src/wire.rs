@@ -691,7 +691,7 @@ pub(crate) mod test_support {
 mod tests {
     use hickory_proto::op::{Message, ResponseCode};
     use hickory_proto::rr::RecordType;
-    use shieldns_index::{ListAction, ListFormat, ListPolicy, ProfileConfig, SnapshotBuilder, Verdict};
+    use shieldns_index::{ListFormat, ListPolicy, ProfileConfig, SnapshotBuilder, Verdict};
 
     use super::test_support::{parse, query_bytes};
     use super::*;
@@ -699,15 +699,7 @@ mod tests {
     fn snapshot(response: BlockResponse) -> Snapshot {
         let mut builder = SnapshotBuilder::new();
         builder.set_access(vec!["0.0.0.0/0".parse().unwrap()]);
-        let policy = ListPolicy {
-            name: "adult".into(),
-            category: Some("adult".into()),
-            format: ListFormat::Domains,
-            action: ListAction::Block,
-            mandatory: false,
-            allow_empty: false,
-            allow_tld_rules: false,
-        };
+        let policy = ListPolicy::block("adult", Some("adult"), ListFormat::Domains);
         builder.add_list(policy, b"bad.example.com\n").unwrap();
         builder.add_profile(ProfileConfig {
             block: vec!["adult".into()],

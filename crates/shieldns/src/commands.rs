@@ -430,15 +430,7 @@ pub(crate) fn lists_check(file: &Path, format: ListFormat, as_json: bool) -> any
     }
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut builder = SnapshotBuilder::new();
-    let policy = ListPolicy {
-        name: file.display().to_string(),
-        category: None,
-        format,
-        action: ListAction::Block,
-        mandatory: false,
-        allow_empty: false,
-        allow_tld_rules: false,
-    };
+    let policy = ListPolicy::block(file.display().to_string(), None, format);
     let info = builder
         .add_list(policy, &bytes)
         .with_context(|| format!("{}", file.display()))?

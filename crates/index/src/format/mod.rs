@@ -314,15 +314,7 @@ mod tests {
 
     /// A block list's policy, all flags off.
     fn test_policy(name: &str, format: ListFormat) -> crate::ListPolicy {
-        crate::ListPolicy {
-            name: name.into(),
-            category: None,
-            format,
-            action: crate::ListAction::Block,
-            mandatory: false,
-            allow_empty: false,
-            allow_tld_rules: false,
-        }
+        crate::ListPolicy::block(name, None, format)
     }
 
     /// Every outcome, as text, in order.
