@@ -151,6 +151,17 @@ def wait_blocked(name, proc, server, probe, limit=600):
 PIN = {"server": [], "client": []}  # command prefixes; callgrind.py puts valgrind here
 
 
+def pin(threads, allowed=True):
+    """With one worker thread (and two cores, taskset, `allowed`), pins the
+    servers to the last core and dnsperf to the first through PIN; returns
+    the servers' core, or None when nothing is pinned."""
+    cores = os.cpu_count() or 1
+    pinned = threads == 1 and cores >= 2 and allowed and shutil.which("taskset")
+    PIN["server"] = ["taskset", "-c", str(cores - 1)] if pinned else []
+    PIN["client"] = ["taskset", "-c", "0"] if pinned else []
+    return cores - 1 if pinned else None
+
+
 def dnsperf(server, queries, extra):
     command = PIN["client"] + ["dnsperf", "-s", server, "-p", str(PORT), "-a", CLIENT_IP, "-d", queries, "-c", "8"] + extra
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -323,13 +334,10 @@ def main():
         summary = []
         for threads in thread_counts:
             print(f"\n=== {threads} worker thread(s) ===", flush=True)
-            cores = os.cpu_count() or 1
-            pinned = threads == 1 and cores >= 2 and not args.no_pin and shutil.which("taskset")
-            PIN["server"] = ["taskset", "-c", str(cores - 1)] if pinned else []
-            PIN["client"] = ["taskset", "-c", "0"] if pinned else []
+            core = pin(threads, not args.no_pin)
             restart_echo(echo, work, threads)
-            if pinned:
-                print(f"servers pinned to core {cores - 1}, dnsperf to core 0", flush=True)
+            if core is not None:
+                print(f"servers pinned to core {core}, dnsperf to core 0", flush=True)
             servers = []
             for peer in peers:
                 started = time.time()

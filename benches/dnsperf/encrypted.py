@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
-import bench  # noqa: E402  (cpu_seconds, rss_mib, probe_rcode, parse)
+import bench  # noqa: E402  (cpu_seconds, rss_mib, probe_rcode, parse, pin, PIN)
 
 SHIELD_IP, UNBOUND_IP, DNSDIST_IP, CLIENT_IP = "127.0.31.3", "127.0.31.4", "127.0.31.5", "127.0.31.9"
 UDP_PORT, DOT_PORT, DOH_PORT = 5300, 8853, 8443
@@ -62,7 +62,6 @@ def certificates(work):
 
 
 CACHED = 10000
-PIN = {"server": [], "client": []}  # command prefixes (taskset with 1 thread)
 
 
 def start_shieldns(work, names, threads):
@@ -111,7 +110,7 @@ cache_dir = "{work}/kept"
 ''')
     log = open(f"{work}/shieldns.log", "w")
     env = dict(os.environ, RUST_LOG="warn,shieldns=info", TOKIO_WORKER_THREADS=str(threads))
-    proc = subprocess.Popen(PIN["server"] + [f"{ROOT}/target/release/shieldns", "run", "--config", f"{work}/shieldns.toml"],
+    proc = subprocess.Popen(bench.PIN["server"] + [f"{ROOT}/target/release/shieldns", "run", "--config", f"{work}/shieldns.toml"],
                             stderr=log, env=env)
     deadline = time.time() + 60
     while time.time() < deadline and bench.probe_rcode(SHIELD_IP, UDP_PORT, "b1.blocked.test") != 3:
@@ -129,7 +128,7 @@ addDOHLocal('{DNSDIST_IP}:{DOH_PORT}', '{work}/server.pem', '{work}/server.key',
 newServer({{address='{SHIELD_IP}:{UDP_PORT}', checkName='b1.blocked.test.'}})
 ''')
     log = open(f"{work}/dnsdist.log", "w")
-    proc = subprocess.Popen(PIN["server"] + ["dnsdist", "--supervised", "--disable-syslog", "-C", f"{work}/dnsdist.conf"],
+    proc = subprocess.Popen(bench.PIN["server"] + ["dnsdist", "--supervised", "--disable-syslog", "-C", f"{work}/dnsdist.conf"],
                             stdout=subprocess.DEVNULL, stderr=log)
     time.sleep(3)
     return proc
@@ -167,7 +166,7 @@ def start_unbound(work, threads):
     include: "{work}/cached.conf"
 """)
     log = open(f"{work}/unbound.stderr", "w")
-    proc = subprocess.Popen(PIN["server"] + ["unbound", "-d", "-c", f"{work}/unbound.conf"], stdout=log, stderr=log)
+    proc = subprocess.Popen(bench.PIN["server"] + ["unbound", "-d", "-c", f"{work}/unbound.conf"], stdout=log, stderr=log)
     deadline = time.time() + 20
     while time.time() < deadline and bench.probe_rcode(UNBOUND_IP, UDP_PORT, "b1.blocked.test") != 3:
         time.sleep(0.1)
@@ -176,7 +175,7 @@ def start_unbound(work, threads):
 
 def run(server_ip, mode, port, queries, seconds, pids, outstanding=200):
     before = sum(bench.cpu_seconds(pid) for pid in pids)
-    command = PIN["client"] + ["dnsperf", "-m", mode, "-s", server_ip, "-p", str(port), "-a", CLIENT_IP, "-d", queries,
+    command = bench.PIN["client"] + ["dnsperf", "-m", mode, "-s", server_ip, "-p", str(port), "-a", CLIENT_IP, "-d", queries,
                "-c", "8", "-q", str(outstanding), "-l", str(seconds)]
     if mode == "doh":
         command += ["-O", f"doh-uri=https://{server_ip}:{port}/dns-query"]
@@ -223,9 +222,7 @@ def main():
     print(f"{'threads':7} {'transport':9} {'answers':7} {'server':16} {'q/s':>9} {'lost %':>7} {'mean ms':>8} "
           f"{'µs CPU/q':>9}")
     for threads in counts:
-        pinned = threads == 1 and (os.cpu_count() or 1) >= 2
-        PIN["server"] = ["taskset", "-c", str(os.cpu_count() - 1)] if pinned else []
-        PIN["client"] = ["taskset", "-c", "0"] if pinned else []
+        bench.pin(threads)
         unbound = start_unbound(work, threads)
         shieldns = start_shieldns(work, args.names, threads)
         dnsdist = start_dnsdist(work)
