@@ -284,7 +284,7 @@ impl Metrics {
         registry.register(Box::new(tcp_connections.clone()))?;
         let cache = counter_vec(
             "shieldns_cache_lookups_total",
-            "Lookups in shieldns's own answer caches (the UDP packet cache; the hickory engine's answer cache) by result.",
+            "Lookups in shieldns's own answer caches (the packet caches of UDP and of the stream transports; the hickory engine's answer cache) by result.",
             &["result"],
         )?;
         let policy = counter_vec(

@@ -7,7 +7,7 @@
 //! Bounded by `cache.max_entries` through moka's TinyLFU eviction.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
@@ -16,6 +16,7 @@ use moka::sync::Cache;
 
 use crate::config::CacheConfig;
 use crate::resolved::UpstreamFailure;
+use crate::stream_cache::StreamCache;
 
 /// The cache key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -34,7 +35,6 @@ pub(crate) struct CachedAnswer {
     pub(crate) authentic_data: bool,
     inserted: Instant,
     ttl: u32,
-    hits: AtomicU32,
     prefetching: AtomicBool,
 }
 
@@ -82,19 +82,17 @@ impl CachedAnswer {
             .collect()
     }
 
-    /// Counts a hit and says whether this hit should start a prefetch: the
-    /// answer was asked for before, has less than a tenth of its TTL left,
-    /// and no prefetch is running.
+    /// Whether this hit should start a prefetch: the answer has less than
+    /// a tenth of its TTL left (Unbound's rule: being asked again so late
+    /// is what makes it popular) and no prefetch is running. The packet
+    /// caches in front pass such late questions on to here (see
+    /// `PacketCache::new`).
     pub(crate) fn should_prefetch(&self, now: Instant) -> bool {
-        let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
         // Milliseconds, so a 10-second answer enters its last tenth at 9 s,
         // not when whole seconds round it down to zero.
         let ttl = Duration::from_secs(u64::from(self.ttl));
         let remaining = ttl.saturating_sub(now.saturating_duration_since(self.inserted));
-        hits >= 2
-            && self.ttl >= 10
-            && remaining.as_millis() * 10 < ttl.as_millis()
-            && !self.prefetching.swap(true, Ordering::AcqRel)
+        self.ttl >= 10 && remaining.as_millis() * 10 < ttl.as_millis() && !self.prefetching.swap(true, Ordering::AcqRel)
     }
 }
 
@@ -176,7 +174,6 @@ impl AnswerCache {
             authentic_data,
             inserted: Instant::now(),
             ttl,
-            hits: AtomicU32::new(0),
             prefetching: AtomicBool::new(false),
         };
         self.entries.insert(key, Arc::new(answer));
@@ -208,11 +205,13 @@ where
     }
 }
 
-/// The handler's caches: answers (the hickory engine's only) and failures.
+/// The handler's caches: answers (the hickory engine's only), failures,
+/// and the stream transports' encoded answers.
 #[derive(Debug)]
 pub(crate) struct Caches {
     pub(crate) answers: Option<AnswerCache>,
     pub(crate) failures: Option<FailureCache>,
+    pub(crate) streams: StreamCache,
 }
 
 /// Resolution failures remembered for `cache.failure_ttl` (RFC 9520), keyed

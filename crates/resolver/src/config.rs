@@ -446,13 +446,14 @@ fn default_outgoing_range() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// The most answers kept: the UDP fast path's encoded copies, split
-    /// evenly among the UDP sockets, and the hickory engine's answer cache
-    /// (libunbound's cache is sized by `upstream.cache_bytes`).
+    /// The most answers kept: the packet caches' encoded copies, split
+    /// evenly among the UDP sockets and the stream transports' shared cache,
+    /// and the hickory engine's answer cache (libunbound's cache is sized by
+    /// `upstream.cache_bytes`).
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
-    /// Bytes the UDP packet cache's answers may take at most (split among
-    /// the UDP sockets), and the hickory engine's answer cache likewise.
+    /// Bytes the packet caches' answers may take at most (split like
+    /// `max_entries`), and the hickory engine's answer cache likewise.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
     /// Lower bound on a cached answer's TTL, in seconds.
@@ -471,8 +472,9 @@ pub struct CacheConfig {
     /// (RFC 8767 suggests 1–3 days).
     #[serde(default = "default_stale_window")]
     pub stale_window: u32,
-    /// Refresh popular answers in the background shortly before they expire
-    /// (hickory engine; libunbound's library build has no prefetch, and a
+    /// Refresh an answer asked for again in the last tenth of its TTL in
+    /// the background, before it expires; the packet caches leave such
+    /// questions to the engine's cache (hickory engine; libunbound's library build has no prefetch, and a
     /// refresh through it would be answered from its own cache).
     #[serde(default = "yes")]
     pub prefetch: bool,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use shieldns_index::{Decision, ListId, ProfileId, Snapshot};
+use shieldns_index::{Decision, ListId, Profile, ProfileId, Snapshot};
 use shieldns_metrics::{Discard, Metrics};
 use shieldns_querylog::QueryLog;
 
@@ -87,15 +87,7 @@ impl FastPath {
         if profile.dns64.is_some() && query.qtype == TYPE_AAAA {
             return Route::Handler;
         }
-        // With schedules, the answer checks (CNAME targets against the
-        // lists) depend on the time, so a cached answer checked in one window
-        // must not be served in another; and queries the query log wants go
-        // through the handler, which builds the log event.
-        // A CD query may be answered with data that failed validation, which
-        // must never reach the packet cache a non-CD query is answered from.
-        let checking_disabled = query.packet.get(3).is_some_and(|flags| flags & 0x10 != 0);
-        let cacheable =
-            profile.schedules.is_empty() && !QueryLog::logs(self.query_log.as_ref(), false) && !checking_disabled;
+        let cacheable = packet_cacheable(profile, query, self.query_log.as_ref());
         let lookup = CacheLookup {
             generation: snapshot.generation(),
             profile: profile_id.index(),
@@ -186,6 +178,23 @@ impl FastPath {
             })),
         }
     }
+}
+
+/// Whether an allowed name's answer to `query` under `profile` may be
+/// served from (and stored in) a packet cache: the one rule of the UDP
+/// threads' caches and the stream transports' one.
+///
+/// Not with DNS64 for AAAA, whose synthesis is not one upstream answer;
+/// not with schedules, under which the answer checks (CNAME targets
+/// against the lists) depend on the time, so that an answer checked in one
+/// window must not be served in another; not when the query log wants
+/// allowed queries, whose events the handler builds; and not with CD, whose
+/// answer may hold data that failed validation, which must never reach a
+/// cache a non-CD query is answered from.
+pub(crate) fn packet_cacheable(profile: &Profile, query: &Query<'_>, query_log: Option<&QueryLog>) -> bool {
+    let checking_disabled = query.packet.get(3).is_some_and(|flags| flags & 0x10 != 0);
+    let dns64 = profile.dns64.is_some() && query.qtype == TYPE_AAAA;
+    !dns64 && profile.schedules.is_empty() && !QueryLog::logs(query_log, false) && !checking_disabled
 }
 
 /// Where a received datagram goes, decided for the whole batch before any

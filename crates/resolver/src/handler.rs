@@ -33,7 +33,9 @@ use crate::cache::{AnswerCache, CacheKey, CachedAnswer, Caches, FailureCache};
 use crate::config::{EncryptedProtocol, ListenerConfig, ServerConfig};
 use crate::discard::Discards;
 use crate::failure_log::{FailureKind, FailureLog};
+use crate::packet_cache::PacketKey;
 use crate::resolved::{UpstreamAnswer, UpstreamFailure};
+use crate::stream_cache::{Lookup, StreamCache};
 use crate::upstream::Upstream;
 use crate::wire::{self, Asked, BlockForm, EDE_OPTION, EdeText, NameBuf};
 
@@ -56,6 +58,8 @@ struct Inner {
     cache: Option<AnswerCache>,
     /// Recent resolution failures, answered without asking again.
     failures: Option<FailureCache>,
+    /// Encoded answers for allowed names asked over a stream transport.
+    streams: StreamCache,
     udp_payload: u16,
     /// `server.chaos_identity` and `server.chaos_version`.
     chaos: Chaos,
@@ -78,6 +82,26 @@ pub(crate) struct ClientId {
     pub(crate) id: String,
     /// An ID no profile lists is REFUSED (else: the address's profile).
     pub(crate) refuse_unknown: bool,
+}
+
+/// Who asked, over what, under which snapshot (the query's one load),
+/// since when: what [`ShieldHandler::respond`] and
+/// [`ShieldHandler::respond_datagram`] hand their common body.
+struct Asking<'a> {
+    peer: SocketAddr,
+    transport: Transport,
+    client_id: Option<&'a ClientId>,
+    snapshot: Arc<Snapshot>,
+    started: Instant,
+}
+
+/// An encoded answer and whether it may fill a packet cache: nothing
+/// blocked it (a block an answer check earned carries EDE only for a
+/// client that sent EDNS, so its bytes alone cannot tell).
+#[derive(Debug)]
+pub(crate) struct Responded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) unblocked: bool,
 }
 
 /// What the query log needs besides the request.
@@ -319,6 +343,7 @@ impl ShieldHandler {
                 upstream,
                 cache: caches.answers,
                 failures: caches.failures,
+                streams: caches.streams,
                 udp_payload: server.udp_payload,
                 chaos: Chaos {
                     identity: server.chaos_identity.clone(),
@@ -721,10 +746,11 @@ fn ede_option(info_code: u16, extra_text: &str) -> EdnsOption {
 }
 
 impl ShieldHandler {
-    /// Answers one query that a transport screened ([`wire::screen_header`]:
-    /// a header with QR=0): the encoded answer to send, or `None` when
-    /// nothing is sent. Over UDP (`protocol`) the answer is truncated to the
-    /// client's payload size. Counts the query and logs it.
+    /// Answers one query that a stream transport (TCP, DoT, DoH, DoQ)
+    /// screened ([`wire::screen_header`]: a header with QR=0): the encoded
+    /// answer to send, or `None` when nothing is sent. An allowed name's
+    /// answer comes from the stream cache when it is there, and fills it
+    /// when it is not. Counts the query and logs it.
     pub(crate) async fn respond(
         &self,
         packet: Vec<u8>,
@@ -732,6 +758,56 @@ impl ShieldHandler {
         transport: Transport,
         client_id: Option<&ClientId>,
     ) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        // The query's one snapshot load: the cache lookup's, then the
+        // handler's.
+        let snapshot = self.inner.snapshot.load();
+        let key = match self.stream_lookup(&packet, peer, transport, client_id, &snapshot, started) {
+            Ok(cached) => return Some(cached),
+            Err(key) => key,
+        };
+        let snapshot = arc_swap::Guard::into_inner(snapshot);
+        let asked = Asking {
+            peer,
+            transport,
+            client_id,
+            snapshot,
+            started,
+        };
+        let responded = self.respond_uncached(packet, asked).await?;
+        if let Some(key) = key
+            && responded.unblocked
+        {
+            self.inner.streams.offer(key, &responded.bytes);
+        }
+        Some(responded.bytes)
+    }
+
+    /// Answers one datagram the UDP fast path left to the handler (from
+    /// `client`, the PROXY header's if there was one), truncated to the
+    /// client's payload size: the answer, and whether it may fill the
+    /// thread's packet cache (nothing blocked it). Counts the query and
+    /// logs it.
+    pub(crate) async fn respond_datagram(&self, packet: Vec<u8>, client: SocketAddr) -> Option<Responded> {
+        let asked = Asking {
+            peer: client,
+            transport: Transport::Udp,
+            client_id: None,
+            snapshot: self.inner.snapshot.load_full(),
+            started: Instant::now(),
+        };
+        self.respond_uncached(packet, asked).await
+    }
+
+    /// The body of [`Self::respond`] and [`Self::respond_datagram`].
+    async fn respond_uncached(&self, packet: Vec<u8>, asked: Asking<'_>) -> Option<Responded> {
+        let Asking {
+            peer,
+            transport,
+            client_id,
+            snapshot,
+            started,
+        } = asked;
         // hickory parses the message; only UDP answers are datagrams.
         let protocol = if transport.is_datagram() {
             Protocol::Udp
@@ -748,12 +824,14 @@ impl ShieldHandler {
                 // The header is readable, the rest is not: FORMERR.
                 debug!(%error, %peer, "malformed query");
                 self.inner.discards.note(Discard::Malformed, peer.ip().to_canonical());
-                return Some(wire::formerr([header[0], header[1], header[2]]).to_vec());
+                return Some(Responded {
+                    bytes: wire::formerr([header[0], header[1], header[2]]).to_vec(),
+                    unblocked: false,
+                });
             }
         };
-        let started = Instant::now();
         let observed = Observed::default();
-        let replied = self.answer(&request, header, client_id, &observed).await;
+        let replied = self.answer(&request, header, client_id, snapshot, &observed).await;
         let query = observed.query.get().map(|(snapshot, profile)| (&**snapshot, *profile));
         self.inner
             .metrics
@@ -769,7 +847,45 @@ impl ShieldHandler {
             };
             self.log(&request, &observed, &asked);
         }
-        replied.bytes
+        replied.bytes.map(|bytes| Responded {
+            bytes,
+            unblocked: blocked.is_none(),
+        })
+    }
+
+    /// A stream query's answer from the stream cache, counted as a cache
+    /// hit; else the key its answer may be stored under, if any.
+    fn stream_lookup(
+        &self,
+        packet: &[u8],
+        peer: SocketAddr,
+        transport: Transport,
+        client_id: Option<&ClientId>,
+        snapshot: &Snapshot,
+        started: Instant,
+    ) -> Result<Vec<u8>, Option<PacketKey>> {
+        let id = client_id.map(|c| (c.id.as_str(), c.refuse_unknown));
+        let found = self.inner.streams.lookup(
+            packet,
+            peer.ip().to_canonical(),
+            id,
+            snapshot,
+            self.inner.query_log.as_ref(),
+            started,
+        );
+        match found {
+            Lookup::Hit { bytes, profile } => {
+                let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
+                self.inner.metrics.cache_hit();
+                self.inner.metrics.answered(rcode);
+                self.inner
+                    .metrics
+                    .query(Some((snapshot, profile)), transport, rcode, started.elapsed());
+                Ok(bytes)
+            }
+            Lookup::Miss(key) => Err(Some(key)),
+            Lookup::Pass => Err(None),
+        }
     }
 
     /// Answers one request (the body of [`Self::respond`], which counts and
@@ -781,11 +897,12 @@ impl ShieldHandler {
         request: &Request,
         header: [u8; 4],
         client_id: Option<&ClientId>,
+        snapshot: Arc<Snapshot>,
         observed: &Observed,
     ) -> Replied {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&self.inner.in_flight);
-        let mut question = match self.screen(request, client_id) {
+        let mut question = match self.screen(request, client_id, snapshot) {
             Ok(question) => question,
             Err(replied) => return replied,
         };
@@ -859,7 +976,12 @@ impl ShieldHandler {
     /// name), or the question to decide with the query's snapshot and
     /// profile (the one snapshot load of this query: a refused source
     /// learns nothing, REFUSED with no EDNS and no larger than the query).
-    fn screen(&self, request: &Request, client_id: Option<&ClientId>) -> Result<Screened, Replied> {
+    fn screen(
+        &self,
+        request: &Request,
+        client_id: Option<&ClientId>,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<Screened, Replied> {
         let client = request.src().ip();
         if request.metadata.message_type == hickory_proto::op::MessageType::Response {
             // Never answer an answer. Every transport screens them out
@@ -868,7 +990,6 @@ impl ShieldHandler {
             self.inner.discards.note(Discard::Response, client);
             return Err(Replied::nothing(ResponseCode::Refused));
         }
-        let snapshot = self.inner.snapshot.load_full();
         let id = client_id.map(|c| c.id.as_str());
         let refuse_unknown = client_id.is_some_and(|c| c.refuse_unknown);
         let Some(profile) = snapshot.client_policy_with_id(client, id, refuse_unknown) else {

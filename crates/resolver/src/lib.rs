@@ -27,6 +27,7 @@ mod proxy;
 mod ratelimit;
 mod resolved;
 mod server;
+mod stream_cache;
 mod tally;
 mod tcp;
 mod tls;

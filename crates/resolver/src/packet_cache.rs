@@ -147,13 +147,14 @@ pub(crate) struct Probed {
     way: usize,
 }
 
-/// One UDP thread's encoded answers for allowed names (see the module
-/// header for its layout).
+/// Encoded answers for allowed names (see the module header for its
+/// layout).
 ///
-/// Owned by its thread, which alone reads and writes it: a hit takes no
+/// A UDP thread owns one, which it alone reads and writes: a hit takes no
 /// lock and touches no reference count. Answers of the slow path arrive
-/// through a [`PacketFiller`] (a bounded channel) and are stored when the
-/// thread next wakes, before it answers its batch.
+/// through a [`PacketFiller`] (a bounded channel, [`fill_channel`]) and are
+/// stored when the thread next wakes, before it answers its batch. The
+/// stream transports share [`crate::stream_cache`]'s, each behind a lock.
 #[derive(Debug)]
 pub(crate) struct PacketCache {
     /// Each set's tags: the key hash of the entry in each way, with the low
@@ -172,15 +173,39 @@ pub(crate) struct PacketCache {
     stored_bytes: usize,
     /// The zero of the entries' `inserted` times.
     epoch: Instant,
+    /// Whether an answer in the last tenth of its lifetime misses, so that
+    /// the handler answers it from the engine's cache, which then refreshes
+    /// it (`cache.prefetch`, with an engine that prefetches).
+    prefetch: bool,
     hasher: foldhash::fast::RandomState,
-    arrivals: std::sync::mpsc::Receiver<Arrival>,
-    pub(crate) filler: PacketFiller,
 }
 
 /// Hands the slow path's answers to a UDP thread's [`PacketCache`].
 #[derive(Clone, Debug)]
 pub(crate) struct PacketFiller {
     sender: std::sync::mpsc::SyncSender<Arrival>,
+}
+
+/// The UDP thread's end of its [`PacketFiller`]s.
+#[derive(Debug)]
+pub(crate) struct Arrivals {
+    receiver: std::sync::mpsc::Receiver<Arrival>,
+}
+
+/// A UDP thread's fill channel: the slow path offers answers to the
+/// filler, the thread stores them from the arrivals.
+pub(crate) fn fill_channel() -> (PacketFiller, Arrivals) {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(ARRIVALS);
+    (PacketFiller { sender }, Arrivals { receiver })
+}
+
+impl Arrivals {
+    /// Stores in `cache` the answers that arrived since the last call.
+    pub(crate) fn store(&self, cache: &mut PacketCache) {
+        while let Ok(arrival) = self.receiver.try_recv() {
+            cache.insert(arrival.key, &arrival.bytes, arrival.question_end);
+        }
+    }
 }
 
 /// An answer on its way into a packet cache.
@@ -209,14 +234,14 @@ impl PacketFiller {
 impl PacketCache {
     /// A cache of at least `max_entries` answers (rounded up to whole sets,
     /// a power of two of them, at most [`MAX_SETS`] sets) holding at most
-    /// `max_bytes` of them.
-    pub(crate) fn new(max_entries: u64, max_bytes: u64) -> Self {
+    /// `max_bytes` of them; with `prefetch`, an answer in the last tenth of
+    /// its lifetime is left to the handler (see the field).
+    pub(crate) fn new(max_entries: u64, max_bytes: u64, prefetch: bool) -> Self {
         let sets = usize::try_from(max_entries.max(1))
             .unwrap_or(usize::MAX)
             .div_ceil(WAYS)
             .min(MAX_SETS)
             .next_power_of_two();
-        let (sender, arrivals) = std::sync::mpsc::sync_channel(ARRIVALS);
         Self {
             // `vec![zero; n]` of plain integers and null pointers allocates
             // zeroed memory without writing it.
@@ -227,16 +252,8 @@ impl PacketCache {
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             stored_bytes: 0,
             epoch: Instant::now(),
+            prefetch,
             hasher: foldhash::fast::RandomState::default(),
-            arrivals,
-            filler: PacketFiller { sender },
-        }
-    }
-
-    /// Stores the answers that arrived since the last call.
-    pub(crate) fn store_arrivals(&mut self) {
-        while let Ok(arrival) = self.arrivals.try_recv() {
-            self.insert(arrival.key, &arrival.bytes, arrival.question_end);
         }
     }
 
@@ -333,6 +350,7 @@ impl PacketCache {
             || name != query.name.as_str().as_bytes()
             || bytes.len() > max_response
             || header.expired(age)
+            || (self.prefetch && header.expired(age.saturating_mul(10) / 9))
         {
             return false;
         }
@@ -356,7 +374,6 @@ impl PacketCache {
     }
 
     /// Both steps for one query (where there is no batch to overlap).
-    #[cfg(test)]
     pub(crate) fn answer(
         &mut self,
         query: &Query<'_>,
@@ -373,7 +390,7 @@ impl PacketCache {
     /// long as its shortest TTL, in place of the same key's answer, else in
     /// an empty or expired way, else in place of the set's least recently
     /// used answer.
-    fn insert(&mut self, key: PacketKey, bytes: &[u8], question_end: usize) {
+    pub(crate) fn insert(&mut self, key: PacketKey, bytes: &[u8], question_end: usize) {
         let Some((ttls, has_ede)) = record_ttls(bytes, question_end) else {
             return;
         };
@@ -589,7 +606,8 @@ mod tests {
 
     #[test]
     fn cached_packets_get_the_new_id_case_and_aged_ttls() {
-        let mut cache = PacketCache::new(100, 1 << 20);
+        let mut cache = PacketCache::new(100, 1 << 20, false);
+        let (filler, arrivals) = fill_channel();
         let query_packet = query_bytes("www.example.com.", RecordType::A, false);
         let mut response = Message::from_vec(&query_packet).unwrap();
         response.metadata.message_type = hickory_proto::op::MessageType::Response;
@@ -610,7 +628,7 @@ mod tests {
         };
         // The slow path offers the answer; the thread stores it when it next
         // wakes, before answering.
-        cache.filler.clone().offer(key, bytes, query.question_end);
+        filler.offer(key, bytes, query.question_end);
         let mut again = query_bytes("WWW.example.com.", RecordType::A, false);
         again[0] = 0x99;
         let question = parse(&again).unwrap();
@@ -625,7 +643,7 @@ mod tests {
             !cache.answer(&query, lookup(7), 1232, later(0), &mut out),
             "not stored before the thread takes the arrivals"
         );
-        cache.store_arrivals();
+        arrivals.store(&mut cache);
         assert!(
             !cache.answer(&query, lookup(8), 1232, later(0), &mut out),
             "another snapshot generation misses"
@@ -670,7 +688,7 @@ mod tests {
     #[test]
     fn a_full_set_evicts_its_least_recently_used_answer() {
         // Four answers make one set: every name shares it.
-        let mut cache = PacketCache::new(4, 1 << 20);
+        let mut cache = PacketCache::new(4, 1 << 20, false);
         let names = ["a.example.", "b.example.", "c.example.", "d.example.", "e.example."];
         let hit = |cache: &mut PacketCache, name: &str| {
             let packet = query_bytes(name, RecordType::A, false);
@@ -687,23 +705,20 @@ mod tests {
         };
         for name in &names[..4] {
             let (key, bytes, question_end) = answer_for(name);
-            cache.filler.offer(key, bytes, question_end);
+            cache.insert(key, &bytes, question_end);
         }
-        cache.store_arrivals();
         assert!(names[..4].iter().all(|name| hit(&mut cache, name)));
         assert!(!hit(&mut cache, names[4]));
         // `a` answered last, so `b` is now the least recently used.
         assert!(hit(&mut cache, names[0]));
         let (key, bytes, question_end) = answer_for(names[4]);
-        cache.filler.offer(key, bytes, question_end);
-        cache.store_arrivals();
+        cache.insert(key, &bytes, question_end);
         assert!(hit(&mut cache, names[4]), "the new answer is stored");
         assert!(!hit(&mut cache, names[1]), "the least recently used answer made room");
         assert!(hit(&mut cache, names[0]) && hit(&mut cache, names[2]) && hit(&mut cache, names[3]));
         // The same key replaces its own answer rather than another's.
         let (key, bytes, question_end) = answer_for(names[0]);
-        cache.filler.offer(key, bytes, question_end);
-        cache.store_arrivals();
+        cache.insert(key, &bytes, question_end);
         assert!(names.iter().filter(|name| hit(&mut cache, name)).count() == 4);
     }
 
@@ -712,11 +727,10 @@ mod tests {
         let (_, bytes, _) = answer_for("n0.example.");
         // Room for about three answers, in a cache with slots for 4096.
         let budget = 3 * (bytes.len() + 39 + 16 + 64);
-        let mut cache = PacketCache::new(4096, u64::try_from(budget).unwrap());
+        let mut cache = PacketCache::new(4096, u64::try_from(budget).unwrap(), false);
         for i in 0..200 {
             let (key, bytes, question_end) = answer_for(&format!("n{i}.example."));
-            cache.filler.offer(key, bytes, question_end);
-            cache.store_arrivals();
+            cache.insert(key, &bytes, question_end);
             assert!(
                 cache.stored_bytes() <= budget,
                 "{} > {budget} after {i}",

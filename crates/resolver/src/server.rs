@@ -28,9 +28,10 @@ use crate::doq;
 use crate::error::ResolverError;
 use crate::fastpath::FastPath;
 use crate::handler::{Clock, Reports, ShieldHandler};
-use crate::packet_cache::PacketCache;
+use crate::packet_cache::{PacketCache, fill_channel};
 use crate::proxy::TrustedProxies;
 use crate::ratelimit::RateLimiter;
+use crate::stream_cache::StreamCache;
 use crate::tcp;
 use crate::tls::{Certificate, Encrypted};
 use crate::udp;
@@ -100,12 +101,22 @@ pub async fn start(
         proxies: TrustedProxies::new(&server.trusted_proxies),
         refusals: RateLimiter::for_refusals(),
     });
+    // `cache.max_entries` and `cache.max_bytes` bound the packet caches
+    // together: the stream transports' shared cache and each UDP socket's
+    // own get a share each.
+    let shares = u64::try_from(server.udp_sockets.max(1).saturating_mul(server.listen.len()))
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let (share_entries, share_bytes) = ((cache.max_entries / shares).max(1), (cache.max_bytes / shares).max(1));
+    // An answer the engine would prefetch is left to it near its expiry.
+    let prefetch = upstream_cache.is_some() && cache.prefetch;
     let handler = ShieldHandler::new(
         snapshot.clone(),
         upstream,
         Caches {
             answers: upstream_cache,
             failures: FailureCache::new(cache),
+            streams: StreamCache::new(share_entries, share_bytes, prefetch),
         },
         server,
         Reports {
@@ -164,17 +175,12 @@ pub async fn start(
     let udp_stop = Arc::new(AtomicBool::new(false));
     let mut udp_threads = Vec::new();
     let runtime = tokio::runtime::Handle::current();
-    // `cache.max_entries` and `cache.max_bytes` bound the packet caches
-    // together: each UDP socket's own cache gets its share.
-    let sockets = u64::try_from(udp_sockets.len()).unwrap_or(1).max(1);
-    let per_socket = (cache.max_entries / sockets).max(1);
-    let bytes_per_socket = (cache.max_bytes / sockets).max(1);
     for (number, (address, socket)) in udp_sockets.into_iter().enumerate() {
         let (fast, handler, runtime, stop) = (fast.clone(), handler.clone(), runtime.clone(), udp_stop.clone());
-        let packets = PacketCache::new(per_socket, bytes_per_socket);
+        let packets = PacketCache::new(share_entries, share_bytes, prefetch);
         let thread = std::thread::Builder::new()
             .name(format!("shieldns-udp-{number}"))
-            .spawn(move || udp::serve_thread(socket, packets, fast, handler, runtime, stop));
+            .spawn(move || udp::serve_thread(socket, packets, fill_channel(), fast, handler, runtime, stop));
         match thread {
             Ok(thread) => udp_threads.push(thread),
             Err(source) => {

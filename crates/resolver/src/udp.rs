@@ -26,8 +26,8 @@ use smallvec::SmallVec;
 use tracing::debug;
 
 use crate::fastpath::{Answered, FastPath, Outcome, Route, screen};
-use crate::handler::ShieldHandler;
-use crate::packet_cache::{PacketCache, PacketFiller, PacketKey};
+use crate::handler::{Responded, ShieldHandler};
+use crate::packet_cache::{Arrivals, PacketCache, PacketFiller, PacketKey};
 use crate::proxy::Origin;
 use crate::ratelimit::Limit;
 use crate::tally::Tally;
@@ -175,10 +175,12 @@ fn socket_addr(storage: &SockaddrStorage) -> Option<SocketAddr> {
 /// `packets` is this socket's own packet cache: the kernel hands a client
 /// (its address and port) to the same `SO_REUSEPORT` socket every time, so
 /// its repeated names hit there, and the thread owns it outright (see
-/// [`PacketCache`]).
+/// [`PacketCache`]); the slow path's answers come back through `filler`
+/// and `arrivals`, its fill channel.
 pub(crate) fn serve_thread(
     socket: Arc<std::net::UdpSocket>,
     mut packets: PacketCache,
+    (filler, arrivals): (PacketFiller, Arrivals),
     fast: Arc<FastPath>,
     handler: ShieldHandler,
     runtime: tokio::runtime::Handle,
@@ -197,7 +199,7 @@ pub(crate) fn serve_thread(
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
                 tally.flush(&fast.metrics, Instant::now());
                 snapshots.load();
-                packets.store_arrivals();
+                arrivals.store(&mut packets);
                 continue;
             }
             Err(error) => {
@@ -213,7 +215,7 @@ pub(crate) fn serve_thread(
         let snapshot = snapshots.load();
         // Answers the slow path sent since the last batch: this batch may
         // repeat their names.
-        packets.store_arrivals();
+        arrivals.store(&mut packets);
         // Passes over the batch, so that each pass's memory misses
         // (packet-cache tags; cached entries and index buckets; then the
         // answers) are in flight together rather than one query at a time.
@@ -350,7 +352,7 @@ pub(crate) fn serve_thread(
                         continue;
                     };
                     let request = packet.to_vec();
-                    let cache = key.map(|k| (k, packets.filler.clone()));
+                    let cache = key.map(|k| (k, filler.clone()));
                     let (handler, socket) = (handler.clone(), socket.clone());
                     runtime.spawn(async move {
                         answer_slowly(&handler, request, client, peer, &socket, cache).await;
@@ -428,7 +430,7 @@ async fn answer_slowly(
     socket: &std::net::UdpSocket,
     cache: Option<(PacketKey, PacketFiller)>,
 ) {
-    let Some(bytes) = handler.respond(packet, client, Transport::Udp, None).await else {
+    let Some(Responded { bytes, unblocked }) = handler.respond_datagram(packet, client).await else {
         return;
     };
     if let Err(error) = send_datagram(socket, &bytes, peer).await {
@@ -436,6 +438,7 @@ async fn answer_slowly(
         return;
     }
     if let Some((key, filler)) = cache
+        && unblocked
         && let Some(question_end) = wire::question_end(&bytes)
     {
         filler.offer(key, bytes, question_end);

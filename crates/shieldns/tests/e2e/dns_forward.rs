@@ -354,8 +354,8 @@ fn caches_negative_answers_and_listens_on_ipv6() {
     }
     let asked = upstream.queries.load(std::sync::atomic::Ordering::Relaxed) - before;
     assert_eq!(asked, 1, "NXDOMAIN is cached (RFC 2308)");
-    // The same over TCP, which is answered by the handler's own cache
-    // rather than the UDP fast path's packet cache.
+    // The same over TCP, which the stream transports' packet cache answers
+    // after the handler's first (from its engine).
     for _ in 0..3 {
         let out = daemon.dig(&["+tcp", "also-missing.example.test", "A"]);
         assert_eq!(status(&out), "NXDOMAIN", "{out}");
@@ -371,14 +371,65 @@ fn caches_negative_answers_and_listens_on_ipv6() {
 }
 
 #[test]
+fn stream_repeats_come_from_the_stream_cache_and_blocks_never_do() {
+    if skip() {
+        return;
+    }
+    let upstream = FakeUpstream::start("127.0.0.1", 300);
+    let metrics_port = shieldns_test_support::daemon::free_port("127.0.0.1");
+    let config = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        CONFIG.replace("@UPSTREAMS@", &format!("\"{}\"", upstream.addr))
+    );
+    // `cloaked.example.test` is a CNAME to `tracker.adnet.test`, which the
+    // adult list blocks here: the lists let the name through, the answer
+    // check blocks it.
+    let mut files = FILES.to_vec();
+    files[1] = ("adult.txt", "blocked.example.test\nallowed.example.test\nadnet.test\n");
+    let daemon = Daemon::start(&config, &files);
+    let hits = || {
+        let body = shieldns_test_support::daemon::scrape(metrics_port);
+        body.lines()
+            .find_map(|l| l.strip_prefix("shieldns_cache_lookups_total{result=\"hit\"} "))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let out = daemon.dig(&["+tcp", "www.example.test", "A"]);
+    assert_eq!(answers(&out), ["www.example.test. 300 IN A 192.0.2.10"], "{out}");
+    assert_eq!(hits(), 0, "a first question is the handler's");
+    // Repeats, in another case and with another ID (dig checks both): the
+    // cached bytes carry the question as asked.
+    let out = daemon.dig(&["+tcp", "WwW.Example.TEST", "A"]);
+    assert!(out.contains("\n;WwW.Example.TEST.\t\tIN\tA\n"), "{out}");
+    let answer = answers(&out);
+    assert_eq!(answer.len(), 1, "{out}");
+    assert!(answer[0].ends_with(" IN A 192.0.2.10"), "{out}");
+    daemon.dig(&["+tcp", "www.example.test", "A"]);
+    assert_eq!(hits(), 2, "repeats over TCP are stream-cache hits");
+    // Asked without EDNS, a block the answer check earned has no EDE to
+    // tell it by: it must still be blocked and counted every time, over
+    // TCP and over UDP, never served as a cached answer.
+    for transport in ["+tcp", "+notcp"] {
+        for _ in 0..3 {
+            let out = daemon.dig(&[transport, "+noedns", "cloaked.example.test", "A"]);
+            assert_eq!(status(&out), "NXDOMAIN", "{out}");
+        }
+    }
+    let body = shieldns_test_support::daemon::scrape(metrics_port);
+    let line = r#"shieldns_policy_list_blocks_total{category="adult",ede="17",list="adult",profile="default"} 6"#;
+    assert!(body.lines().any(|l| l == line), "missing `{line}` in:\n{body}");
+    assert_eq!(hits(), 2, "no block was a cache hit");
+}
+
+#[test]
 fn prefetches_popular_answers_before_they_expire() {
     if skip() {
         return;
     }
-    // TCP goes through the handler and its answer cache (UDP repeats would
-    // be served by the fast path's packet cache, which does not prefetch).
-    // Prefetch is the hickory engine's: libunbound answers a refresh from
-    // its own cache, whose copy expires with ours (see `cache.prefetch`).
+    // Over TCP, the stream transports' packet cache answers repeats until
+    // the last tenth of the TTL, then leaves them to the handler, whose
+    // answer cache prefetches. Prefetch is the hickory engine's: libunbound
+    // answers a refresh from its own cache, whose copy expires with ours
+    // (see `cache.prefetch`).
     let upstream = FakeUpstream::start("127.0.0.1", 10);
     let list = format!("\"{}\"", upstream.addr);
     let config = CONFIG
