@@ -25,6 +25,17 @@ fn start(upstreams: &[&FakeUpstream]) -> Daemon {
     Daemon::start(&CONFIG.replace("@UPSTREAMS@", &list), FILES)
 }
 
+/// The config forwarding to `upstream`, with a metrics endpoint on a free
+/// port of 127.0.0.1, and that port.
+fn with_metrics(upstream: &FakeUpstream) -> (String, u16) {
+    let port = shieldns_test_support::daemon::free_port("127.0.0.1");
+    let config = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        CONFIG.replace("@UPSTREAMS@", &format!("\"{}\"", upstream.addr))
+    );
+    (config, port)
+}
+
 fn skip() -> bool {
     !require(&[("dig", "bind9-dnsutils")])
 }
@@ -376,11 +387,7 @@ fn stream_repeats_come_from_the_stream_cache_and_blocks_never_do() {
         return;
     }
     let upstream = FakeUpstream::start("127.0.0.1", 300);
-    let metrics_port = shieldns_test_support::daemon::free_port("127.0.0.1");
-    let config = format!(
-        "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
-        CONFIG.replace("@UPSTREAMS@", &format!("\"{}\"", upstream.addr))
-    );
+    let (config, metrics_port) = with_metrics(&upstream);
     // `cloaked.example.test` is a CNAME to `tracker.adnet.test`, which the
     // adult list blocks here: the lists let the name through, the answer
     // check blocks it.
@@ -574,11 +581,7 @@ fn exports_counters_on_the_metrics_endpoint() {
         return;
     }
     let upstream = FakeUpstream::start("127.0.0.1", 300);
-    let metrics_port = shieldns_test_support::daemon::free_port("127.0.0.1");
-    let config = format!(
-        "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
-        CONFIG.replace("@UPSTREAMS@", &format!("\"{}\"", upstream.addr))
-    );
+    let (config, metrics_port) = with_metrics(&upstream);
     let daemon = Daemon::start(&config, FILES);
     for _ in 0..2 {
         daemon.dig(&["blocked.example.test", "A"]);
