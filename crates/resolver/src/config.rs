@@ -474,8 +474,9 @@ pub struct CacheConfig {
     pub stale_window: u32,
     /// Refresh an answer asked for again in the last tenth of its TTL in
     /// the background, before it expires; the packet caches leave such
-    /// questions to the engine's cache (hickory engine; libunbound's library build has no prefetch, and a
-    /// refresh through it would be answered from its own cache).
+    /// questions to the engine's cache (hickory engine; libunbound's library
+    /// build has no prefetch, and a refresh through it would be answered
+    /// from its own cache).
     #[serde(default = "yes")]
     pub prefetch: bool,
     /// Seconds a resolution failure (SERVFAIL: no reachable authority, or

@@ -84,6 +84,16 @@ pub(crate) struct ClientId {
     pub(crate) refuse_unknown: bool,
 }
 
+impl ClientId {
+    /// The profile of `client` asking with `id` (or with none) under
+    /// `snapshot`: the access list first, then the ID's profile, an unknown
+    /// ID the address's or none (REFUSED), as the listener says.
+    pub(crate) fn profile(id: Option<&Self>, snapshot: &Snapshot, client: IpAddr) -> Option<ProfileId> {
+        let refuse_unknown = id.is_some_and(|c| c.refuse_unknown);
+        snapshot.client_policy_with_id(client, id.map(|c| c.id.as_str()), refuse_unknown)
+    }
+}
+
 /// Who asked, over what, under which snapshot (the query's one load),
 /// since when: what [`ShieldHandler::respond`] and
 /// [`ShieldHandler::respond_datagram`] hand their common body.
@@ -864,11 +874,10 @@ impl ShieldHandler {
         snapshot: &Snapshot,
         started: Instant,
     ) -> Result<Vec<u8>, Option<PacketKey>> {
-        let id = client_id.map(|c| (c.id.as_str(), c.refuse_unknown));
         let found = self.inner.streams.lookup(
             packet,
             peer.ip().to_canonical(),
-            id,
+            client_id,
             snapshot,
             self.inner.query_log.as_ref(),
             started,
@@ -990,9 +999,7 @@ impl ShieldHandler {
             self.inner.discards.note(Discard::Response, client);
             return Err(Replied::nothing(ResponseCode::Refused));
         }
-        let id = client_id.map(|c| c.id.as_str());
-        let refuse_unknown = client_id.is_some_and(|c| c.refuse_unknown);
-        let Some(profile) = snapshot.client_policy_with_id(client, id, refuse_unknown) else {
+        let Some(profile) = ClientId::profile(client_id, &snapshot, client) else {
             self.inner.metrics.refused();
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.response_code = ResponseCode::Refused;

@@ -101,31 +101,6 @@ pub async fn start(
         proxies: TrustedProxies::new(&server.trusted_proxies),
         refusals: RateLimiter::for_refusals(),
     });
-    // `cache.max_entries` and `cache.max_bytes` bound the packet caches
-    // together: the stream transports' shared cache and each UDP socket's
-    // own get a share each.
-    let shares = u64::try_from(server.udp_sockets.max(1).saturating_mul(server.listen.len()))
-        .unwrap_or(u64::MAX)
-        .saturating_add(1);
-    let (share_entries, share_bytes) = ((cache.max_entries / shares).max(1), (cache.max_bytes / shares).max(1));
-    // An answer the engine would prefetch is left to it near its expiry.
-    let prefetch = upstream_cache.is_some() && cache.prefetch;
-    let handler = ShieldHandler::new(
-        snapshot.clone(),
-        upstream,
-        Caches {
-            answers: upstream_cache,
-            failures: FailureCache::new(cache),
-            streams: StreamCache::new(share_entries, share_bytes, prefetch),
-        },
-        server,
-        Reports {
-            metrics: metrics.clone(),
-            query_log,
-            discards: discards.clone(),
-        },
-        clock,
-    );
     // Every socket is bound before the first thread or task starts, so a
     // bind error returns with nothing left serving.
     let mut udp_sockets = Vec::new();
@@ -150,6 +125,29 @@ pub async fn start(
         }
         info!(address = %listener.address, protocol = ?listener.protocol, "listening for encrypted DNS");
     }
+    // `cache.max_entries` and `cache.max_bytes` bound the packet caches
+    // together: the stream transports' shared cache and each UDP socket's
+    // own get a share each.
+    let shares = u64::try_from(udp_sockets.len()).unwrap_or(u64::MAX).saturating_add(1);
+    let (share_entries, share_bytes) = ((cache.max_entries / shares).max(1), (cache.max_bytes / shares).max(1));
+    // An answer the engine would prefetch is left to it near its expiry.
+    let prefetch = upstream_cache.is_some() && cache.prefetch;
+    let handler = ShieldHandler::new(
+        snapshot.clone(),
+        upstream,
+        Caches {
+            answers: upstream_cache,
+            failures: FailureCache::new(cache),
+            streams: StreamCache::new(share_entries, share_bytes, prefetch),
+        },
+        server,
+        Reports {
+            metrics: metrics.clone(),
+            query_log,
+            discards: discards.clone(),
+        },
+        clock,
+    );
     let tcp_shared = Arc::new(tcp::Shared::new(
         tcp_limits,
         snapshot,

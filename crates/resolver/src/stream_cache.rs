@@ -25,6 +25,7 @@ use shieldns_index::{Decision, ProfileId, Snapshot, Timestamp};
 use shieldns_querylog::QueryLog;
 
 use crate::fastpath::packet_cacheable;
+use crate::handler::ClientId;
 use crate::packet_cache::{CacheLookup, PacketCache, PacketKey};
 use crate::wire::{self, Query, Question};
 
@@ -90,7 +91,7 @@ impl StreamCache {
         &self,
         packet: &[u8],
         client: IpAddr,
-        client_id: Option<(&str, bool)>,
+        client_id: Option<&ClientId>,
         snapshot: &Snapshot,
         query_log: Option<&QueryLog>,
         now: Instant,
@@ -103,8 +104,7 @@ impl StreamCache {
             packet,
             question: &question,
         };
-        let (id, refuse_unknown) = client_id.map_or((None, false), |(id, refuse)| (Some(id), refuse));
-        let Some(profile) = snapshot.client_policy_with_id(client, id, refuse_unknown) else {
+        let Some(profile) = ClientId::profile(client_id, snapshot, client) else {
             return Lookup::Pass;
         };
         if !packet_cacheable(snapshot.profile(profile), &query, query_log) {
@@ -239,8 +239,12 @@ mod tests {
             Lookup::Pass
         ));
         // An unknown client ID on a listener that refuses them.
+        let nobody = ClientId {
+            id: "nobody".into(),
+            refuse_unknown: true,
+        };
         assert!(matches!(
-            cache.lookup(&query, CLIENT, Some(("nobody", true)), &snapshot, None, now),
+            cache.lookup(&query, CLIENT, Some(&nobody), &snapshot, None, now),
             Lookup::Pass
         ));
         let mut checking_disabled = query.clone();
