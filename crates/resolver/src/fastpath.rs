@@ -118,7 +118,6 @@ impl FastPath {
         else {
             return Outcome::Slow(None);
         };
-        let profile = snapshot.profile(profile_id);
         let lookup = CacheLookup {
             generation: snapshot.generation(),
             profile: profile_id.index(),
@@ -136,6 +135,74 @@ impl FastPath {
                 block: None,
             });
         }
+        let judge = Judge {
+            clock: &self.clock,
+            server_payload: self.udp_payload,
+            query_log: self.query_log.as_ref(),
+        };
+        match judge.verdict(snapshot, profile_id, query, out) {
+            Verdict::Blocked(block) => Outcome::Answered(Answered {
+                profile: profile_id,
+                block: Some(block),
+            }),
+            Verdict::Handler => Outcome::Slow(None),
+            Verdict::Allowed if cache_tag.is_none() => Outcome::Slow(None),
+            // A packet-cache miss wrote nothing into `out`.
+            Verdict::Allowed => Outcome::Slow(Some(PacketKey {
+                generation: lookup.generation,
+                profile: lookup.profile,
+                name: query.name.as_str().as_bytes().to_vec(),
+                qtype: query.qtype,
+                edns: query.edns_payload.is_some(),
+                dnssec_ok: query.dnssec_ok,
+            })),
+        }
+    }
+}
+
+/// What the lists make of a query read from wire bytes ([`Judge::verdict`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A list blocks it; the answer is written. The list and EDE code, for
+    /// the metrics.
+    Blocked((ListId, u16)),
+    /// The lists let it through: the engine's answer, or a cached one.
+    Allowed,
+    /// Only the handler answers it: DNS64 synthesis, profile policy (bypass
+    /// defences, query types, safe search), RPZ local data and drops, and
+    /// every block the query log wants, whose event the handler builds.
+    Handler,
+}
+
+/// The one place a transport answers a list block from wire bytes, without
+/// the handler: the UDP threads and the stream transports both ask it, so
+/// that neither decides or encodes differently from the handler.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Judge<'a> {
+    pub(crate) clock: &'a Clock,
+    /// `server.udp_payload`, the bound of the block's advertised payload,
+    /// as the handler advertises it.
+    pub(crate) server_payload: u16,
+    pub(crate) query_log: Option<&'a QueryLog>,
+}
+
+impl Judge<'_> {
+    /// Decides `query` under `profile_id` with [`Snapshot::decide`] and, for
+    /// a block, writes the handler's very answer into `out` with
+    /// [`wire::write_block`].
+    pub(crate) fn verdict(
+        &self,
+        snapshot: &Snapshot,
+        profile_id: ProfileId,
+        query: &Query<'_>,
+        out: &mut Vec<u8>,
+    ) -> Verdict {
+        let profile = snapshot.profile(profile_id);
+        // DNS64 synthesis is the handler's: its answers are not one
+        // upstream answer.
+        if profile.dns64.is_some() && query.qtype == TYPE_AAAA {
+            return Verdict::Handler;
+        }
         // Only schedules make a verdict depend on the time; reading the clock
         // for every query would cost more than the rest of a block answer.
         let at = if profile.schedules.is_empty() {
@@ -144,38 +211,21 @@ impl FastPath {
             self.clock.now()
         };
         match snapshot.decide(profile_id, query.name.as_str(), query.qtype, at) {
-            // Queries the query log wants go through the handler, which
-            // builds the log event.
-            Decision::List(_) if QueryLog::logs(self.query_log.as_ref(), true) => Outcome::Slow(None),
+            Decision::List(_) if QueryLog::logs(self.query_log, true) => Verdict::Handler,
             Decision::List(hit) => {
                 let soa_labels = wire::matched_labels(&hit, query.labels);
                 match BlockForm::for_rule(profile, hit.action, query.qtype, soa_labels) {
                     Some(form) => {
                         let ede = snapshot.ede_code(&hit);
-                        let asked = query.asked(self.udp_payload);
+                        let asked = query.asked(self.server_payload);
                         wire::write_block(out, &asked, &form, (ede, EdeText::list(snapshot, &hit, None)));
-                        Outcome::Answered(Answered {
-                            profile: profile_id,
-                            block: Some((hit.list, ede)),
-                        })
+                        Verdict::Blocked((hit.list, ede))
                     }
-                    // RPZ local data and drops are the handler's.
-                    None => Outcome::Slow(None),
+                    None => Verdict::Handler,
                 }
             }
-            // Profile policy (bypass defences, query types, safe search)
-            // answers with the handler's records and counters.
-            Decision::Policy(_) => Outcome::Slow(None),
-            Decision::Resolve(_) if cache_tag.is_none() => Outcome::Slow(None),
-            // A packet-cache miss wrote nothing into `out`.
-            Decision::Resolve(_) => Outcome::Slow(Some(PacketKey {
-                generation: lookup.generation,
-                profile: lookup.profile,
-                name: query.name.as_str().as_bytes().to_vec(),
-                qtype: query.qtype,
-                edns: query.edns_payload.is_some(),
-                dnssec_ok: query.dnssec_ok,
-            })),
+            Decision::Policy(_) => Verdict::Handler,
+            Decision::Resolve(_) => Verdict::Allowed,
         }
     }
 }

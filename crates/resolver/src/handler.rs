@@ -33,6 +33,7 @@ use crate::cache::{AnswerCache, CacheKey, CachedAnswer, Caches, FailureCache};
 use crate::config::{EncryptedProtocol, ListenerConfig, ServerConfig};
 use crate::discard::Discards;
 use crate::failure_log::{FailureKind, FailureLog};
+use crate::fastpath::Judge;
 use crate::packet_cache::PacketKey;
 use crate::resolved::{UpstreamAnswer, UpstreamFailure};
 use crate::stream_cache::{Lookup, StreamCache};
@@ -863,8 +864,9 @@ impl ShieldHandler {
         })
     }
 
-    /// A stream query's answer from the stream cache, counted as a cache
-    /// hit; else the key its answer may be stored under, if any.
+    /// A stream query's answer from the stream cache (counted as a cache
+    /// hit) or its list block from the wire bytes (counted as a block);
+    /// else the key its answer may be stored under, if any.
     fn stream_lookup(
         &self,
         packet: &[u8],
@@ -874,19 +876,33 @@ impl ShieldHandler {
         snapshot: &Snapshot,
         started: Instant,
     ) -> Result<Vec<u8>, Option<PacketKey>> {
-        let found = self.inner.streams.lookup(
-            packet,
-            peer.ip().to_canonical(),
-            client_id,
-            snapshot,
-            self.inner.query_log.as_ref(),
-            started,
-        );
+        let judge = Judge {
+            clock: &self.inner.clock,
+            server_payload: self.inner.udp_payload,
+            query_log: self.inner.query_log.as_ref(),
+        };
+        let found = self
+            .inner
+            .streams
+            .lookup(packet, (peer.ip().to_canonical(), client_id), snapshot, &judge, started);
         match found {
             Lookup::Hit { bytes, profile } => {
                 let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
                 self.inner.metrics.cache_hit();
                 self.inner.metrics.answered(rcode);
+                self.inner
+                    .metrics
+                    .query(Some((snapshot, profile)), transport, rcode, started.elapsed());
+                Ok(bytes)
+            }
+            // Counted as the handler counts a list block.
+            Lookup::Block {
+                bytes,
+                profile,
+                block: (list, ede),
+            } => {
+                let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
+                self.inner.metrics.list_blocked(snapshot, profile, list, ede);
                 self.inner
                     .metrics
                     .query(Some((snapshot, profile)), transport, rcode, started.elapsed());

@@ -21,10 +21,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use shieldns_index::{Decision, ProfileId, Snapshot, Timestamp};
-use shieldns_querylog::QueryLog;
+use shieldns_index::{ListId, ProfileId, Snapshot};
 
-use crate::fastpath::packet_cacheable;
+use crate::fastpath::{Judge, Verdict, packet_cacheable};
 use crate::handler::ClientId;
 use crate::packet_cache::{CacheLookup, PacketCache, PacketKey};
 use crate::wire::{self, Query, Question};
@@ -47,6 +46,13 @@ pub(crate) struct StreamCache {
 pub(crate) enum Lookup {
     /// The cached answer, for this profile.
     Hit { bytes: Vec<u8>, profile: ProfileId },
+    /// A list's block, encoded from the wire bytes as the handler encodes
+    /// it ([`Judge::verdict`]), with the list and EDE code for the metrics.
+    Block {
+        bytes: Vec<u8>,
+        profile: ProfileId,
+        block: (ListId, u16),
+    },
     /// An allowed name not cached: the handler's answer may be stored under
     /// this key ([`StreamCache::offer`]).
     Miss(PacketKey),
@@ -84,16 +90,17 @@ impl StreamCache {
 
     /// Looks `packet` (one query, its header screened: QR=0) from `client`
     /// up under `snapshot`, the client's profile taken as the handler takes
-    /// it (address, then client ID). Only standard queries the fast path's
-    /// parser reads are looked up; everything else, and every name the
-    /// lists do not simply let through, passes to the handler.
+    /// it (address, then client ID): a cached answer for an allowed name,
+    /// else the lists' verdict, a block answered from the wire bytes as the
+    /// UDP threads answer it. Only standard queries the fast path's parser
+    /// reads are looked up; everything else, and every name the lists
+    /// neither block nor simply let through, passes to the handler.
     pub(crate) fn lookup(
         &self,
         packet: &[u8],
-        client: IpAddr,
-        client_id: Option<&ClientId>,
+        (client, client_id): (IpAddr, Option<&ClientId>),
         snapshot: &Snapshot,
-        query_log: Option<&QueryLog>,
+        judge: &Judge<'_>,
         now: Instant,
     ) -> Lookup {
         let mut question = Question::EMPTY;
@@ -107,29 +114,26 @@ impl StreamCache {
         let Some(profile) = ClientId::profile(client_id, snapshot, client) else {
             return Lookup::Pass;
         };
-        if !packet_cacheable(snapshot.profile(profile), &query, query_log) {
-            return Lookup::Pass;
-        }
+        let cacheable = packet_cacheable(snapshot.profile(profile), &query, judge.query_log);
         let name = question.name.as_str().as_bytes();
         let at = CacheLookup {
             generation: snapshot.generation(),
             profile: profile.index(),
         };
-        let Some(shard) = self.shard(name, question.qtype) else {
-            return Lookup::Pass;
-        };
+        let shard = self.shard(name, question.qtype);
         // A poisoned shard (a panic while it was held, which its code cannot
         // raise) serves and stores nothing more; its queries go on to the
         // handler.
-        if let Ok(mut packets) = shard.lock() {
+        if cacheable && let Some(Ok(mut packets)) = shard.map(Mutex::lock) {
             let mut bytes = Vec::new();
             if packets.answer(&query, at, MAX_STREAM_RESPONSE, now, &mut bytes) {
                 return Lookup::Hit { bytes, profile };
             }
         }
-        // Without schedules (`packet_cacheable`) the time does not matter.
-        match snapshot.decide(profile, question.name.as_str(), question.qtype, Timestamp::UNIX_EPOCH) {
-            Decision::Resolve(_) => Lookup::Miss(PacketKey {
+        let mut bytes = Vec::new();
+        match judge.verdict(snapshot, profile, &query, &mut bytes) {
+            Verdict::Blocked(block) => Lookup::Block { bytes, profile, block },
+            Verdict::Allowed if cacheable => Lookup::Miss(PacketKey {
                 generation: at.generation,
                 profile: at.profile,
                 name: name.to_vec(),
@@ -137,7 +141,7 @@ impl StreamCache {
                 edns: question.edns_payload.is_some(),
                 dnssec_ok: question.dnssec_ok,
             }),
-            Decision::List(_) | Decision::Policy(_) => Lookup::Pass,
+            Verdict::Allowed | Verdict::Handler => Lookup::Pass,
         }
     }
 
@@ -162,6 +166,7 @@ mod tests {
     use shieldns_index::{ListFormat, ListPolicy, ProfileConfig, SnapshotBuilder};
 
     use super::*;
+    use crate::handler::Clock;
     use crate::wire::test_support::query_bytes;
 
     /// One profile for 127.0.0.0/8 (the access list's range) that blocks
@@ -192,11 +197,21 @@ mod tests {
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+    /// The handler's judge, with no query log.
+    fn judge(clock: &Clock) -> Judge<'_> {
+        Judge {
+            clock,
+            server_payload: 1232,
+            query_log: None,
+        }
+    }
+
     #[test]
     fn an_allowed_name_misses_then_hits_with_the_new_id_and_case() {
+        let clock = Clock::starting_at(jiff::Timestamp::now());
         let (cache, snapshot) = (StreamCache::new(1000, 1 << 20, false), snapshot());
         let query = query_bytes("www.example.", RecordType::A, true);
-        let lookup = |packet: &[u8]| cache.lookup(packet, CLIENT, None, &snapshot, None, Instant::now());
+        let lookup = |packet: &[u8]| cache.lookup(packet, (CLIENT, None), &snapshot, &judge(&clock), Instant::now());
         let Lookup::Miss(key) = lookup(&query) else {
             panic!("an allowed name is a miss to fill");
         };
@@ -218,24 +233,77 @@ mod tests {
     }
 
     #[test]
-    fn blocks_refused_clients_and_cd_queries_pass_to_the_handler() {
+    fn a_blocked_name_is_answered_from_the_wire_bytes_with_its_ede() {
+        let clock = Clock::starting_at(jiff::Timestamp::now());
+        let (cache, snapshot) = (StreamCache::new(1000, 1 << 20, false), snapshot());
+        let mut blocked = query_bytes("Tracker.ADS.example.", RecordType::A, true);
+        blocked[..2].copy_from_slice(&[0x12, 0x34]);
+        let Lookup::Block { bytes, profile, block } =
+            cache.lookup(&blocked, (CLIENT, None), &snapshot, &judge(&clock), Instant::now())
+        else {
+            panic!("a listed name is blocked here");
+        };
+        assert_eq!(profile, snapshot.client_policy(CLIENT).unwrap());
+        assert_eq!(snapshot.list(block.0).unwrap().policy.name, "ads");
+        // The UDP fast path's very bytes (one encoder), and a real answer.
+        let mut udp = Vec::new();
+        let question = {
+            let mut question = Question::EMPTY;
+            wire::parse_into(&blocked, &mut question).unwrap();
+            question
+        };
+        let query = Query {
+            packet: &blocked,
+            question: &question,
+        };
+        assert_eq!(
+            judge(&clock).verdict(&snapshot, profile, &query, &mut udp),
+            Verdict::Blocked(block)
+        );
+        assert_eq!(bytes, udp);
+        let message = Message::from_vec(&bytes).unwrap();
+        assert_eq!(message.metadata.id, 0x1234);
+        assert_eq!(
+            message.metadata.response_code,
+            hickory_proto::op::ResponseCode::NXDomain
+        );
+        assert_eq!(message.queries[0].name().to_ascii(), "Tracker.ADS.example.");
+        let edns = message.edns.as_ref().expect("an EDNS query gets an OPT");
+        assert_eq!(edns.max_payload(), 1232);
+        // EDE (option 15): info code 17 (Filtered), the list named.
+        let ede = edns
+            .options()
+            .as_ref()
+            .iter()
+            .find_map(|(_, option)| match option {
+                hickory_proto::rr::rdata::opt::EdnsOption::Unknown(15, data) => Some(data.clone()),
+                _ => None,
+            })
+            .expect("the block carries an EDE option");
+        assert_eq!(ede[..2], [0, 17]);
+        assert_eq!(std::str::from_utf8(&ede[2..]).unwrap(), "list=ads category=ads");
+        // Nothing is stored for a block: asked again, it is decided again.
+        assert!(matches!(
+            cache.lookup(&blocked, (CLIENT, None), &snapshot, &judge(&clock), Instant::now()),
+            Lookup::Block { .. }
+        ));
+    }
+
+    #[test]
+    fn refused_clients_and_cd_queries_pass_to_the_handler() {
+        let clock = Clock::starting_at(jiff::Timestamp::now());
         let (cache, snapshot) = (StreamCache::new(1000, 1 << 20, false), snapshot());
         let now = Instant::now();
-        let blocked = query_bytes("tracker.ads.example.", RecordType::A, true);
-        assert!(matches!(
-            cache.lookup(&blocked, CLIENT, None, &snapshot, None, now),
-            Lookup::Pass
-        ));
         // Stored by a client allowed to ask, then asked from outside the
         // access list: the handler refuses it, never the cache.
         let query = query_bytes("www.example.", RecordType::A, true);
-        let Lookup::Miss(key) = cache.lookup(&query, CLIENT, None, &snapshot, None, now) else {
+        let Lookup::Miss(key) = cache.lookup(&query, (CLIENT, None), &snapshot, &judge(&clock), now) else {
             panic!("an allowed name is a miss to fill");
         };
         cache.offer(key, &answer_to(&query));
         let outsider = IpAddr::from([192, 0, 2, 7]);
         assert!(matches!(
-            cache.lookup(&query, outsider, None, &snapshot, None, now),
+            cache.lookup(&query, (outsider, None), &snapshot, &judge(&clock), now),
             Lookup::Pass
         ));
         // An unknown client ID on a listener that refuses them.
@@ -244,37 +312,38 @@ mod tests {
             refuse_unknown: true,
         };
         assert!(matches!(
-            cache.lookup(&query, CLIENT, Some(&nobody), &snapshot, None, now),
+            cache.lookup(&query, (CLIENT, Some(&nobody)), &snapshot, &judge(&clock), now),
             Lookup::Pass
         ));
         let mut checking_disabled = query.clone();
         checking_disabled[3] |= 0x10;
         assert!(matches!(
-            cache.lookup(&checking_disabled, CLIENT, None, &snapshot, None, now),
+            cache.lookup(&checking_disabled, (CLIENT, None), &snapshot, &judge(&clock), now),
             Lookup::Pass
         ));
         assert!(matches!(
-            cache.lookup(&query, CLIENT, None, &snapshot, None, now),
+            cache.lookup(&query, (CLIENT, None), &snapshot, &judge(&clock), now),
             Lookup::Hit { .. }
         ));
     }
 
     #[test]
     fn with_prefetch_an_answer_in_its_last_tenth_is_left_to_the_handler() {
+        let clock = Clock::starting_at(jiff::Timestamp::now());
         let (cache, snapshot) = (StreamCache::new(1000, 1 << 20, true), snapshot());
         let query = query_bytes("www.example.", RecordType::A, true);
         let at = |seconds| Instant::now() + std::time::Duration::from_secs(seconds);
-        let Lookup::Miss(key) = cache.lookup(&query, CLIENT, None, &snapshot, None, at(0)) else {
+        let Lookup::Miss(key) = cache.lookup(&query, (CLIENT, None), &snapshot, &judge(&clock), at(0)) else {
             panic!("an allowed name is a miss to fill");
         };
         cache.offer(key, &answer_to(&query));
         assert!(matches!(
-            cache.lookup(&query, CLIENT, None, &snapshot, None, at(260)),
+            cache.lookup(&query, (CLIENT, None), &snapshot, &judge(&clock), at(260)),
             Lookup::Hit { .. }
         ));
         // 300 s × 0.9 = 270 s.
         assert!(matches!(
-            cache.lookup(&query, CLIENT, None, &snapshot, None, at(275)),
+            cache.lookup(&query, (CLIENT, None), &snapshot, &judge(&clock), at(275)),
             Lookup::Miss(_)
         ));
     }
