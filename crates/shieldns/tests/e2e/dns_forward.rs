@@ -382,7 +382,7 @@ fn caches_negative_answers_and_listens_on_ipv6() {
 }
 
 #[test]
-fn stream_repeats_come_from_the_stream_cache_and_blocks_never_do() {
+fn stream_repeats_come_from_the_stream_cache_and_blocks_from_the_wire_bytes() {
     if skip() {
         return;
     }
@@ -421,9 +421,21 @@ fn stream_repeats_come_from_the_stream_cache_and_blocks_never_do() {
             assert_eq!(status(&out), "NXDOMAIN", "{out}");
         }
     }
+    // A listed name over TCP is answered from its wire bytes, as over UDP:
+    // the handler's block, EDE and all, counted as a block every time.
+    for case in ["blocked.example.test", "Blocked.EXAMPLE.test", "blocked.example.test"] {
+        let out = daemon.dig(&["+tcp", case, "A"]);
+        assert_eq!(status(&out), "NXDOMAIN", "{out}");
+        assert!(out.contains("EDE: 17 (Filtered)"), "{out}");
+        assert!(out.contains(&format!("\n;{case}.\t\tIN\tA\n")), "{out}");
+    }
     let body = shieldns_test_support::daemon::scrape(metrics_port);
-    let line = r#"shieldns_policy_list_blocks_total{category="adult",ede="17",list="adult",profile="default"} 6"#;
-    assert!(body.lines().any(|l| l == line), "missing `{line}` in:\n{body}");
+    for line in [
+        r#"shieldns_policy_list_blocks_total{category="adult",ede="17",list="adult",profile="default"} 9"#,
+        r#"shieldns_resolver_queries_total{profile="default",protocol="tcp",rcode="NXDOMAIN"} 6"#,
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing `{line}` in:\n{body}");
+    }
     assert_eq!(hits(), 2, "no block was a cache hit");
 }
 
