@@ -12,8 +12,9 @@
 //!
 //! Key design decision: the fast path never decides differently from the
 //! handler. Both call the one [`Snapshot::decide`] and encode a block with
-//! the one [`wire::write_block`]; the fast path only serves the two answers
-//! whose bytes it can produce exactly, and it does so without allocating.
+//! the one [`wire::write_block`], here in one [`Judge`] that the stream
+//! transports ask too; the fast path only serves the two answers whose
+//! bytes it can produce exactly, and it does so without allocating.
 
 use std::net::IpAddr;
 use std::sync::Arc;
