@@ -124,11 +124,22 @@ pub enum Discard {
     /// A PROXY protocol header from a source not in
     /// `server.trusted_proxies`: dropped, since it could claim any address.
     UntrustedProxy,
+    /// An encrypted connection over its listener's `max_connections`.
+    ListenerConnectionLimit,
+    /// An encrypted connection over its listener's
+    /// `max_connections_per_prefix`.
+    PrefixConnectionLimit,
+    /// An encrypted connection over its listener's `max_handshakes` (TLS
+    /// handshakes in progress at once).
+    HandshakeLimit,
+    /// An encrypted connection over its listener's
+    /// `max_handshakes_per_prefix`.
+    PrefixHandshakeLimit,
 }
 
 impl Discard {
     /// Every reason, in label order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 14] = [
         Self::Response,
         Self::Malformed,
         Self::NotAllowed,
@@ -139,6 +150,10 @@ impl Discard {
         Self::TlsHandshake,
         Self::BadHttpRequest,
         Self::UntrustedProxy,
+        Self::ListenerConnectionLimit,
+        Self::PrefixConnectionLimit,
+        Self::HandshakeLimit,
+        Self::PrefixHandshakeLimit,
     ];
 
     /// The label value.
@@ -154,6 +169,10 @@ impl Discard {
             Self::TlsHandshake => "tls_handshake",
             Self::BadHttpRequest => "bad_http_request",
             Self::UntrustedProxy => "untrusted_proxy",
+            Self::ListenerConnectionLimit => "listener_connection_limit",
+            Self::PrefixConnectionLimit => "prefix_connection_limit",
+            Self::HandshakeLimit => "tls_handshake_limit",
+            Self::PrefixHandshakeLimit => "prefix_handshake_limit",
         }
     }
 }

@@ -114,6 +114,71 @@ pub struct ListenerConfig {
     /// DoH: concurrent HTTP/2 streams per connection.
     #[serde(default = "default_http2_streams")]
     pub http2_max_streams: u32,
+    /// Connections this listener holds at once, within the
+    /// `server.tcp_max_connections` every TCP listener shares (for DoQ,
+    /// QUIC connections). None: only the shared cap.
+    #[serde(default, deserialize_with = "some_at_least_one")]
+    pub max_connections: Option<usize>,
+    /// Connections one client prefix (`ipv4_prefix`, `ipv6_prefix`) holds
+    /// on this listener at once.
+    #[serde(default = "default_listener_prefix_connections", deserialize_with = "at_least_one")]
+    pub max_connections_per_prefix: usize,
+    /// TLS handshakes in progress on this listener at once: the costly
+    /// step, capped so that a flood of them cannot starve open connections.
+    #[serde(default = "default_listener_handshakes", deserialize_with = "at_least_one")]
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress from one client prefix at once.
+    #[serde(default = "default_listener_prefix_handshakes", deserialize_with = "at_least_one")]
+    pub max_handshakes_per_prefix: usize,
+    /// The IPv4 prefix length the per-prefix caps group clients by.
+    #[serde(default = "default_listener_ipv4_prefix", deserialize_with = "ipv4_prefix_length")]
+    pub ipv4_prefix: u8,
+    /// The IPv6 prefix length the per-prefix caps group clients by.
+    #[serde(default = "default_ipv6_prefix", deserialize_with = "ipv6_prefix_length")]
+    pub ipv6_prefix: u8,
+}
+
+fn default_listener_prefix_connections() -> usize {
+    256
+}
+fn default_listener_handshakes() -> usize {
+    256
+}
+fn default_listener_prefix_handshakes() -> usize {
+    32
+}
+fn default_listener_ipv4_prefix() -> u8 {
+    24
+}
+
+fn at_least_one<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    match usize::deserialize(deserializer)? {
+        0 => Err(serde::de::Error::custom(
+            "must be at least 1 (0 would refuse every connection)",
+        )),
+        value => Ok(value),
+    }
+}
+
+fn some_at_least_one<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    at_least_one(deserializer).map(Some)
+}
+
+fn prefix_length<'de, D: serde::Deserializer<'de>>(deserializer: D, width: u8) -> Result<u8, D::Error> {
+    match u8::deserialize(deserializer)? {
+        length @ 1.. if length <= width => Ok(length),
+        length => Err(serde::de::Error::custom(format!(
+            "{length}: a prefix length is 1 to {width}"
+        ))),
+    }
+}
+
+fn ipv4_prefix_length<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    prefix_length(deserializer, 32)
+}
+
+fn ipv6_prefix_length<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    prefix_length(deserializer, 128)
 }
 
 /// `listener.protocol`.

@@ -100,6 +100,14 @@ fn describe(reason: Discard) -> &'static str {
         Discard::TlsHandshake => "encrypted connections whose TLS handshake failed or timed out, closed",
         Discard::BadHttpRequest => "DoH requests that were not DNS queries, answered with an HTTP error",
         Discard::UntrustedProxy => "PROXY protocol headers from sources not in server.trusted_proxies, dropped",
+        Discard::ListenerConnectionLimit => "encrypted connections over their listener's max_connections, closed",
+        Discard::PrefixConnectionLimit => {
+            "encrypted connections over their listener's max_connections_per_prefix, closed"
+        }
+        Discard::HandshakeLimit => "encrypted connections over their listener's max_handshakes, closed",
+        Discard::PrefixHandshakeLimit => {
+            "encrypted connections over their listener's max_handshakes_per_prefix, closed"
+        }
         _ => "discarded queries",
     }
 }

@@ -7,7 +7,8 @@
 //! the same rustls and ring as DoT and DoH) rather than hickory's DoQ
 //! listener, which answers a connection's streams one at a time and closes
 //! it after 100 requests. Connections count under the TCP caps (ACL at the
-//! first packet, per client and in total); a connection's concurrent
+//! first packet, per client and in total) and under the listener's own
+//! ([`crate::listener_caps`]); a connection's concurrent
 //! streams are bounded by `tcp_pipeline`, its idleness by
 //! `tcp_idle_timeout`.
 
@@ -20,6 +21,7 @@ use tracing::debug;
 
 use crate::error::ResolverError;
 use crate::handler::ClientId;
+use crate::listener_caps;
 use crate::tcp::{Admitted, Shared};
 use crate::tls::Encrypted;
 use crate::wire::screen_header;
@@ -76,9 +78,19 @@ pub(crate) async fn serve(
         };
         let peer = incoming.remote_address();
         let client = peer.ip().to_canonical();
-        match shared.admit(client) {
-            Ok(admitted) => {
-                tokio::spawn(connection(incoming, peer, admitted, encrypted.clone(), stop.clone()));
+        let admitted = shared
+            .admit(client)
+            .and_then(|admitted| Ok((admitted, encrypted.caps.admit(client)?)));
+        match admitted {
+            Ok((mut admitted, (place, handshake))) => {
+                admitted.listener = Some(place);
+                tokio::spawn(connection(
+                    incoming,
+                    peer,
+                    (admitted, handshake),
+                    encrypted.clone(),
+                    stop.clone(),
+                ));
             }
             Err(reason) => {
                 incoming.refuse();
@@ -92,12 +104,12 @@ pub(crate) async fn serve(
 async fn connection(
     incoming: quinn::Incoming,
     peer: SocketAddr,
-    admitted: Admitted,
+    (admitted, handshake): (Admitted, listener_caps::Handshake),
     encrypted: Arc<Encrypted>,
     mut stop: watch::Receiver<bool>,
 ) {
     let shared = admitted.shared.clone();
-    let handshake = match incoming.accept() {
+    let shaken = match incoming.accept() {
         Ok(connecting) => tokio::time::timeout(encrypted.handshake_timeout, connecting).await,
         Err(error) => {
             debug!(%error, %peer, "QUIC connection refused");
@@ -105,7 +117,8 @@ async fn connection(
             return;
         }
     };
-    let Ok(Ok(connection)) = handshake else {
+    drop(handshake);
+    let Ok(Ok(connection)) = shaken else {
         shared.discards.note(Discard::TlsHandshake, admitted.client);
         return;
     };

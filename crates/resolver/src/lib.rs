@@ -22,6 +22,7 @@ mod error;
 mod failure_log;
 mod fastpath;
 mod handler;
+mod listener_caps;
 mod packet_cache;
 mod proxy;
 mod ratelimit;

@@ -30,6 +30,7 @@ use tracing::debug;
 use crate::config::EncryptedProtocol;
 use crate::discard::Discards;
 use crate::handler::{ClientId, ShieldHandler};
+use crate::listener_caps;
 use crate::proxy::{Origin, TrustedProxies};
 use crate::tls::Encrypted;
 use crate::wire::screen_header;
@@ -111,6 +112,7 @@ impl Shared {
         Ok(Admitted {
             shared: self.clone(),
             client,
+            listener: None,
         })
     }
 }
@@ -119,6 +121,8 @@ impl Shared {
 pub(crate) struct Admitted {
     pub(crate) shared: Arc<Shared>,
     pub(crate) client: IpAddr,
+    /// An encrypted connection's place under its listener's own caps.
+    pub(crate) listener: Option<listener_caps::Connection>,
 }
 
 impl Drop for Admitted {
@@ -187,19 +191,27 @@ async fn begin(
     encrypted: Option<Arc<Encrypted>>,
     stop: watch::Receiver<bool>,
 ) {
-    match shared.admit(client.ip().to_canonical()) {
-        Ok(admitted) => {
+    let admitted = shared.admit(client.ip().to_canonical());
+    match (admitted, encrypted) {
+        (Ok(admitted), None) => {
             let _ = stream.set_nodelay(true);
-            match encrypted {
-                None => {
-                    tokio::spawn(connection(stream, client, admitted, None, Transport::Tcp, stop));
-                }
-                Some(encrypted) => {
-                    tokio::spawn(encrypted_connection(stream, client, admitted, encrypted, stop));
-                }
-            }
+            tokio::spawn(connection(stream, client, admitted, None, Transport::Tcp, stop));
         }
-        Err(reason) => reset(shared, stream, reason, client),
+        (Ok(mut admitted), Some(encrypted)) => match encrypted.caps.admit(admitted.client) {
+            Ok((place, handshake)) => {
+                admitted.listener = Some(place);
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(encrypted_connection(
+                    stream,
+                    client,
+                    (admitted, handshake),
+                    encrypted,
+                    stop,
+                ));
+            }
+            Err(reason) => reset(shared, stream, reason, client),
+        },
+        (Err(reason), _) => reset(shared, stream, reason, client),
     }
 }
 
@@ -217,11 +229,13 @@ fn reset(shared: &Shared, stream: TcpStream, reason: Discard, client: SocketAddr
 async fn encrypted_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    admitted: Admitted,
+    (admitted, handshake): (Admitted, listener_caps::Handshake),
     encrypted: Arc<Encrypted>,
     stop: watch::Receiver<bool>,
 ) {
-    let Some(stream) = encrypted.accept(stream).await else {
+    let accepted = encrypted.accept(stream).await;
+    drop(handshake);
+    let Some(stream) = accepted else {
         admitted.shared.discards.note(Discard::TlsHandshake, admitted.client);
         return;
     };

@@ -25,6 +25,7 @@ use tokio_rustls::server::TlsStream;
 use crate::config::{EncryptedProtocol, ListenerConfig, UnknownClientId};
 use crate::error::ResolverError;
 use crate::handler::ClientId;
+use crate::listener_caps::ListenerCaps;
 
 /// A listener's certificate, replaceable while it serves.
 #[derive(Debug)]
@@ -99,6 +100,8 @@ pub(crate) struct Encrypted {
     /// DoH: the path queries go to, without a trailing slash.
     pub(crate) path: String,
     pub(crate) http2_max_streams: u32,
+    /// The listener's own connection and handshake caps.
+    pub(crate) caps: Arc<ListenerCaps>,
 }
 
 impl std::fmt::Debug for Encrypted {
@@ -148,6 +151,7 @@ impl Encrypted {
             refuse_unknown: config.unknown_client_id == UnknownClientId::Refuse,
             path: config.path.trim_end_matches('/').to_owned(),
             http2_max_streams: config.http2_max_streams.max(1),
+            caps: Arc::new(ListenerCaps::new(config)),
         })
     }
 

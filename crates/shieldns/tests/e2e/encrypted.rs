@@ -22,6 +22,8 @@ struct Setup {
     doh: SocketAddr,
     doh_strict: SocketAddr,
     doq: SocketAddr,
+    dot_capped: SocketAddr,
+    metrics: u16,
     ca_pem: String,
     _upstream: FakeUpstream,
 }
@@ -34,6 +36,7 @@ fn start() -> Option<Setup> {
     let ca = TestCa::new("shieldns test CA");
     let leaf = ca.leaf(&["dns.test", "*.dns.test", "127.0.0.1"]);
     let (dot, doh, doh_strict) = (free_port("127.0.0.1"), free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let (dot_capped, metrics) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
     // A UDP port for DoQ.
     let doq = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -45,6 +48,8 @@ fn start() -> Option<Setup> {
         .replace("@DOT@", &dot.to_string())
         .replace("@DOHSTRICT@", &doh_strict.to_string())
         .replace("@DOQ@", &doq.to_string())
+        .replace("@DOTCAPPED@", &dot_capped.to_string())
+        .replace("@METRICS@", &metrics.to_string())
         .replace("@DOH@", &doh.to_string());
     let daemon = Daemon::start(
         &config,
@@ -62,6 +67,8 @@ fn start() -> Option<Setup> {
         doh: at(doh),
         doh_strict: at(doh_strict),
         doq: at(doq),
+        dot_capped: at(dot_capped),
+        metrics,
         ca_pem: ca.pem,
         _upstream: upstream,
     })
@@ -358,4 +365,85 @@ fn doq_answers_with_the_profile_of_its_server_name() {
             ResponseCode::NXDomain
         );
     }
+}
+
+/// `shieldns_resolver_discarded_total{reason}` from the metrics endpoint.
+fn discarded(metrics: u16, reason: &str) -> u64 {
+    let prefix = format!("shieldns_resolver_discarded_total{{reason=\"{reason}\"}} ");
+    shieldns_test_support::daemon::scrape(metrics)
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix).map(|n| n.parse().unwrap()))
+        .unwrap_or(0)
+}
+
+/// Asks `ask` until it answers NOERROR, for at most five seconds.
+fn answers_again(ask: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = ask();
+        if kdig_status(&out) == "NOERROR" {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never answered again: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_listener_caps_its_handshakes_and_connections_per_client_prefix() {
+    let Some(setup) = start() else { return };
+    let ca = setup.daemon.path("ca.pem");
+    let ask = || {
+        kdig(
+            setup.dot_capped,
+            &ca,
+            &["+tls", "+tls-hostname=dns.test"],
+            "allowed.example.test",
+        )
+    };
+    let out = ask();
+    assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+    // Two connections that never send a ClientHello hold the /24's two
+    // handshake places (until the handshake timeout): a third client of the
+    // prefix is closed at accept and counted; the other listeners are not
+    // affected.
+    let silent: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(setup.dot_capped).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = ask();
+    assert_ne!(kdig_status(&out), "NOERROR", "{out}");
+    assert!(discarded(setup.metrics, "prefix_handshake_limit") >= 1);
+    let out = kdig(
+        setup.dot,
+        &ca,
+        &["+tls", "+tls-hostname=dns.test"],
+        "allowed.example.test",
+    );
+    assert_eq!(kdig_status(&out), "NOERROR", "{out}");
+    // Closed, they give their places back.
+    drop(silent);
+    answers_again(ask);
+    // Three open connections, handshakes done, hold the prefix's three
+    // connection places.
+    let mut message = hickory_proto::op::Message::query();
+    message.metadata.recursion_desired = true;
+    message.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii("allowed.example.test.").unwrap(),
+        hickory_proto::rr::RecordType::A,
+    ));
+    let query = message.to_vec().unwrap();
+    let mut open: Vec<_> = (0..3)
+        .map(|_| shieldns_test_support::tls::DotClient::connect(setup.dot_capped, "dns.test", &setup.ca_pem))
+        .collect();
+    for client in &mut open {
+        client.query(&query).expect("an admitted connection answers");
+    }
+    let out = ask();
+    assert_ne!(kdig_status(&out), "NOERROR", "{out}");
+    assert!(discarded(setup.metrics, "prefix_connection_limit") >= 1);
+    // The open ones keep answering; one closed frees a place.
+    open[0].query(&query).expect("still answered");
+    open.pop();
+    answers_again(ask);
 }
