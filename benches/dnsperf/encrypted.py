@@ -81,6 +81,8 @@ protocol = "dot"
 address = "{SHIELD_IP}:{DOT_PORT}"
 certificate = "{work}/server.pem"
 key = "{work}/server.key"
+# Every bench connection comes from one loopback prefix.
+max_connections_per_prefix = 20000
 
 [[server.listener]]
 protocol = "doh"
