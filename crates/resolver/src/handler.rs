@@ -286,7 +286,6 @@ struct Screened {
     /// The query's snapshot (its one load) and the client's profile.
     snapshot: Arc<Snapshot>,
     profile: ProfileId,
-    dnssec_ok: bool,
     query: hickory_proto::op::Query,
     /// The question section as hickory encodes it (uncompressed).
     wire: Vec<u8>,
@@ -956,7 +955,8 @@ impl ShieldHandler {
             checking_disabled: request.metadata.checking_disabled,
             recursion_desired: request.metadata.recursion_desired,
         };
-        let dnssec_ok = question.dnssec_ok;
+        // Our OPT echoes the query's DO bit.
+        let dnssec_ok = question.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
         let resolved = match self.decide(&query, qtype) {
             Some(block) => Err(self.follow_rewrite_cname(block, qtype, dnssec_ok, wanted).await),
             None => self.resolve_checked(&query, qtype, dnssec_ok, wanted).await,
@@ -1098,7 +1098,6 @@ impl ShieldHandler {
         Ok(Screened {
             snapshot,
             profile,
-            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
             query,
             wire,
             edns,

@@ -91,7 +91,6 @@ pub(crate) struct Encrypted {
     pub(crate) protocol: EncryptedProtocol,
     /// The TLS configuration (QUIC's too, for DoQ).
     pub(crate) tls: Arc<rustls::ServerConfig>,
-    acceptor: TlsAcceptor,
     pub(crate) certificate: Arc<Certificate>,
     pub(crate) handshake_timeout: Duration,
     /// `client_id_domain`, lower case, without a trailing dot.
@@ -140,7 +139,6 @@ impl Encrypted {
         let tls = Arc::new(tls);
         Ok(Self {
             protocol: config.protocol,
-            acceptor: TlsAcceptor::from(tls.clone()),
             tls,
             certificate,
             handshake_timeout: Duration::from_secs(config.handshake_timeout.max(1)),
@@ -158,7 +156,12 @@ impl Encrypted {
     /// The TLS handshake, within the handshake timeout; `None` when it
     /// failed or timed out.
     pub(crate) async fn accept(&self, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
-        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream)).await {
+        match tokio::time::timeout(
+            self.handshake_timeout,
+            TlsAcceptor::from(self.tls.clone()).accept(stream),
+        )
+        .await
+        {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(error)) => {
                 tracing::debug!(%error, "TLS handshake failed");
