@@ -247,6 +247,10 @@ def main():
                         print(f"{head} {result['qps']:9.0f} {result['lost_pct']:7.2f} "
                               f"{result['latency_ms']:8.3f} {result['cpu_us']:9.1f}", flush=True)
             if args.idle and threads == counts[-1]:
+                # UDP before and beside the idle connections, in one run.
+                result = run(SHIELD_IP, "udp", UDP_PORT, queries["blocked"], args.seconds, [shieldns.pid])
+                print(f"UDP before them: {result['qps']:.0f} q/s, lost {result['lost_pct']:.2f} %, "
+                      f"{result['cpu_us']:.1f} µs CPU/q", flush=True)
                 rss_before = bench.rss_mib(shieldns.pid)
                 started = time.time()
                 held = idle_connections(args.idle, work)
