@@ -92,6 +92,11 @@ fn kdig(at: SocketAddr, ca: &Path, transport: &[&str], name: &str) -> String {
     )
 }
 
+/// `kdig +tls` for `allowed.example.test` at `at` as `dns.test`.
+fn dot_allowed(at: SocketAddr, ca: &Path) -> String {
+    kdig(at, ca, &["+tls", "+tls-hostname=dns.test"], "allowed.example.test")
+}
+
 /// kdig's status word (`NOERROR`, `NXDOMAIN`, ...) from its header line
 /// (`;; ->>HEADER<<- opcode: QUERY; status: NOERROR; id: 1`).
 fn kdig_status(out: &str) -> &str {
@@ -215,12 +220,7 @@ fn doh_answers_every_query_of_a_pipelining_client() {
 fn a_certificate_replaced_and_sighup_serves_new_handshakes_with_it() {
     let Some(setup) = start() else { return };
     let ca = setup.daemon.path("ca.pem");
-    let out = kdig(
-        setup.dot,
-        &ca,
-        &["+tls", "+tls-hostname=dns.test"],
-        "allowed.example.test",
-    );
+    let out = dot_allowed(setup.dot, &ca);
     assert_eq!(kdig_status(&out), "NOERROR", "{out}");
     // A new CA and leaf: the old CA no longer verifies after SIGHUP.
     let new_ca = TestCa::new("shieldns second CA");
@@ -230,21 +230,11 @@ fn a_certificate_replaced_and_sighup_serves_new_handshakes_with_it() {
     std::fs::write(setup.daemon.path("new-ca.pem"), &new_ca.pem).unwrap();
     assert!(setup.daemon.reload(), "{}", setup.daemon.log_text());
     let new_path = setup.daemon.path("new-ca.pem");
-    let out = kdig(
-        setup.dot,
-        &new_path,
-        &["+tls", "+tls-hostname=dns.test"],
-        "allowed.example.test",
-    );
+    let out = dot_allowed(setup.dot, &new_path);
     assert_eq!(kdig_status(&out), "NOERROR", "{out}");
     let out = kdig(setup.doh, &new_path, &["+https"], "allowed.example.test");
     assert_eq!(kdig_status(&out), "NOERROR", "{out}");
-    let out = kdig(
-        setup.dot,
-        &ca,
-        &["+tls", "+tls-hostname=dns.test"],
-        "allowed.example.test",
-    );
+    let out = dot_allowed(setup.dot, &ca);
     assert!(
         !out.contains("status: NOERROR"),
         "the old CA must not verify the new certificate: {out}"
@@ -257,12 +247,7 @@ fn a_certificate_replaced_and_sighup_serves_new_handshakes_with_it() {
         assert!(std::time::Instant::now() < deadline, "{}", setup.daemon.log_text());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let out = kdig(
-        setup.dot,
-        &new_path,
-        &["+tls", "+tls-hostname=dns.test"],
-        "allowed.example.test",
-    );
+    let out = dot_allowed(setup.dot, &new_path);
     assert_eq!(kdig_status(&out), "NOERROR", "{out}");
 }
 
@@ -393,14 +378,7 @@ fn answers_again(ask: impl Fn() -> String) {
 fn a_listener_caps_its_handshakes_and_connections_per_client_prefix() {
     let Some(setup) = start() else { return };
     let ca = setup.daemon.path("ca.pem");
-    let ask = || {
-        kdig(
-            setup.dot_capped,
-            &ca,
-            &["+tls", "+tls-hostname=dns.test"],
-            "allowed.example.test",
-        )
-    };
+    let ask = || dot_allowed(setup.dot_capped, &ca);
     let out = ask();
     assert_eq!(kdig_status(&out), "NOERROR", "{out}");
     // Two connections that never send a ClientHello hold the /24's two
@@ -414,12 +392,7 @@ fn a_listener_caps_its_handshakes_and_connections_per_client_prefix() {
     let out = ask();
     assert_ne!(kdig_status(&out), "NOERROR", "{out}");
     assert!(discarded(setup.metrics, "prefix_handshake_limit") >= 1);
-    let out = kdig(
-        setup.dot,
-        &ca,
-        &["+tls", "+tls-hostname=dns.test"],
-        "allowed.example.test",
-    );
+    let out = dot_allowed(setup.dot, &ca);
     assert_eq!(kdig_status(&out), "NOERROR", "{out}");
     // Closed, they give their places back.
     drop(silent);
