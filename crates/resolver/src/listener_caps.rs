@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use shieldns_metrics::Discard;
 
 use crate::config::ListenerConfig;
+use crate::ratelimit::client_prefix;
 
 /// A listener's caps, from its `[[server.listener]]` table.
 #[derive(Debug)]
@@ -128,12 +129,7 @@ impl ListenerCaps {
     /// The network `client` is grouped into (the config's parser checked
     /// the prefix lengths against the family's width).
     fn prefix(&self, client: IpAddr) -> IpNet {
-        let length = if client.is_ipv4() {
-            self.limits.ipv4_prefix
-        } else {
-            self.limits.ipv6_prefix
-        };
-        IpNet::new(client, length).map_or(IpNet::from(client), |net| net.trunc())
+        client_prefix(client, self.limits.ipv4_prefix, self.limits.ipv6_prefix)
     }
 
     /// Gives back one place of the kind `take` picks.

@@ -151,13 +151,16 @@ impl RateLimiter {
     /// The network `client` is grouped into. The prefix lengths are clamped
     /// to the family's width in `new`, so the network always exists.
     fn prefix(&self, client: IpAddr) -> IpNet {
-        let length = if client.is_ipv4() {
-            self.ipv4_prefix
-        } else {
-            self.ipv6_prefix
-        };
-        IpNet::new(client, length).map_or(IpNet::from(client), |net| net.trunc())
+        client_prefix(client, self.ipv4_prefix, self.ipv6_prefix)
     }
+}
+
+/// The network of `client` under these prefix lengths (one within its
+/// family's width; a longer one leaves the address alone): how the rate
+/// limits and the listeners' per-prefix caps group clients.
+pub(crate) fn client_prefix(client: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpNet {
+    let length = if client.is_ipv4() { ipv4_prefix } else { ipv6_prefix };
+    IpNet::new(client, length).map_or(IpNet::from(client), |net| net.trunc())
 }
 
 /// The bucket's tokens at `at`, refilled since its last refill.
