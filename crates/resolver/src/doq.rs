@@ -78,19 +78,9 @@ pub(crate) async fn serve(
         };
         let peer = incoming.remote_address();
         let client = peer.ip().to_canonical();
-        let admitted = shared
-            .admit(client)
-            .and_then(|admitted| Ok((admitted, encrypted.caps.admit(client)?)));
-        match admitted {
-            Ok((mut admitted, (place, handshake))) => {
-                admitted.listener = Some(place);
-                tokio::spawn(connection(
-                    incoming,
-                    peer,
-                    (admitted, handshake),
-                    encrypted.clone(),
-                    stop.clone(),
-                ));
+        match shared.admit_encrypted(client, &encrypted.caps) {
+            Ok(admitted) => {
+                tokio::spawn(connection(incoming, peer, admitted, encrypted.clone(), stop.clone()));
             }
             Err(reason) => {
                 incoming.refuse();

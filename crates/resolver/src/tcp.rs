@@ -30,7 +30,7 @@ use tracing::debug;
 use crate::config::EncryptedProtocol;
 use crate::discard::Discards;
 use crate::handler::{ClientId, ShieldHandler};
-use crate::listener_caps;
+use crate::listener_caps::{self, ListenerCaps};
 use crate::proxy::{Origin, TrustedProxies};
 use crate::tls::Encrypted;
 use crate::wire::screen_header;
@@ -115,6 +115,20 @@ impl Shared {
             listener: None,
         })
     }
+
+    /// Admits an encrypted connection from `client`: under the shared caps,
+    /// then under its listener's own. The handshake's place is held until
+    /// the caller drops it, once the handshake ended.
+    pub(crate) fn admit_encrypted(
+        self: &Arc<Self>,
+        client: IpAddr,
+        caps: &Arc<ListenerCaps>,
+    ) -> Result<(Admitted, listener_caps::Handshake), Discard> {
+        let mut admitted = self.admit(client)?;
+        let (place, handshake) = caps.admit(client)?;
+        admitted.listener = Some(place);
+        Ok((admitted, handshake))
+    }
 }
 
 /// An admitted connection's place under the caps, given back on drop.
@@ -191,27 +205,22 @@ async fn begin(
     encrypted: Option<Arc<Encrypted>>,
     stop: watch::Receiver<bool>,
 ) {
-    let admitted = shared.admit(client.ip().to_canonical());
-    match (admitted, encrypted) {
-        (Ok(admitted), None) => {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(connection(stream, client, admitted, None, Transport::Tcp, stop));
-        }
-        (Ok(mut admitted), Some(encrypted)) => match encrypted.caps.admit(admitted.client) {
-            Ok((place, handshake)) => {
-                admitted.listener = Some(place);
+    let ip = client.ip().to_canonical();
+    match encrypted {
+        None => match shared.admit(ip) {
+            Ok(admitted) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(encrypted_connection(
-                    stream,
-                    client,
-                    (admitted, handshake),
-                    encrypted,
-                    stop,
-                ));
+                tokio::spawn(connection(stream, client, admitted, None, Transport::Tcp, stop));
             }
             Err(reason) => reset(shared, stream, reason, client),
         },
-        (Err(reason), _) => reset(shared, stream, reason, client),
+        Some(encrypted) => match shared.admit_encrypted(ip, &encrypted.caps) {
+            Ok(admitted) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(encrypted_connection(stream, client, admitted, encrypted, stop));
+            }
+            Err(reason) => reset(shared, stream, reason, client),
+        },
     }
 }
 
