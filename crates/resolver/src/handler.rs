@@ -884,32 +884,25 @@ impl ShieldHandler {
             .inner
             .streams
             .lookup(packet, (peer.ip().to_canonical(), client_id), snapshot, &judge, started);
-        match found {
-            Lookup::Hit { bytes, profile } => {
-                let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
+        let (bytes, profile, block) = match found {
+            Lookup::Hit { bytes, profile } => (bytes, profile, None),
+            Lookup::Block { bytes, profile, block } => (bytes, profile, Some(block)),
+            Lookup::Miss(key) => return Err(Some(key)),
+            Lookup::Pass => return Err(None),
+        };
+        let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
+        match block {
+            // Counted as the handler counts a list block.
+            Some((list, ede)) => self.inner.metrics.list_blocked(snapshot, profile, list, ede),
+            None => {
                 self.inner.metrics.cache_hit();
                 self.inner.metrics.answered(rcode);
-                self.inner
-                    .metrics
-                    .query(Some((snapshot, profile)), transport, rcode, started.elapsed());
-                Ok(bytes)
             }
-            // Counted as the handler counts a list block.
-            Lookup::Block {
-                bytes,
-                profile,
-                block: (list, ede),
-            } => {
-                let rcode = u16::from(bytes.get(3).map_or(0, |b| b & 0x0f));
-                self.inner.metrics.list_blocked(snapshot, profile, list, ede);
-                self.inner
-                    .metrics
-                    .query(Some((snapshot, profile)), transport, rcode, started.elapsed());
-                Ok(bytes)
-            }
-            Lookup::Miss(key) => Err(Some(key)),
-            Lookup::Pass => Err(None),
         }
+        self.inner
+            .metrics
+            .query(Some((snapshot, profile)), transport, rcode, started.elapsed());
+        Ok(bytes)
     }
 
     /// Answers one request (the body of [`Self::respond`], which counts and

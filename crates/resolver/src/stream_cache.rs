@@ -122,11 +122,13 @@ impl StreamCache {
             generation: snapshot.generation(),
             profile: profile.index(),
         };
-        let shard = self.shard(name, question.qtype);
         // A poisoned shard (a panic while it was held, which its code cannot
         // raise) serves and stores nothing more; its queries go on to the
         // handler.
-        if cacheable && let Some(Ok(mut packets)) = shard.map(Mutex::lock) {
+        if cacheable
+            && let Some(shard) = self.shard(name, question.qtype)
+            && let Ok(mut packets) = shard.lock()
+        {
             let mut bytes = Vec::new();
             if packets.answer(&query, at, MAX_STREAM_RESPONSE, now, &mut bytes) {
                 return Lookup::Hit { bytes, profile };
